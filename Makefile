@@ -1,0 +1,50 @@
+# Two entry points a newcomer needs: `make serve` and `make test`.
+# Each sets up everything it needs first (virtualenv, packages, example models).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+
+MODELS := model-settings/iris/model.joblib \
+          model-settings/breast-cancer/model.ubj \
+          model-settings/sentiment/model.safetensors
+
+.PHONY: serve test lint format bench generate models install clean
+
+serve: models
+	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
+
+test: models
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "modelyard needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 is the CPU build; pip finds it where the machine keeps it.
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+models: $(MODELS)
+
+model-settings/iris/model.joblib: examples/iris/train.py $(STAMP)
+	$(BIN)/python $<
+model-settings/breast-cancer/model.ubj: examples/breast-cancer/train.py $(STAMP)
+	$(BIN)/python $<
+model-settings/sentiment/model.safetensors: examples/sentiment/train.py $(STAMP)
+	$(BIN)/python $<
+
+clean:
+	rm -rf $(VENV) $(MODELS) model-settings/sentiment/*.json.tmp

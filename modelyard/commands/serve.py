@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from modelyard.logs import configure_logging
+
+
+@click.command()
+@click.argument(
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="model-settings",
+    required=False,
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--http-port", default=8080, show_default=True, help="V2 REST port.")
+@click.option("--grpc-port", default=8081, show_default=True, help="V2 gRPC port.")
+@click.option("--metrics-port", default=8082, show_default=True, help="Prometheus port.")
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    help="Inference worker processes; 0 answers in the server process, fastest for light models.",
+)
+@click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
+@click.option("--debug", is_flag=True, help="Access logs and debug logging.")
+def serve(
+    directory: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    workers: int,
+    no_watch: bool,
+    debug: bool,
+) -> None:
+    """Serve every model folder in DIRECTORY (default: model-settings/) over V2 REST and gRPC.
+
+    The directory is watched: a folder dropped in is loaded, a changed one is
+    swapped in once it loads, a removed one is unloaded.
+    """
+    from mlserver.utils import install_uvloop_event_loop
+
+    from modelyard.server import ServeOptions, serve
+
+    configure_logging(debug)
+    if not directory.is_dir():
+        raise click.BadParameter(
+            f"{directory} is not a directory; create it or name the folder of your models",
+            param_hint="DIRECTORY",
+        )
+    opts = ServeOptions(
+        directory=directory.resolve(),
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        workers=workers,
+        watch=not no_watch,
+        debug=debug,
+    )
+    install_uvloop_event_loop()
+    asyncio.run(serve(opts))

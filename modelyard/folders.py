@@ -1,0 +1,119 @@
+"""Model folders: find them in a directory and turn each into MLServer settings.
+
+A model folder holds either a plain MLServer ``model-settings.json`` or a
+modelyard declaration ``model.yaml``. Both end as an ``mlserver.settings.ModelSettings``
+whose relative paths resolve against the folder, wherever the server was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mlserver.settings import ModelSettings
+from pydantic import ValidationError
+
+from modelyard.errors import InvalidModelFolder, Problem
+
+MODEL_SETTINGS_FILENAME = "model-settings.json"
+DECLARATION_FILENAME = "model.yaml"
+MARKER_FILENAMES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME)
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in MARKER_FILENAMES)
+
+
+def find_model_folders(root: Path) -> list[Path]:
+    """Every model folder directly below ``root``, in name order (hidden ones skipped)."""
+    if is_model_folder(root):
+        return [root]
+    return sorted(
+        p for p in root.iterdir() if not p.name.startswith((".", "_")) and is_model_folder(p)
+    )
+
+
+def marker_file(folder: Path) -> Path:
+    """The file that makes ``folder`` a model folder; a declaration wins."""
+    for name in MARKER_FILENAMES:
+        if (folder / name).is_file():
+            return folder / name
+    raise InvalidModelFolder(
+        str(folder),
+        [
+            Problem(
+                str(folder),
+                "",
+                f"no {DECLARATION_FILENAME} or {MODEL_SETTINGS_FILENAME}: "
+                "add one to make this a model folder",
+            )
+        ],
+    )
+
+
+def read_model_settings_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InvalidModelFolder(
+            str(path.parent),
+            [
+                Problem(
+                    str(path), "", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+                )
+            ],
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidModelFolder(
+            str(path.parent), [Problem(str(path), "", "must be a JSON object")]
+        )
+    return data
+
+
+def settings_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The MLServer model settings of a folder as a plain dict, validated."""
+    marker = marker_file(folder)
+    if marker.name == DECLARATION_FILENAME:
+        from modelyard.generate import model_settings_for_folder
+
+        return marker, model_settings_for_folder(folder)
+    from modelyard.validation import check_model_settings
+
+    data = read_model_settings_json(marker)
+    problems = check_model_settings(data, marker)
+    if problems:
+        raise InvalidModelFolder(str(folder), problems)
+    return marker, data
+
+
+def to_model_settings(data: dict[str, Any], source: Path) -> ModelSettings:
+    """Build MLServer's settings object; relative URIs are anchored on the folder.
+
+    MLServer resolves a relative ``parameters.uri`` against the settings file for
+    some runtimes and against the working directory for others (Hugging Face):
+    an absolute path means the same thing to all of them.
+    """
+    data = json.loads(json.dumps(data))  # deep copy; ModelSettings mutates its input
+    params = data.get("parameters") or {}
+    uri = params.get("uri")
+    if uri and "://" not in uri and not os.path.isabs(uri):
+        params["uri"] = os.path.normpath(source.parent.resolve() / uri)
+    data["_source"] = str(source.resolve())
+    try:
+        return ModelSettings.model_validate(data)
+    except ValidationError as e:
+        raise InvalidModelFolder(
+            str(source.parent),
+            [
+                Problem(str(source), "/" + "/".join(str(p) for p in err["loc"]), err["msg"])
+                for err in e.errors()
+            ],
+        ) from None
+
+
+def load_model_folder(folder: Path) -> ModelSettings:
+    """Validate a model folder and return the settings MLServer loads it with."""
+    source, data = settings_dict(folder)
+    return to_model_settings(data, source.parent / MODEL_SETTINGS_FILENAME)

@@ -1,0 +1,307 @@
+"""The live registry: keeps MLServer's loaded models in step with a directory of model folders.
+
+Each folder is validated, turned into MLServer model settings and loaded through
+MLServer's own model registry. A changed folder is loaded next to the serving
+one and swapped in only once it has loaded (and answered a warm-up request, when
+its declaration gives an example); a folder that fails leaves the previous
+version serving and records the error in its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from mlserver.context import model_context
+from mlserver.model import MLModel
+from mlserver.registry import MultiModelRegistry, SingleModelRegistry
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest
+
+from modelyard import metrics
+from modelyard.errors import InvalidModelFolder
+from modelyard.folders import MARKER_FILENAMES, find_model_folders, load_model_folder
+
+logger = logging.getLogger("modelyard.registry")
+
+# A model still answering requests is unloaded once they finish, or after this.
+DRAIN_TIMEOUT_S = 30.0
+INFLIGHT_ATTR = "_modelyard_inflight"
+# The signature as declared, kept before load(): some runtimes (Hugging Face)
+# append their own metadata to the settings' inputs while loading.
+SIGNATURE_ATTR = "_modelyard_signature"
+
+
+class State(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class FolderStatus:
+    """What the registry knows of one model folder."""
+
+    folder: str
+    name: str | None = None
+    state: State = State.LOADING
+    # The version answering requests, which is the previous one while a newer
+    # folder fails to load.
+    serving_version: str | None = None
+    error: str | None = None
+    updated_at: float = field(default_factory=time.time)
+    fingerprint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "name": self.name,
+            "state": self.state.value,
+            "serving_version": self.serving_version,
+            "error": self.error,
+            "updated_at": self.updated_at,
+        }
+
+
+def inflight(model: MLModel) -> int:
+    return int(getattr(model, INFLIGHT_ATTR, 0))
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Changes whenever any file in the folder changes (size, mtime or name)."""
+    digest = hashlib.sha1()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            st = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class SwappingModelRegistry(MultiModelRegistry):
+    """MLServer's registry with an atomic swap: the new model is loaded off to the
+    side and replaces the serving one in a single step, so no request ever finds
+    the model missing or not ready."""
+
+    async def swap(self, new_settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
+        name = new_settings.name
+        single = self._models.get(name)
+        if single is None:
+            single = self._models[name] = SingleModelRegistry(
+                new_settings,
+                on_model_load=self._on_model_load,
+                on_model_reload=self._on_model_reload,
+                on_model_unload=self._on_model_unload,
+                model_initialiser=self._model_initialiser,
+            )
+        old_models = await single.get_models()
+        new_model = self._model_initialiser(new_settings)
+        setattr(new_model, SIGNATURE_ATTR, (list(new_settings.inputs), list(new_settings.outputs)))
+        with model_context(new_settings):
+            try:
+                for callback in self._on_model_load:
+                    new_model = await callback(new_model)
+                new_model.ready = await new_model.load()
+                if warmup is not None:
+                    await new_model.predict(warmup)
+            except BaseException:
+                await _unload_quietly(single, new_model)
+                if single.empty():
+                    del self._models[name]
+                raise
+        if not new_model.ready:
+            await _unload_quietly(single, new_model)
+            raise RuntimeError(f"model '{name}': load() returned False")
+
+        # The switch: no await between dropping the old and adding the new.
+        single._versions = {}
+        single._default = None
+        single._register(new_model)
+        for old in old_models:
+            if old is not new_model:
+                asyncio.get_running_loop().create_task(_drain_and_unload(single, old))
+        return new_model
+
+    async def remove(self, name: str) -> None:
+        single = self._models.pop(name, None)
+        if single is None:
+            return
+        for model in await single.get_models():
+            await _drain_and_unload(single, model)
+
+
+async def _drain_and_unload(single: SingleModelRegistry, model: MLModel) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while inflight(model) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await _unload_quietly(single, model)
+
+
+async def _unload_quietly(single: SingleModelRegistry, model: MLModel) -> None:
+    with model_context(model.settings):
+        await asyncio.gather(
+            *[callback(model) for callback in single._on_model_unload], return_exceptions=True
+        )
+        try:
+            model.ready = not await model.unload()
+        except Exception:
+            logger.exception("model '%s': unload failed", model.name)
+
+
+class Registry:
+    """Keeps a ``SwappingModelRegistry`` in step with the folders below ``root``."""
+
+    def __init__(self, root: Path, models: SwappingModelRegistry):
+        self.root = root
+        self.models = models
+        self.folders: dict[str, FolderStatus] = {}
+        self.synced = False
+        self._lock = asyncio.Lock()
+
+    # -- views ---------------------------------------------------------------------
+    def statuses(self) -> list[FolderStatus]:
+        return [self.folders[k] for k in sorted(self.folders)]
+
+    def ready(self) -> bool:
+        """True once every folder has been tried and none is still loading its first version.
+
+        A folder that failed does not hold readiness back: on Kubernetes that would
+        take the models that do serve out of the Service; its status shows the error.
+        """
+        return self.synced and not any(
+            s.state == State.LOADING and s.serving_version is None for s in self.folders.values()
+        )
+
+    # -- changes -------------------------------------------------------------------
+    async def sync(self, only: Iterable[Path] | None = None) -> None:
+        """Load new and changed folders, unload removed ones."""
+        async with self._lock:
+            present = (
+                {str(p): p for p in find_model_folders(self.root)} if self.root.is_dir() else {}
+            )
+            candidates = (
+                {str(p) for p in only} if only is not None else set(present) | set(self.folders)
+            )
+            tasks = []
+            for key in sorted(candidates):
+                if key in present:
+                    fingerprint = folder_fingerprint(present[key])
+                    status = self.folders.get(key)
+                    if status is None or status.fingerprint != fingerprint:
+                        tasks.append(self._apply(present[key], fingerprint))
+                elif key in self.folders:
+                    tasks.append(self._remove(key))
+            await asyncio.gather(*tasks)
+            self.synced = True
+
+    async def _apply(self, folder: Path, fingerprint: str) -> None:
+        key = str(folder)
+        status = self.folders.setdefault(key, FolderStatus(folder=key))
+        status.fingerprint = fingerprint
+        status.state = State.LOADING
+        status.updated_at = time.time()
+        try:
+            settings = await asyncio.to_thread(load_model_folder, folder)
+        except InvalidModelFolder as e:
+            return self._failed(status, str(e), logged=False)
+        except Exception as e:
+            return self._failed(status, f"{folder}: {type(e).__name__}: {e}")
+
+        previous = status.name
+        if previous and previous != settings.name:
+            await self.models.remove(previous)
+            status.serving_version = None
+        clash = next(
+            (s for k, s in self.folders.items() if k != key and s.name == settings.name), None
+        )
+        if clash is not None:
+            return self._failed(
+                status,
+                f"{folder}: model name '{settings.name}' is already served from "
+                f"{clash.folder}; give one of them another name",
+                logged=False,
+            )
+        status.name = settings.name
+        try:
+            await self.models.swap(settings, warmup_request(folder))
+        except Exception as e:
+            metrics.REGISTRY_FAILURES.labels(model=settings.name).inc()
+            return self._failed(
+                status, f"{folder}: model '{settings.name}' failed to load: {type(e).__name__}: {e}"
+            )
+        metrics.REGISTRY_RELOADS.labels(model=settings.name).inc()
+        status.state = State.READY
+        status.error = None
+        status.serving_version = settings.version or ""
+        status.updated_at = time.time()
+        logger.info(
+            "model '%s' version %s serving from %s", settings.name, settings.version, folder
+        )
+
+    def _failed(self, status: FolderStatus, message: str, logged: bool = True) -> None:
+        status.state = State.FAILED
+        status.error = message
+        status.updated_at = time.time()
+        if status.serving_version is not None:
+            message += f" (version {status.serving_version or '-'} keeps serving)"
+        if logged:
+            logger.error("%s", message)
+        else:
+            logger.error("invalid model folder:\n%s", message)
+
+    async def _remove(self, key: str) -> None:
+        status = self.folders.pop(key)
+        if status.name and status.serving_version is not None:
+            await self.models.remove(status.name)
+            logger.info("model '%s' unloaded: %s was removed", status.name, key)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Follow the directory until ``stop`` is set."""
+        from watchfiles import awatch
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The debounce lets a copy or an editor's save finish; a file still
+        # half-written fails validation and is simply tried again on the next event.
+        async for changes in awatch(
+            self.root, stop_event=stop, debounce=300, step=50, recursive=True
+        ):
+            touched = {self._folder_of(Path(p)) for _, p in changes}
+            await self.sync({p for p in touched if p is not None})
+
+    def _folder_of(self, path: Path) -> Path | None:
+        try:
+            rel = path.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return None
+        if not rel.parts:
+            return None
+        if self.root.resolve() / rel.parts[0] == self.root.resolve():
+            return None
+        folder = self.root / rel.parts[0]
+        if rel.parts[0].startswith((".", "_")):
+            return None
+        if (
+            any((self.root / rel.parts[0] / m).exists() for m in MARKER_FILENAMES)
+            or str(folder) in self.folders
+        ):
+            return folder
+        return None
+
+
+def warmup_request(folder: Path) -> InferenceRequest | None:
+    """The declaration's example request, if it gives one."""
+    from modelyard.folders import DECLARATION_FILENAME
+
+    if not (folder / DECLARATION_FILENAME).is_file():
+        return None
+    try:
+        from modelyard.declaration import example_request
+    except ImportError:
+        return None
+    return example_request(folder)

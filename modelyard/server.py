@@ -1,0 +1,165 @@
+"""`modelyard serve`: MLServer in-process, fed by the live registry.
+
+MLServer runs in this process with inference inline (no worker pool: light models
+answer faster without the inter-process hop) and the registry loads models through
+its model registry. Readiness is honest: `/v2/health/ready` stays false until every
+model folder has been tried, where MLServer alone says ready with nothing loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.responses import ORJSONResponse
+from mlserver import MLServer
+from mlserver.handlers import DataPlane
+from mlserver.model import MLModel
+from mlserver.settings import Settings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
+
+from modelyard import __version__
+from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, SwappingModelRegistry
+from modelyard.signature import check_request, check_response
+
+logger = logging.getLogger("modelyard.server")
+
+STATUS_PATH = "/modelyard/status"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    directory: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    metrics_port: int = 8082
+    workers: int = 0
+    watch: bool = True
+    debug: bool = False
+
+
+def mlserver_settings(opts: ServeOptions) -> Settings:
+    return Settings(
+        debug=opts.debug,
+        host=opts.host,
+        http_port=opts.http_port,
+        grpc_port=opts.grpc_port,
+        metrics_port=opts.metrics_port,
+        parallel_workers=opts.workers,
+        model_repository_root=str(opts.directory),
+        load_models_at_startup=False,
+        server_name="modelyard",
+        server_version=__version__,
+    )
+
+
+class _DataPlane(DataPlane):
+    _registry: Registry
+
+    async def ready(self) -> bool:
+        return self._registry.ready() and await super().ready()
+
+    async def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
+        # V2 lists the model versions a client may ask for; MLServer puts the
+        # training libraries' versions there.
+        meta = await super().model_metadata(name, version)
+        model = await self._model_registry.get_model(name, version)
+        meta.versions = [model.version] if model.version else []
+        return meta
+
+    def _prepare_payload(self, payload: InferenceRequest, model: MLModel) -> InferenceRequest:
+        inputs, _ = getattr(model, SIGNATURE_ATTR, ((), ()))
+        if inputs:
+            check_request(model.name, inputs, payload)
+        return super()._prepare_payload(payload, model)
+
+    async def infer(
+        self, payload: InferenceRequest, name: str, version: str | None = None
+    ) -> InferenceResponse:
+        response = await super().infer(payload, name, version)
+        model = await self._model_registry.get_model(name, version)
+        _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
+        if outputs:
+            check_response(name, outputs, payload, response)
+        return response
+
+    @asynccontextmanager
+    async def _infer_contextmanager(
+        self, name: str, version: str | None = None
+    ) -> AsyncIterator[MLModel]:
+        # Counts requests in flight per model object, so a swapped-out version is
+        # unloaded only once the requests it already took have been answered.
+        async with super()._infer_contextmanager(name, version) as model:
+            setattr(model, INFLIGHT_ATTR, getattr(model, INFLIGHT_ATTR, 0) + 1)
+            try:
+                yield model
+            finally:
+                setattr(model, INFLIGHT_ATTR, getattr(model, INFLIGHT_ATTR) - 1)
+
+
+class ModelyardServer(MLServer):
+    """MLServer with the live registry and modelyard's readiness and status."""
+
+    def __init__(self, opts: ServeOptions):
+        self.opts = opts
+        super().__init__(mlserver_settings(opts))
+
+    def _create_model_registry(self) -> SwappingModelRegistry:
+        base = super()._create_model_registry()
+        models = SwappingModelRegistry(
+            on_model_load=base._on_model_load,
+            on_model_reload=base._on_model_reload,
+            on_model_unload=base._on_model_unload,
+            model_initialiser=base._model_initialiser,
+        )
+        self.registry = Registry(self.opts.directory, models)
+        return models
+
+    def _create_servers(self) -> None:
+        # MLServer has built its DataPlane (and registered its Prometheus metrics,
+        # which cannot be registered twice): extend that object rather than make another.
+        self._data_plane.__class__ = _DataPlane
+        self._data_plane._registry = self.registry
+        super()._create_servers()
+        self._rest_server._app.add_api_route(
+            STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse
+        )
+
+    async def _status(self) -> dict:
+        return {
+            "ready": self.registry.ready(),
+            "directory": str(self.opts.directory),
+            "models": [s.as_dict() for s in self.registry.statuses()],
+        }
+
+    def _add_signal_handlers(self) -> None:
+        loop = asyncio.get_event_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, lambda s=sig: asyncio.create_task(self.stop(sig=s)))
+
+    async def start(self, models_settings: list | None = None) -> None:  # type: ignore[override]
+        self._stop_watch = asyncio.Event()
+        servers = [self._rest_server.start(), self._grpc_server.start()]
+        if self._metrics_server:
+            servers.append(self._metrics_server.start())
+        servers_task = asyncio.gather(*servers)
+        await self.registry.sync()
+        tasks = [servers_task]
+        if self.opts.watch:
+            tasks.append(asyncio.ensure_future(self.registry.watch(self._stop_watch)))
+        await asyncio.gather(*tasks)
+
+    async def stop(self, sig: int | None = None) -> None:
+        self._stop_watch.set()
+        await super().stop(sig)
+
+
+async def serve(opts: ServeOptions) -> None:
+    server = ModelyardServer(opts)
+    await server.start()

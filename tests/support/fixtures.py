@@ -1,0 +1,1 @@
+"""Fixtures shared across test packages (PostgreSQL, ...) are registered here."""
