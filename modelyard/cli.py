@@ -11,6 +11,7 @@ import click
 # name -> "module:attribute" of a click command
 COMMANDS = {
     "serve": "modelyard.commands.serve:serve",
+    "status": "modelyard.commands.status:status",
 }
 
 

@@ -82,6 +82,8 @@ def settings_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
     from modelyard.validation import check_model_settings
 
     data = read_model_settings_json(marker)
+    # As MLServer does: a model-settings.json without a name is named after its folder.
+    data.setdefault("name", folder.name)
     problems = check_model_settings(data, marker)
     if problems:
         raise InvalidModelFolder(str(folder), problems)

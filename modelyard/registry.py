@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -27,13 +27,16 @@ from mlserver.types import InferenceRequest
 
 from modelyard import metrics
 from modelyard.errors import InvalidModelFolder
-from modelyard.folders import MARKER_FILENAMES, find_model_folders, load_model_folder
+from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 
 logger = logging.getLogger("modelyard.registry")
 
 # A model still answering requests is unloaded once they finish, or after this.
 DRAIN_TIMEOUT_S = 30.0
 INFLIGHT_ATTR = "_modelyard_inflight"
+# A folder that fails validation within this long of its last write is looked at
+# again rather than reported: an editor or a copy may still be writing it.
+SETTLE_S = 1.0
 # The signature as declared, kept before load(): some runtimes (Hugging Face)
 # append their own metadata to the settings' inputs while loading.
 SIGNATURE_ATTR = "_modelyard_signature"
@@ -78,9 +81,13 @@ def folder_fingerprint(folder: Path) -> str:
     """Changes whenever any file in the folder changes (size, mtime or name)."""
     digest = hashlib.sha1()
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
+        if "__pycache__" in path.parts:
+            continue
+        try:
             st = path.stat()
-            digest.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:  # removed while we walk: the next event sees it
+            continue
+        digest.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -155,14 +162,19 @@ async def _unload_quietly(single: SingleModelRegistry, model: MLModel) -> None:
 
 
 class Registry:
-    """Keeps a ``SwappingModelRegistry`` in step with the folders below ``root``."""
+    """Keeps a ``SwappingModelRegistry`` in step with the folders below ``root``.
+
+    Folders are handled independently (a slow load never holds up another folder)
+    but each one in order: a change that lands while the folder loads is applied next.
+    """
 
     def __init__(self, root: Path, models: SwappingModelRegistry):
         self.root = root
         self.models = models
         self.folders: dict[str, FolderStatus] = {}
         self.synced = False
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     # -- views ---------------------------------------------------------------------
     def statuses(self) -> list[FolderStatus]:
@@ -179,26 +191,29 @@ class Registry:
         )
 
     # -- changes -------------------------------------------------------------------
-    async def sync(self, only: Iterable[Path] | None = None) -> None:
-        """Load new and changed folders, unload removed ones."""
-        async with self._lock:
-            present = (
-                {str(p): p for p in find_model_folders(self.root)} if self.root.is_dir() else {}
-            )
-            candidates = (
-                {str(p) for p in only} if only is not None else set(present) | set(self.folders)
-            )
-            tasks = []
-            for key in sorted(candidates):
-                if key in present:
-                    fingerprint = folder_fingerprint(present[key])
-                    status = self.folders.get(key)
-                    if status is None or status.fingerprint != fingerprint:
-                        tasks.append(self._apply(present[key], fingerprint))
-                elif key in self.folders:
-                    tasks.append(self._remove(key))
-            await asyncio.gather(*tasks)
-            self.synced = True
+    async def sync(self) -> None:
+        """Load new and changed folders, unload removed ones; returns when all are done."""
+        present = {str(p) for p in find_model_folders(self.root)} if self.root.is_dir() else set()
+        await asyncio.gather(
+            *[self.sync_folder(Path(k)) for k in sorted(present | set(self.folders))]
+        )
+        self.synced = True
+
+    async def sync_folder(self, folder: Path) -> None:
+        key = str(folder)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if is_model_folder(folder):
+                fingerprint = folder_fingerprint(folder)
+                status = self.folders.get(key)
+                if status is None or status.fingerprint != fingerprint:
+                    await self._apply(folder, fingerprint)
+            elif key in self.folders:
+                await self._remove(key)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _apply(self, folder: Path, fingerprint: str) -> None:
         key = str(folder)
@@ -209,14 +224,18 @@ class Registry:
         try:
             settings = await asyncio.to_thread(load_model_folder, folder)
         except InvalidModelFolder as e:
-            return self._failed(status, str(e), logged=False)
+            age = time.time() - newest_mtime(folder)
+            if age < SETTLE_S:
+                # Probably a copy or a save still in progress: look again once the
+                # folder has been quiet for a moment instead of reporting it broken.
+                status.fingerprint = ""
+                self._spawn(self._retry(folder, SETTLE_S - age))
+                return None
+            return self._failed(status, str(e), invalid=True)
         except Exception as e:
             return self._failed(status, f"{folder}: {type(e).__name__}: {e}")
 
         previous = status.name
-        if previous and previous != settings.name:
-            await self.models.remove(previous)
-            status.serving_version = None
         clash = next(
             (s for k, s in self.folders.items() if k != key and s.name == settings.name), None
         )
@@ -225,8 +244,11 @@ class Registry:
                 status,
                 f"{folder}: model name '{settings.name}' is already served from "
                 f"{clash.folder}; give one of them another name",
-                logged=False,
+                invalid=True,
             )
+        if previous and previous != settings.name:
+            await self.models.remove(previous)
+            status.serving_version = None
         status.name = settings.name
         try:
             await self.models.swap(settings, warmup_request(folder))
@@ -244,16 +266,17 @@ class Registry:
             "model '%s' version %s serving from %s", settings.name, settings.version, folder
         )
 
-    def _failed(self, status: FolderStatus, message: str, logged: bool = True) -> None:
+    async def _retry(self, folder: Path, delay: float) -> None:
+        await asyncio.sleep(delay + 0.05)
+        await self.sync_folder(folder)
+
+    def _failed(self, status: FolderStatus, message: str, invalid: bool = False) -> None:
         status.state = State.FAILED
         status.error = message
         status.updated_at = time.time()
         if status.serving_version is not None:
-            message += f" (version {status.serving_version or '-'} keeps serving)"
-        if logged:
-            logger.error("%s", message)
-        else:
-            logger.error("invalid model folder:\n%s", message)
+            message += f"\n(version {status.serving_version or '-'} keeps serving)"
+        logger.error("%s%s", "invalid model folder:\n" if invalid else "", message)
 
     async def _remove(self, key: str) -> None:
         status = self.folders.pop(key)
@@ -265,33 +288,31 @@ class Registry:
         """Follow the directory until ``stop`` is set."""
         from watchfiles import awatch
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        # The debounce lets a copy or an editor's save finish; a file still
-        # half-written fails validation and is simply tried again on the next event.
-        async for changes in awatch(
-            self.root, stop_event=stop, debounce=300, step=50, recursive=True
-        ):
-            touched = {self._folder_of(Path(p)) for _, p in changes}
-            await self.sync({p for p in touched if p is not None})
+        # watchfiles' debounce groups the events of one copy or save; a file still
+        # half-written fails validation and is looked at again once it settles.
+        async for changes in awatch(self.root, stop_event=stop, debounce=200, step=50):
+            for folder in sorted({f for _, p in changes if (f := self._folder_of(Path(p)))}):
+                self._spawn(self.sync_folder(folder))
 
     def _folder_of(self, path: Path) -> Path | None:
+        """The top-level folder of ``root`` that ``path`` is in (hidden ones ignored)."""
         try:
-            rel = path.resolve().relative_to(self.root.resolve())
+            rel = path.relative_to(self.root)
         except ValueError:
             return None
-        if not rel.parts:
+        if not rel.parts or rel.parts[0].startswith((".", "_")):
             return None
-        if self.root.resolve() / rel.parts[0] == self.root.resolve():
-            return None
-        folder = self.root / rel.parts[0]
-        if rel.parts[0].startswith((".", "_")):
-            return None
-        if (
-            any((self.root / rel.parts[0] / m).exists() for m in MARKER_FILENAMES)
-            or str(folder) in self.folders
-        ):
-            return folder
-        return None
+        return self.root / rel.parts[0]
+
+
+def newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
 
 
 def warmup_request(folder: Path) -> InferenceRequest | None:

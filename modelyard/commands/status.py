@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+
+@click.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    envvar="MODELYARD_URL",
+    help="The server's REST address.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON status.")
+def status(url: str, as_json: bool) -> None:
+    """Show every model folder of a running server: state, serving version, last error.
+
+    Exits 1 when a folder has failed, so a script or a probe can tell.
+    """
+    import requests
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        r = requests.get(url.rstrip("/") + "/modelyard/status", timeout=10)
+        r.raise_for_status()
+    except requests.RequestException as e:
+        raise click.ClickException(
+            f"cannot read the status from {url}: {e}; is `modelyard serve` running there?"
+        ) from None
+    body = r.json()
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    else:
+        table = Table(title=f"{body['directory']}  ready={body['ready']}")
+        for column in ("folder", "model", "state", "serving", "since", "last error"):
+            table.add_column(column, overflow="fold")
+        colours = {"ready": "green", "loading": "yellow", "failed": "red"}
+        for m in body["models"]:
+            since = time.strftime("%H:%M:%S", time.localtime(m["updated_at"]))
+            table.add_row(
+                m["folder"].rsplit("/", 1)[-1],
+                m["name"] or "-",
+                f"[{colours[m['state']]}]{m['state']}[/]",
+                m["serving_version"] if m["serving_version"] is not None else "-",
+                since,
+                m["error"] or "",
+            )
+        Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    if any(m["state"] == "failed" for m in body["models"]):
+        sys.exit(1)
