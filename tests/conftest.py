@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, ServerProcess
+from tests.support.protoshim import share_v2_protos
+
+share_v2_protos()  # before anything imports MLServer
+
+from tests.support.server import REPO, ServerProcess  # noqa: E402
 
 pytest_plugins = ["tests.support.fixtures"]
 
