@@ -48,3 +48,8 @@ model-settings/sentiment/model.safetensors: examples/sentiment/train.py $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(MODELS) model-settings/sentiment/*.json.tmp
+
+# Benchmarks (not part of `make test`): modelyard against plain `mlserver start`.
+bench: models
+	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python -m benchmarks.run

@@ -1,0 +1,148 @@
+"""Load generators and the servers they are pointed at, shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.support.protoshim import share_v2_protos
+
+share_v2_protos()  # before anything imports MLServer
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.grpc import service_pb2  # noqa: E402
+
+from modelyard.folders import settings_dict  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Load:
+    """One closed-loop run against one server."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    first_error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class PlainMLServer(ServerProcess):
+    """`mlserver start` with MLServer's own defaults: the alternative we measure against."""
+
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "mlserver"), "start", str(self.directory)]
+
+    def start(self) -> PlainMLServer:
+        self.env.update(
+            MLSERVER_HTTP_PORT=str(self.http_port),
+            MLSERVER_GRPC_PORT=str(self.grpc_port),
+            MLSERVER_METRICS_PORT=str(self.metrics_port),
+        )
+        super().start()
+        return self
+
+
+def plain_model_dir(folders: list[Path], out: Path) -> Path:
+    """Each folder as a plain MLServer model-settings.json (artifacts by absolute path),
+    so both servers load exactly the same settings."""
+    for folder in folders:
+        _, data = settings_dict(folder)
+        params = data.setdefault("parameters", {})
+        if params.get("uri") and "://" not in params["uri"]:
+            params["uri"] = str((folder / params["uri"]).resolve())
+        target = out / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "model-settings.json").write_text(json.dumps(data, indent=2))
+    return out
+
+
+def rest_body(name: str, array: np.ndarray, datatype: str) -> str:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "data": array.ravel().tolist(),
+                }
+            ]
+        }
+    )
+
+
+def grpc_body(model: str, name: str, array: np.ndarray, datatype: str) -> bytes:
+    """The ModelInferRequest tritonclient would send, serialised."""
+    inp = grpcclient.InferInput(name, list(array.shape), datatype)
+    inp.set_data_from_numpy(array)
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.extend([inp._get_tensor()])
+    if inp._get_content() is not None:
+        request.raw_input_contents.extend([inp._get_content()])
+    return request.SerializeToString()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * _UNITS[unit]
+
+
+def wrk(url: str, body: str, connections: int, duration: float) -> Load:
+    """wrk, closed loop: `connections` connections each with one request in flight."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body.json"
+        body_path.write_text(body)
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'local f = io.open("{body_path}", "r")\n'
+            'wrk.body = f:read("*a")\nf:close()\n'
+        )
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script),
+             url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(g) for g in socket.groups()) if socket else 0
+    )
+    return Load(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p99_ms=_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        requests=requests_done,
+        errors=errors,
+    )
+
+
+def grpc_load(target: str, body: bytes, concurrency: int, duration: float) -> Load:
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(body)
+        f.flush()
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.grpc_load", "--target", target, "--body", f.name,
+             "--concurrency", str(concurrency), "--duration", str(duration)],
+            capture_output=True, text=True, check=True, cwd=HERE.parent,
+        ).stdout  # fmt: skip
+    return Load(**json.loads(out))

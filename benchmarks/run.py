@@ -1,0 +1,282 @@
+"""`make bench`: modelyard against plain `mlserver start` on the same models, same machine,
+same clients, same run; and the live registry's time-to-serve and swaps under load.
+
+Prints one table per part and writes every figure to a JSON file.
+Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,registry]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import requests
+import xgboost as xgb
+from sklearn.datasets import load_breast_cancer, load_iris
+
+from benchmarks.load import (
+    Load,
+    PlainMLServer,
+    grpc_body,
+    grpc_load,
+    plain_model_dir,
+    rest_body,
+    wrk,
+)
+from tests.support.server import REPO, ServerProcess
+
+PARTS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {}
+
+
+def part(fn: Callable[[argparse.Namespace, Path], dict]) -> Callable:
+    PARTS[fn.__name__] = fn
+    return fn
+
+
+@dataclass(frozen=True)
+class Scenario:
+    model: str
+    rows: int
+    concurrency: int
+    protocol: str
+    input_name: str
+    datatype: str
+    array: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.rows}-row {self.protocol} c{self.concurrency}"
+
+
+def datasets() -> dict[str, tuple[np.ndarray, str]]:
+    iris = load_iris().data.astype(np.float64)
+    cancer = load_breast_cancer().data.astype(np.float32)
+    return {
+        "iris": (np.resize(iris, (1000, 4)), "FP64"),
+        "breast-cancer": (np.resize(cancer, (1000, 30)), "FP32"),
+    }
+
+
+def scenarios() -> list[Scenario]:
+    out = []
+    for model, (data, datatype) in datasets().items():
+        for protocol in ("rest", "grpc"):
+            for rows, concurrency in ((1, 1), (1, 16), (1000, 16)):
+                out.append(
+                    Scenario(model, rows, concurrency, protocol, "input-0", datatype, data[:rows])
+                )
+    return out
+
+
+def measure(server: ServerProcess, s: Scenario, duration: float) -> Load:
+    if s.protocol == "rest":
+        url = f"{server.base}/v2/models/{s.model}/infer"
+        return wrk(url, rest_body(s.input_name, s.array, s.datatype), s.concurrency, duration)
+    body = grpc_body(s.model, s.input_name, s.array, s.datatype)
+    return grpc_load(server.grpc_url, body, s.concurrency, duration)
+
+
+def raw_rows_per_s(model: str, data: np.ndarray, seconds: float = 2.0) -> float:
+    """In-process `predict` on the same 1,000 rows: the limit for serving that model."""
+    if model == "iris":
+        predict = joblib.load(REPO / "model-settings/iris/model.joblib").predict
+    else:
+        booster = xgb.XGBClassifier()
+        booster.load_model(REPO / "model-settings/breast-cancer/model.ubj")
+        predict = booster.predict
+    for _ in range(5):
+        predict(data)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predict(data)
+        calls += 1
+    return calls * len(data) / (time.perf_counter() - start)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+@part
+def serving(args: argparse.Namespace, tmp: Path) -> dict:
+    models = plain_model_dir([REPO / "model-settings/iris", REPO / "model-settings/breast-cancer"],
+                             tmp / "models")  # fmt: skip
+    results: dict[str, dict[str, dict]] = {}
+    for label, cls, extra in (
+        ("mlserver", PlainMLServer, ()),
+        ("modelyard", ServerProcess, ("--no-watch",)),
+    ):
+        server = cls(models, tmp / f"{label}.log", extra_args=extra).start()
+        try:
+            server.wait_ready()
+            for s in scenarios():
+                # Warm up connections, caches and the model before measuring.
+                measure(server, s, 1.0)
+                results.setdefault(s.label, {})[label] = measure(server, s, args.duration).as_dict()
+        finally:
+            server.stop()
+
+    raw = {m: raw_rows_per_s(m, d) for m, (d, _) in datasets().items()}
+    print(f"\n{'scenario':34} {'plain MLServer':>26} {'modelyard':>26} {'ratio':>6}"
+          f" {'p99 ratio':>9}")  # fmt: skip
+    print(f"{'':34} {'req/s   p50   p99  err':>26} {'req/s   p50   p99  err':>26}")
+    rows = []
+    for s in scenarios():
+        base, ours = results[s.label]["mlserver"], results[s.label]["modelyard"]
+        row = {
+            "scenario": s.label,
+            "mlserver": base,
+            "modelyard": ours,
+            "ratio_rps": ratio(ours["rps"], base["rps"]),
+            "ratio_p99": ratio(ours["p99_ms"], base["p99_ms"]),
+        }
+        if s.rows > 1:
+            row["raw_rows_per_s"] = raw[s.model]
+            row["served_rows_per_s"] = ours["rps"] * s.rows
+            row["served_vs_raw"] = ratio(row["served_rows_per_s"], raw[s.model])
+        rows.append(row)
+
+        def cell(r: dict) -> str:
+            return f"{r['rps']:7.0f} {r['p50_ms']:5.1f} {r['p99_ms']:5.1f} {r['errors']:4d}"
+
+        print(f"{s.label:34} {cell(base):>26} {cell(ours):>26} {row['ratio_rps']:5.2f}x"
+              f" {row['ratio_p99']:8.2f}x")  # fmt: skip
+    print("\n1,000-row requests, served rows/s by modelyard against in-process predict rows/s:")
+    for row in rows:
+        if "raw_rows_per_s" in row:
+            print(f"  {row['scenario']:34} {row['served_rows_per_s']:12,.0f} rows/s served"
+                  f" {row['raw_rows_per_s']:12,.0f} raw  {row['served_vs_raw']:.2f}x")  # fmt: skip
+    return {"rows": rows}
+
+
+@part
+def registry(args: argparse.Namespace, tmp: Path) -> dict:
+    """Time from a folder landing to its first answer; swaps under load."""
+    models = tmp / "live"
+    models.mkdir()
+    staged = plain_model_dir([REPO / "model-settings/iris"], tmp / "staged") / "iris"
+    server = ServerProcess(models, tmp / "registry.log").start()
+    iris_body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4],
+                             "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+    try:
+        server.wait_ready()
+        landings = []
+        for i in range(5):
+            name = f"iris-{i}"
+            settings = json.loads((staged / "model-settings.json").read_text())
+            settings["name"] = name
+            stage = tmp / f"stage-{i}"
+            stage.mkdir()
+            (stage / "model-settings.json").write_text(json.dumps(settings))
+            start = time.perf_counter()
+            # A deploy tool lands a whole folder at once: a rename into the directory.
+            os.rename(stage, models / name)
+            while True:
+                r = requests.post(f"{server.base}/v2/models/{name}/infer", json=iris_body,
+                                  timeout=5)  # fmt: skip
+                if r.status_code == 200:
+                    break
+                time.sleep(0.005)
+            landings.append(time.perf_counter() - start)
+
+        # Swaps under load: one folder is rewritten 10 times while clients call it.
+        target = models / "iris-0"
+        body = grpc_body("iris-0", "input-0", np.array([[5.1, 3.5, 1.4, 0.2]]), "FP64")
+        baseline = grpc_load(server.grpc_url, body, 4, args.duration)
+        swap_seconds = max(args.duration, 6.0)
+        swapped: list[float] = []
+
+        def swapper() -> None:
+            time.sleep(0.5)
+            for version in range(2, 12):
+                settings = json.loads((target / "model-settings.json").read_text())
+                settings["parameters"]["version"] = str(version)
+                tmp_file = target / ".next.json"
+                tmp_file.write_text(json.dumps(settings))
+                tmp_file.replace(target / "model-settings.json")
+                start = time.perf_counter()
+                while True:
+                    status = requests.get(f"{server.base}/modelyard/status", timeout=5).json()
+                    state = {m["name"]: m for m in status["models"]}["iris-0"]
+                    if state["serving_version"] == str(version):
+                        break
+                    time.sleep(0.01)
+                swapped.append(time.perf_counter() - start)
+                time.sleep(max(0.0, (swap_seconds - 1.0) / 10 - swapped[-1]))
+
+        thread = threading.Thread(target=swapper)
+        thread.start()
+        during = grpc_load(server.grpc_url, body, 4, swap_seconds)
+        thread.join()
+    finally:
+        server.stop()
+    result = {
+        "landing_to_answer_s": landings,
+        "landing_to_answer_median_s": float(np.median(landings)),
+        "swaps": len(swapped),
+        "swap_to_serving_s": swapped,
+        "load_without_swaps": baseline.as_dict(),
+        "load_during_swaps": during.as_dict(),
+    }
+    print("\nlive registry")
+    median_ms, max_ms = np.median(landings) * 1000, max(landings) * 1000
+    print(f"  folder landed -> iris answering: median {median_ms:.0f} ms "
+          f"(max {max_ms:.0f} ms over {len(landings)}; target < 2000 ms)")  # fmt: skip
+    print(f"  {len(swapped)} swaps under load (gRPC, 4 callers): sent {during.requests}, "
+          f"failed {during.errors} (target 0)")  # fmt: skip
+    print(f"  p99 during swaps {during.p99_ms:.1f} ms vs without {baseline.p99_ms:.1f} ms; "
+          f"req/s {during.rps:.0f} vs {baseline.rps:.0f}")  # fmt: skip
+    return result
+
+
+def machine() -> dict:
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/latest.json")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: `apt-get install wrk` (make bench does this)")
+    report = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"machine: {report['machine']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            part_dir = Path(tmp) / name
+            part_dir.mkdir()
+            report[name] = PARTS[name](args, part_dir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
