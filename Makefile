@@ -12,11 +12,13 @@ MODELS := model-settings/iris/model.joblib \
           model-settings/sentiment/model.safetensors
 
 .PHONY: serve test lint format bench generate models install clean
+.PHONY: kube kube-binaries
 
 serve: models
 	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
 
 test: models
+test: kube-binaries
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -53,3 +55,9 @@ clean:
 bench: models
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m benchmarks.run
+
+# The operator and chart tests run a real kube-apiserver; this builds it once from
+# Debian's source package (about 4 minutes) into ~/.cache, then takes a second.
+kube: kube-binaries
+kube-binaries:
+	scripts/kube/build.sh
