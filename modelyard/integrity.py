@@ -6,12 +6,22 @@ can load and then answer wrongly: both are refused before anything is loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from packaging.utils import canonicalize_name
+
+if TYPE_CHECKING:
+    from mlserver.settings import ModelSettings
+
+# Where a declaration's integrity block lands in the generated model settings.
+EXTRA_KEY = "modelyard"
 
 
 class IntegrityError(Exception):
@@ -19,8 +29,17 @@ class IntegrityError(Exception):
 
 
 def sha256_of(path: Path) -> str:
+    # The registry verifies before any runtime loads and the runtimes verify again
+    # (they also run outside the server): the second look at an unchanged file is
+    # free. Any write, rename or utime() changes the inode's ctime, so it misses.
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, dev: int, ino: int, size: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -62,3 +81,44 @@ def verify_versions(model: str, declared: Mapping[str, str]) -> None:
             + "; ".join(problems)
             + "); install the declared versions or retrain and update model.versions"
         )
+
+
+def artifact_path(settings: ModelSettings) -> Path | None:
+    """The local file or folder ``parameters.uri`` names, relative to the settings file;
+    None when the model has no URI. A remote URI raises: it cannot be hashed here."""
+    uri = settings.parameters.uri if settings.parameters else None
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise IntegrityError(
+            f"model '{settings.name}': sha256 is declared but model.uri {uri} is remote and "
+            "cannot be verified before loading; download the artifact into the model folder "
+            "and point model.uri at it"
+        )
+    path = Path(parsed.path if parsed.scheme else uri)
+    if not path.is_absolute() and settings._source:
+        path = Path(os.path.dirname(settings._source)) / path
+    return path
+
+
+def verify_settings(settings: ModelSettings) -> None:
+    """Refuse a model whose settings carry a declaration's ``versions`` or ``sha256``
+    that the environment or the artifact do not match. Call before any load."""
+    extra: dict[str, Any] = (settings.parameters.extra if settings.parameters else None) or {}
+    declared = extra.get(EXTRA_KEY) or {}
+    if declared.get("versions"):
+        verify_versions(settings.name, declared["versions"])
+    if declared.get("sha256"):
+        path = artifact_path(settings)
+        if path is None:
+            raise IntegrityError(
+                f"model '{settings.name}': sha256 is declared but there is no model.uri; "
+                "name the artifact it covers in model.uri"
+            )
+        if not path.exists():
+            raise IntegrityError(
+                f"model '{settings.name}': sha256 is declared for {path}, which does not exist; "
+                "put the artifact there or fix model.uri"
+            )
+        verify_sha256(settings.name, path, declared["sha256"])

@@ -28,6 +28,7 @@ from mlserver.types import InferenceRequest
 from modelyard import metrics
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
+from modelyard.integrity import verify_settings
 
 logger = logging.getLogger("modelyard.registry")
 
@@ -114,6 +115,7 @@ class SwappingModelRegistry(MultiModelRegistry):
             try:
                 for callback in self._on_model_load:
                     new_model = await callback(new_model)
+                await asyncio.to_thread(verify_settings, new_settings)
                 new_model.ready = await new_model.load()
                 if warmup is not None:
                     await new_model.predict(warmup)
