@@ -10,6 +10,18 @@ import pytest
 from kubernetes import client as k8s
 
 from tests.support.kube import KubeCluster, ensure_binaries
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; tests make their own databases
+    with ``postgres.create_database(name)``."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
