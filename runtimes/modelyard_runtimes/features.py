@@ -1,0 +1,163 @@
+"""Features for entity ids, fetched from a database by the declared ``features.sql``.
+
+The convention, the same on SQLite, DuckDB and PostgreSQL: ``features.sql`` selects
+the features of *every* entity, one row per key, with no filter of its own. Online,
+the runtime runs it filtered by the requested ids:
+
+    SELECT * FROM (<features.sql>) AS features WHERE features.<key> IN (?, ?, ...)
+
+with each id a bound parameter, never text spliced into the SQL (an id such as
+``1; DROP TABLE users`` is just an id that matches nothing), one query per request,
+on a pooled connection. The databases push the filter down into the query, so an
+index on the key is used. The batch scorer streams the same SQL unfiltered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from modelyard_runtimes.databases import create_engine, describe, resolve_url
+from modelyard_runtimes.errors import FeatureSourceError, ModelError
+
+logger = logging.getLogger("modelyard.runtimes.features")
+
+# Ids bound per statement: under SQLite's 32,766 and PostgreSQL's 65,535 parameter
+# limits. A request with more ids than this takes one query per slice.
+IDS_PER_QUERY = 10_000
+IDS_PARAM = "ids"
+
+
+class FeaturesOptions(BaseModel):
+    """The declaration's ``features`` block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str  # file, relative to the model folder
+    source: str  # SQLAlchemy URL; ${VAR:-default} expanded at load
+    key: str  # the entity id column, and the request input carrying the ids
+    preprocess: str | None = None  # fitted transformer (joblib), relative to the folder
+    preprocess_sha256: str | None = None  # verified before the transformer is unpickled
+
+
+def _database_message(e: SQLAlchemyError) -> str:
+    orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    return " ".join(str(orig).split())
+
+
+class FeatureSource:
+    """The features database of one model: a pooled engine and the filtered query."""
+
+    def __init__(self, model: str, options: FeaturesOptions, folder: Path):
+        self.model = model
+        self.options = options
+        self.key = options.key
+        self.folder = folder
+        self.sql_path = folder / options.sql
+        self.sql = ""
+        self.url: sa.URL | None = None
+        self.engine: sa.Engine | None = None
+        self._query: sa.Select | None = None
+
+    def open(self) -> None:
+        """Read the SQL, create the engine, and run the query once for no ids: a wrong
+        SQL, key column or source refuses the model at load, not at its first request."""
+        if not self.sql_path.is_file():
+            raise FileNotFoundError(
+                f"model '{self.model}': features.sql {self.sql_path} does not exist; "
+                "add it to the model folder or fix features.sql"
+            )
+        # A trailing ';' or '-- comment' would break the query it is wrapped in.
+        self.sql = self.sql_path.read_text().strip().rstrip(";").rstrip() + "\n"
+        self.url = resolve_url(self.options.source, self.folder)
+        try:
+            self.engine = create_engine(self.url, read_only=True)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"model '{self.model}': features source {describe(self.url)}: {e}"
+            ) from None
+        features = sa.text(self.sql).columns(sa.column(self.key)).subquery("features")
+        self._query = (
+            sa.select(sa.literal_column("*"))
+            .select_from(features)
+            .where(features.c[self.key].in_(sa.bindparam(IDS_PARAM, expanding=True)))
+        )
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(self._query, {IDS_PARAM: []}).fetchall()
+        except SQLAlchemyError as e:
+            self.close()
+            raise RuntimeError(
+                f"model '{self.model}': {self.options.sql} does not run on "
+                f"{describe(self.url)}: {_database_message(e)}; fix the query (it must select "
+                f"a column {self.key!r}) or the source"
+            ) from None
+        logger.info("model '%s': features from %s", self.model, describe(self.url))
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    def fetch(self, ids: Sequence[Any]) -> pd.DataFrame:
+        """The features of the known ``ids``, one row each, in the order of ``ids``;
+        the key column holds the ids as requested (unknown ids have no row)."""
+        assert self.engine is not None and self._query is not None, "open() first"
+        unique = list(dict.fromkeys(ids))
+        frames = []
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(unique), IDS_PER_QUERY):
+                    result = conn.execute(
+                        self._query, {IDS_PARAM: unique[start : start + IDS_PER_QUERY]}
+                    )
+                    frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
+        except SQLAlchemyError as e:
+            raise FeatureSourceError(
+                f"model '{self.model}': features query on {describe(self.url)} failed: "
+                f"{_database_message(e)}"
+            ) from None
+        if not frames:
+            return pd.DataFrame(columns=[self.key])
+        found = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if unique and isinstance(unique[0], str):
+            # SQLite finds '42' in an INTEGER column and hands back 42: answer by the
+            # id as the client wrote it.
+            found[self.key] = found[self.key].map(lambda v: v if isinstance(v, str) else str(v))
+        duplicated = found[self.key][found[self.key].duplicated()]
+        if len(duplicated):
+            raise ModelError(
+                f"model '{self.model}': {self.options.sql} returned several rows for "
+                f"{self.key} {duplicated.iloc[0]!r}; it must return one row per {self.key} "
+                f"(GROUP BY {self.key})"
+            )
+        positions = found[self.key].map({v: i for i, v in enumerate(unique)})
+        # A database may match an id it spells otherwise (SQLite: '042' = 42); such
+        # a row answers no requested id as written.
+        found = found[positions.notna()].iloc[positions.dropna().argsort(kind="stable")]
+        return found.reset_index(drop=True)
+
+    def iter_all(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+        """Every row of ``features.sql``, unfiltered, in chunks of ``rows_per_chunk``
+        rows streamed from the database (memory stays bounded)."""
+        assert self.engine is not None, "open() first"
+        try:
+            with self.engine.connect() as conn:
+                # stream_results: a server-side cursor where the driver has one, so
+                # the database hands the rows over a chunk at a time.
+                result = conn.execution_options(stream_results=True).execute(sa.text(self.sql))
+                columns = list(result.keys())
+                for rows in result.partitions(rows_per_chunk):
+                    yield pd.DataFrame(rows, columns=columns)
+        except SQLAlchemyError as e:
+            raise FeatureSourceError(
+                f"model '{self.model}': {self.options.sql} on {describe(self.url)} failed: "
+                f"{_database_message(e)}"
+            ) from None
