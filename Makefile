@@ -9,16 +9,18 @@ HOST ?= 127.0.0.1
 
 MODELS := model-settings/iris/model.joblib \
           model-settings/breast-cancer/model.ubj \
-          model-settings/sentiment/model.safetensors
+          model-settings/sentiment/model.safetensors \
+          examples/customer-profile/model.joblib
 
 .PHONY: serve test lint format bench generate models install clean
-.PHONY: kube kube-binaries
+.PHONY: kube kube-binaries postgres-server
 
 serve: models
 	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
 
 test: models
 test: kube-binaries
+test: postgres-server
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -47,9 +49,18 @@ model-settings/breast-cancer/model.ubj: examples/breast-cancer/train.py $(STAMP)
 	$(BIN)/python $<
 model-settings/sentiment/model.safetensors: examples/sentiment/train.py $(STAMP)
 	$(BIN)/python $<
+# The customer-profile example is served from its own folder: a synthetic database,
+# then the preprocess object and classifier trained on it (train.py pins their hashes
+# in model.yaml).
+examples/customer-profile/features.db: examples/customer-profile/make_data.py $(STAMP)
+	$(BIN)/python $<
+examples/customer-profile/model.joblib: examples/customer-profile/train.py \
+		examples/customer-profile/features.sql examples/customer-profile/features.db $(STAMP)
+	$(BIN)/python $<
 
 clean:
 	rm -rf $(VENV) $(MODELS) model-settings/sentiment/*.json.tmp
+	rm -f examples/customer-profile/features.db examples/customer-profile/preprocess.pkl
 
 # Benchmarks (not part of `make test`): modelyard against plain `mlserver start`.
 bench: models
@@ -61,3 +72,9 @@ bench: models
 kube: kube-binaries
 kube-binaries:
 	scripts/kube/build.sh
+
+# The runtime, batch and metrics tests start a real PostgreSQL server (initdb, pg_ctl);
+# a fresh machine gets them from the distribution.
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
