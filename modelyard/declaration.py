@@ -1,0 +1,436 @@
+"""The ``model.yaml`` declaration: read it and check it, reporting every problem at once.
+
+The schema catches what is misspelt or mistyped; the checks here catch what only
+code can see: files that are missing or outside the folder, a predictor class that
+does not import, a cron schedule that does not parse, libraries that differ from the
+ones the model was trained with (all before anything is unpickled).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import yaml
+
+from modelyard.errors import InvalidModelFolder, Problem
+from modelyard.imports import ClassSpecError, _inside, load_class
+from modelyard.integrity import IntegrityError, verify_sha256, version_mismatches
+from modelyard.interpolate import MissingVariable, expand
+from modelyard.validation import (
+    declaration_validator,
+    is_within,
+    pointer,
+    pointer_key,
+    schema_problems,
+)
+
+if TYPE_CHECKING:
+    from mlserver.types import InferenceRequest
+
+PREBUILT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
+# The predictor class: predict is required, the others are called when present.
+PREDICTOR_METHODS = {
+    "load": "artifacts_dir",
+    "preprocess": "inputs",
+    "predict": "instances",
+    "postprocess": "predictions",
+}
+# A file and the key holding its sha256.
+HASHED_FILES = (
+    (("model", "uri"), ("model", "sha256")),
+    (("features", "preprocess"), ("features", "preprocess_sha256")),
+)
+# Kubernetes CronJob accepts five fields or these.
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML that refuses a key given twice (PyYAML would keep the last silently)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice; keep one", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The declaration as data; a YAML error is an InvalidModelFolder naming line and column."""
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise InvalidModelFolder(
+            str(path.parent), [Problem(str(path), "", f"not valid YAML{where}: {e.problem}")]
+        ) from None
+    except yaml.YAMLError as e:
+        raise InvalidModelFolder(
+            str(path.parent), [Problem(str(path), "", f"not valid YAML: {e}")]
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidModelFolder(
+            str(path.parent),
+            [Problem(str(path), "", "must be a mapping of keys (name, version, runtime, ...)")],
+        )
+    return data
+
+
+@dataclass
+class _Checks:
+    """The checks beyond the schema, each yielding (pointer, message)."""
+
+    data: dict[str, Any]
+    folder: Path
+
+    def get(self, *keys: str) -> Any:
+        value: Any = self.data
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return value
+
+    def text(self, *keys: str) -> str | None:
+        """A string value with its ${VAR} expanded; None when absent or not expandable."""
+        value = self.get(*keys)
+        if not isinstance(value, str):
+            return None
+        try:
+            return expand(value)
+        except MissingVariable:
+            return None  # reported by variables()
+
+    def all(self) -> Iterator[tuple[str, str]]:
+        yield from self.variables(self.data, [])
+        yield from self.files()
+        yield from self.integrity()
+        yield from self.signature()
+        yield from self.runtime()
+        yield from self.schedule()
+        yield from self.deployment()
+        yield from self.example()
+
+    def variables(self, value: Any, path: list[str | int]) -> Iterator[tuple[str, str]]:
+        if isinstance(value, str):
+            try:
+                expand(value)
+            except MissingVariable as e:
+                yield pointer(path), str(e)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from self.variables(v, [*path, k])
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from self.variables(v, [*path, i])
+
+    def local_path(self, value: str, ptr: str, what: str) -> Iterator[tuple[str, str] | Path]:
+        """Yields a problem, or the path when ``value`` is a file or folder inside the folder."""
+        parsed = urlparse(value)
+        if parsed.scheme not in ("", "file"):
+            return  # remote (fsspec): fetched where it is used
+        rel = parsed.path if parsed.scheme == "file" else value
+        path = self.folder / rel
+        if not _inside(path, self.folder):
+            yield (
+                ptr,
+                f"{value} is outside the model folder {self.folder}; put the {what} inside it",
+            )
+        elif not path.exists():
+            yield (
+                ptr,
+                f"{value} does not exist in {self.folder}; add the {what} there or fix the path",
+            )
+        else:
+            yield path
+
+    def files(self) -> Iterator[tuple[str, str]]:
+        named = [
+            (("model", "uri"), "artifact"),
+            (("features", "sql"), "query file"),
+            (("features", "preprocess"), "fitted transformer"),
+        ]
+        for keys, what in named:
+            value = self.text(*keys)
+            if value is None:
+                continue
+            for found in self.local_path(value, pointer(keys), what):
+                if not isinstance(found, Path):
+                    yield found
+        uri = self.text("model", "uri")
+        params = self.get("model", "parameters")
+        params = params if isinstance(params, dict) else {}
+        if self.get("runtime") == "huggingface":
+            if not isinstance(params.get("task"), str):
+                yield (
+                    "/model/parameters/task",
+                    "missing: the Hugging Face pipeline task, e.g. text-classification",
+                )
+            local = [p for p in self.local_path(uri, "", "") if isinstance(p, Path)] if uri else []
+            if (
+                local
+                and local[0].is_dir()
+                and not (local[0] / "config.json").is_file()
+                and not params.get("pretrained_model")
+            ):
+                yield (
+                    "/model/uri",
+                    f"{uri} has no config.json; save the model there with save_pretrained() "
+                    "or name a hub model in model.parameters.pretrained_model",
+                )
+
+    def integrity(self) -> Iterator[tuple[str, str]]:
+        name = self.get("name") or "?"
+        for file_keys, hash_keys in HASHED_FILES:
+            expected = self.get(*hash_keys)
+            value = self.text(*file_keys)
+            if not isinstance(expected, str) or value is None:
+                continue
+            if urlparse(value).scheme not in ("", "file"):
+                yield (
+                    pointer(hash_keys),
+                    f"{value} is remote, so its sha256 cannot be verified before loading; "
+                    "download the artifact into the model folder and point to it",
+                )
+                continue
+            found = [p for p in self.local_path(value, "", "") if isinstance(p, Path)]
+            if found:
+                try:
+                    verify_sha256(name, found[0], expected)
+                except IntegrityError as e:
+                    yield pointer(hash_keys), str(e)
+        versions = self.get("model", "versions")
+        if isinstance(versions, dict):
+            for lib, wanted in versions.items():
+                if not isinstance(wanted, str):
+                    continue
+                for mismatch in version_mismatches({lib: wanted}):
+                    yield (
+                        pointer(["model", "versions", lib]),
+                        f"{mismatch}; install it (pip install '{lib}=={wanted}') "
+                        "or retrain and update model.versions",
+                    )
+
+    def signature(self) -> Iterator[tuple[str, str]]:
+        for key in ("inputs", "outputs"):
+            tensors = self.get(key)
+            if not isinstance(tensors, list):
+                continue
+            seen: set[str] = set()
+            for i, tensor in enumerate(tensors):
+                name = tensor.get("name") if isinstance(tensor, dict) else None
+                if isinstance(name, str) and name in seen:
+                    yield pointer([key, i, "name"]), f"{name!r} is declared twice; rename one"
+                seen.add(name)
+
+    def runtime(self) -> Iterator[tuple[str, str]]:
+        runtime = self.get("runtime")
+        for key, owner in (("predictor", "predictor"), ("implementation", "custom")):
+            if self.get(key) is not None and runtime != owner:
+                yield (
+                    f"/{key}",
+                    f"only read with runtime: {owner}; remove it or set runtime: {owner}",
+                )
+        spec = self.get("predictor")
+        if runtime == "predictor" and isinstance(spec, str):
+            yield from self.predictor(spec)
+        implementation = self.get("implementation")
+        if runtime == "custom" and isinstance(implementation, str):
+            yield from self.implementation(implementation)
+
+    def predictor(self, spec: str) -> Iterator[tuple[str, str]]:
+        try:
+            cls = load_class(spec, self.folder)
+        except ClassSpecError as e:
+            yield "/predictor", str(e)
+            return
+        if not callable(getattr(cls, "predict", None)):
+            yield "/predictor", f"{spec} has no predict(self, instances) method; add one"
+        for method, arg in PREDICTOR_METHODS.items():
+            raw = inspect.getattr_static(cls, method, None)
+            if raw is None:
+                continue
+            fn = getattr(cls, method)
+            if not callable(fn):
+                yield (
+                    "/predictor",
+                    f"{spec}: {method} is not a method; define {method}(self, {arg})",
+                )
+                continue
+            args = (None,) if isinstance(raw, staticmethod | classmethod) else (None, None)
+            try:
+                sig = inspect.signature(fn)
+            except (TypeError, ValueError):
+                continue
+            try:
+                sig.bind(*args)
+            except TypeError:
+                yield (
+                    "/predictor",
+                    f"{spec}: {method}{sig} cannot take one argument; "
+                    f"define it as {method}(self, {arg})",
+                )
+
+    def implementation(self, path: str) -> Iterator[tuple[str, str]]:
+        module, _, name = path.rpartition(".")
+        file = Path(*module.split(".")).with_suffix(".py")
+        spec = f"{file}:{name}" if (self.folder / file).is_file() else f"{module}:{name}"
+        # MLServer imports the implementation with the model folder on sys.path.
+        sys.path.insert(0, str(self.folder.resolve()))
+        try:
+            cls = load_class(spec, self.folder)
+        except ClassSpecError as e:
+            yield "/implementation", str(e).replace(spec, path)
+            return
+        finally:
+            sys.path.remove(str(self.folder.resolve()))
+        mlmodel = sys.modules.get("mlserver.model")
+        if mlmodel is None or not issubclass(cls, mlmodel.MLModel):
+            yield (
+                "/implementation",
+                f"{path} is not an mlserver.MLModel subclass; subclass it, "
+                "or use runtime: predictor for a plain class",
+            )
+
+    def schedule(self) -> Iterator[tuple[str, str]]:
+        schedule = self.text("predictions", "schedule")
+        if schedule is None:
+            return
+        from croniter import croniter
+
+        fields = schedule.split()
+        if schedule.strip() in CRON_MACROS:
+            return
+        if len(fields) != 5 or not croniter.is_valid(schedule):
+            yield (
+                "/predictions/schedule",
+                f"{schedule!r} is not a five-field cron schedule (minute hour day-of-month "
+                "month day-of-week), e.g. '0 3 * * *' for 03:00 every day, or one of "
+                + ", ".join(CRON_MACROS),
+            )
+
+    def deployment(self) -> Iterator[tuple[str, str]]:
+        base = self.get("deployment")
+        if not isinstance(base, dict):
+            return
+        envs = base.get("environments")
+        targets: list[tuple[list[str | int], dict[str, Any]]] = [(["deployment"], base)]
+        if isinstance(envs, dict):
+            targets += [
+                (["deployment", "environments", env], overlay(base, patch))
+                for env, patch in envs.items()
+                if isinstance(patch, dict)
+            ]
+        for path, deployment in targets:
+            replicas = deployment.get("replicas")
+            if not isinstance(replicas, dict):
+                continue
+            low, high = replicas.get("min"), replicas.get("max")
+            if isinstance(low, int) and isinstance(high, int) and low > high:
+                yield (
+                    pointer([*path, "replicas"]),
+                    f"min {low} is more than max {high}; raise max or lower min",
+                )
+
+    def example(self) -> Iterator[tuple[str, str]]:
+        example, inputs = self.get("example"), self.get("inputs")
+        if not isinstance(example, dict) or not isinstance(inputs, list) or not inputs:
+            return
+        from mlserver.errors import MLServerError
+        from mlserver.types import InferenceRequest, MetadataTensor
+        from pydantic import ValidationError
+
+        from modelyard.signature import check_request
+
+        try:
+            request = InferenceRequest.model_validate(example)
+            declared = [MetadataTensor.model_validate(t) for t in inputs]
+            check_request(str(self.get("name")), declared, request)
+        except ValidationError:
+            return  # the schema has said what is wrong with either
+        except MLServerError as e:
+            yield "/example", f"the example does not fit the inputs: {e}"
+
+
+def check(data: dict[str, Any], path: Path) -> list[Problem]:
+    """Every problem of the declaration ``data`` read from ``path``."""
+    folder = path.parent
+    file = str(path)
+    problems = schema_problems(declaration_validator(), data, file)
+    flagged = [p.pointer for p in problems]
+    for ptr, message in _Checks(data, folder).all():
+        # A value the schema already refused is not checked twice.
+        if not any(is_within(ptr, f) for f in flagged):
+            problems.append(Problem(file, ptr, message))
+    return sorted(dict.fromkeys(problems), key=lambda p: pointer_key(p.pointer))
+
+
+def problems(path: Path) -> list[Problem]:
+    """Every problem of the declaration file at ``path`` (YAML errors included)."""
+    try:
+        data = read(path)
+    except InvalidModelFolder as e:
+        return e.problems
+    return check(data, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The declaration at ``path``, checked: InvalidModelFolder lists every problem."""
+    data = read(path)
+    found = check(data, path)
+    if found:
+        raise InvalidModelFolder(str(path.parent), found)
+    return data
+
+
+def overlay(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` merged over ``base``: nested mappings merge key by key, anything else
+    (lists included) replaces. ``environments`` is not carried into the result."""
+    merged = {k: v for k, v in base.items() if k != "environments"}
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def deployment_for(declaration: dict[str, Any], environment: str | None = None) -> dict[str, Any]:
+    """The ``deployment`` block as it applies in ``environment`` (None: the base)."""
+    base = declaration.get("deployment") or {}
+    if environment is None:
+        return overlay(base, {})
+    envs = base.get("environments") or {}
+    if environment not in envs:
+        known = ", ".join(sorted(envs)) or "none"
+        raise KeyError(
+            f"model '{declaration.get('name')}' has no deployment environment "
+            f"{environment!r} (declared: {known})"
+        )
+    return overlay(base, envs[environment])
+
+
+def example_request(folder: Path) -> InferenceRequest | None:
+    """The declaration's ``example`` as a V2 request, or None when it gives none."""
+    from mlserver.types import InferenceRequest
+
+    from modelyard.folders import DECLARATION_FILENAME
+
+    example = read(folder / DECLARATION_FILENAME).get("example")
+    return None if example is None else InferenceRequest.model_validate(example)
