@@ -96,12 +96,12 @@ def grpc_body(model: str, name: str, array: np.ndarray, datatype: str) -> bytes:
     return request.SerializeToString()
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * _UNITS[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
 def wrk(url: str, body: str, connections: int, duration: float) -> Load:
@@ -116,9 +116,9 @@ def wrk(url: str, body: str, connections: int, duration: float) -> Load:
             f'local f = io.open("{body_path}", "r")\n'
             'wrk.body = f:read("*a")\nf:close()\n'
         )
+        seconds = f"{max(1, round(duration))}s"
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script),
-             url],
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}", "--latency", "-s", str(script), url],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     requests_done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ from mlserver.settings import Settings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 from modelyard import __version__
+from modelyard.fastpath import FastInfer
 from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, SwappingModelRegistry
 from modelyard.signature import check_request, check_response
 
@@ -42,6 +43,13 @@ class ServeOptions:
     workers: int = 0
     watch: bool = True
     debug: bool = False
+    # One limit for both protocols: MLServer leaves gRPC at its 4 MB default and
+    # REST unbounded, so a large request worked over one and not the other.
+    max_message_mb: int = 64
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
 
 
 def mlserver_settings(opts: ServeOptions) -> Settings:
@@ -56,6 +64,7 @@ def mlserver_settings(opts: ServeOptions) -> Settings:
         load_models_at_startup=False,
         server_name="modelyard",
         server_version=__version__,
+        grpc_max_message_length=opts.max_message_bytes,
     )
 
 
@@ -127,9 +136,9 @@ class ModelyardServer(MLServer):
         self._data_plane.__class__ = _DataPlane
         self._data_plane._registry = self.registry
         super()._create_servers()
-        self._rest_server._app.add_api_route(
-            STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse
-        )
+        app = self._rest_server._app
+        app.add_api_route(STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse)
+        self._rest_server._app = FastInfer(app, self._data_plane, self.opts.max_message_bytes)
 
     async def _status(self) -> dict:
         return {

@@ -25,6 +25,13 @@ from modelyard.logs import configure_logging
     show_default=True,
     help="Inference worker processes; 0 answers in the server process, fastest for light models.",
 )
+@click.option(
+    "--max-message-mb",
+    default=64,
+    show_default=True,
+    envvar="MODELYARD_MAX_MESSAGE_MB",
+    help="Largest request or response, over REST and gRPC alike.",
+)
 @click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
 @click.option("--debug", is_flag=True, help="Access logs and debug logging.")
 def serve(
@@ -34,6 +41,7 @@ def serve(
     grpc_port: int,
     metrics_port: int,
     workers: int,
+    max_message_mb: int,
     no_watch: bool,
     debug: bool,
 ) -> None:
@@ -59,6 +67,7 @@ def serve(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         workers=workers,
+        max_message_mb=max_message_mb,
         watch=not no_watch,
         debug=debug,
     )

@@ -81,7 +81,7 @@ class ServerProcess:
             try:
                 if requests.get(self.base + path, timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready on {path} after {timeout}s:\n{self.log()}")

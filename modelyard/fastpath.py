@@ -1,0 +1,143 @@
+"""A direct route for V2 REST inference, in front of MLServer's FastAPI app.
+
+MLServer's app sends every request through six middlewares (gzip, CORS, Prometheus,
+exception handling...) and FastAPI's dependency resolution; for a light model that
+costs more than the prediction. This ASGI app answers `POST .../infer` itself with
+the same data plane, the same request/response models and the same JSON encoder,
+and hands every other path to MLServer's app unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from mlserver.codecs.json import encode_to_json_bytes
+from mlserver.errors import MLServerError
+from mlserver.handlers import DataPlane
+from mlserver.types import InferenceRequest
+from mlserver.utils import extract_headers, insert_headers
+from pydantic import ValidationError
+
+from modelyard import metrics
+
+logger = logging.getLogger("modelyard.fastpath")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class FastInfer:
+    def __init__(self, app: ASGIApp, data_plane: DataPlane, max_body_bytes: int | None = None):
+        self.app = app
+        self.data_plane = data_plane
+        self.max_body_bytes = max_body_bytes
+
+    def __getattr__(self, name: str) -> Any:
+        # MLServer adds and removes its custom routes on the wrapped FastAPI app.
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.fullmatch(scope["path"])
+            if match is not None:
+                await self.infer(scope, receive, send, match["name"], match["version"])
+                return
+        await self.app(scope, receive, send)
+
+    async def infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        start = time.perf_counter()
+        status, headers, body = await self._answer(scope, receive, name, version)
+        metrics.REST_REQUESTS.labels(model=name, code=str(status)).inc()
+        metrics.REST_DURATION.labels(model=name).observe(time.perf_counter() - start)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, name: str, version: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            raw = await self._body(receive, request_headers)
+        except PayloadTooLarge as e:
+            return 413, [], _error(str(e))
+        try:
+            payload = InferenceRequest.model_validate(orjson.loads(raw))
+        except orjson.JSONDecodeError as e:
+            return 400, [], _error(f"request body is not valid JSON: {e}")
+        except ValidationError as e:
+            return 400, [], _error(_describe(e))
+        insert_headers(payload, request_headers)
+        try:
+            response = await self.data_plane.infer(payload, name, version)
+        except MLServerError as e:
+            return e.status_code, [], _error(str(e))
+        except Exception as e:
+            logger.exception("model '%s': inference failed", name)
+            return 500, [], _error(f"{type(e).__name__}: {e}")
+        extra = extract_headers(response) or {}
+        body = encode_to_json_bytes(response.model_dump(exclude_unset=True, exclude_none=True))
+        return (
+            200,
+            [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()],
+            body,
+        )
+
+    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        length = headers.get("content-length")
+        if self.max_body_bytes and length and int(length) > self.max_body_bytes:
+            raise PayloadTooLarge(int(length), self.max_body_bytes)
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if self.max_body_bytes and size > self.max_body_bytes:
+                raise PayloadTooLarge(size, self.max_body_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if "gzip" in headers.get("content-encoding", ""):
+            body = gzip.decompress(body)
+        return body
+
+
+class PayloadTooLarge(Exception):
+    def __init__(self, size: int, limit: int):
+        super().__init__(
+            f"request body of {size} bytes is over the limit of {limit} bytes; "
+            "raise serving.max_message_mb in the declaration (or --max-message-mb)"
+        )
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _describe(e: ValidationError) -> str:
+    """pydantic's errors as one line a client can act on: where and what."""
+    parts = []
+    for err in e.errors()[:5]:
+        where = "/".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid inference request: " + "; ".join(parts)
