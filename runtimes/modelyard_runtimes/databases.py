@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -62,7 +63,8 @@ def create_engine(url: URL, read_only: bool = False, **kwargs: Any) -> sa.Engine
                 "at another database"
             )
         if backend == "sqlite":
-            url = url.set(database=f"file:{url.database}?mode=ro", query={"uri": "true"})
+            path = quote(url.database)
+            url = url.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
         else:
             connect_args["read_only"] = True
     # pool_pre_ping: a connection dropped by the database (restart, idle timeout)

@@ -65,6 +65,7 @@ class FeatureSource:
         self.url: sa.URL | None = None
         self.engine: sa.Engine | None = None
         self._query: sa.Select | None = None
+        self.columns: list[str] = []  # as the query returns them, key included
 
     def open(self) -> None:
         """Read the SQL, create the engine, and run the query once for no ids: a wrong
@@ -91,7 +92,7 @@ class FeatureSource:
         )
         try:
             with self.engine.connect() as conn:
-                conn.execute(self._query, {IDS_PARAM: []}).fetchall()
+                self.columns = list(conn.execute(self._query, {IDS_PARAM: []}).keys())
         except SQLAlchemyError as e:
             self.close()
             raise RuntimeError(
@@ -99,6 +100,12 @@ class FeatureSource:
                 f"{describe(self.url)}: {_database_message(e)}; fix the query (it must select "
                 f"a column {self.key!r}) or the source"
             ) from None
+        if self.key not in self.columns:
+            self.close()
+            raise RuntimeError(
+                f"model '{self.model}': {self.options.sql} returns the columns "
+                f"{', '.join(self.columns)}; name the key column exactly {self.key!r}"
+            )
         logger.info("model '%s': features from %s", self.model, describe(self.url))
 
     def close(self) -> None:
@@ -109,45 +116,47 @@ class FeatureSource:
     def fetch(self, ids: Sequence[Any]) -> pd.DataFrame:
         """The features of the known ``ids``, one row each, in the order of ``ids``;
         the key column holds the ids as requested (unknown ids have no row)."""
-        assert self.engine is not None and self._query is not None, "open() first"
+        assert self.engine is not None and self.url is not None, "open() first"
+        assert self._query is not None
         unique = list(dict.fromkeys(ids))
-        frames = []
+        rows: list[Sequence[Any]] = []
         try:
             with self.engine.connect() as conn:
                 for start in range(0, len(unique), IDS_PER_QUERY):
-                    result = conn.execute(
-                        self._query, {IDS_PARAM: unique[start : start + IDS_PER_QUERY]}
-                    )
-                    frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
+                    chunk = unique[start : start + IDS_PER_QUERY]
+                    rows.extend(conn.execute(self._query, {IDS_PARAM: chunk}).fetchall())
         except SQLAlchemyError as e:
             raise FeatureSourceError(
                 f"model '{self.model}': features query on {describe(self.url)} failed: "
                 f"{_database_message(e)}"
             ) from None
-        if not frames:
-            return pd.DataFrame(columns=[self.key])
-        found = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        if unique and isinstance(unique[0], str):
-            # SQLite finds '42' in an INTEGER column and hands back 42: answer by the
-            # id as the client wrote it.
-            found[self.key] = found[self.key].map(lambda v: v if isinstance(v, str) else str(v))
-        duplicated = found[self.key][found[self.key].duplicated()]
-        if len(duplicated):
-            raise ModelError(
-                f"model '{self.model}': {self.options.sql} returned several rows for "
-                f"{self.key} {duplicated.iloc[0]!r}; it must return one row per {self.key} "
-                f"(GROUP BY {self.key})"
-            )
-        positions = found[self.key].map({v: i for i, v in enumerate(unique)})
-        # A database may match an id it spells otherwise (SQLite: '042' = 42); such
-        # a row answers no requested id as written.
-        found = found[positions.notna()].iloc[positions.dropna().argsort(kind="stable")]
-        return found.reset_index(drop=True)
+        # Plain Python over the rows: for the few rows of an online request, pandas
+        # operations would cost more than the query.
+        at = self.columns.index(self.key)
+        as_text = bool(unique) and isinstance(unique[0], str)
+        found: dict[Any, tuple] = {}
+        for row in rows:
+            key = row[at]
+            if as_text and not isinstance(key, str):
+                # SQLite finds '42' in an INTEGER column and hands back 42: answer by
+                # the id as the client wrote it.
+                key = str(key)
+            if key in found:
+                raise ModelError(
+                    f"model '{self.model}': {self.options.sql} returned several rows for "
+                    f"{self.key} {key!r}; it must return one row per {self.key} "
+                    f"(GROUP BY {self.key})"
+                )
+            found[key] = (*row[:at], key, *row[at + 1 :])
+        # A database may match an id it spells otherwise (SQLite: '042' = 42); such a
+        # row answers no requested id as written, and is left out.
+        ordered = [found[k] for k in unique if k in found]
+        return pd.DataFrame.from_records(ordered, columns=self.columns)
 
     def iter_all(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
         """Every row of ``features.sql``, unfiltered, in chunks of ``rows_per_chunk``
         rows streamed from the database (memory stays bounded)."""
-        assert self.engine is not None, "open() first"
+        assert self.engine is not None and self.url is not None, "open() first"
         try:
             with self.engine.connect() as conn:
                 # stream_results: a server-side cursor where the driver has one, so

@@ -143,6 +143,8 @@ def encode_output(
     array = value.to_numpy() if isinstance(value, pd.Series | pd.DataFrame) else np.asarray(value)
     datatype = datatype or _infer_datatype(array)
     array = cast_column(model, name, array, datatype)
+    if declared_rank == 1 and array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
     shape = list(array.shape)
     if declared_rank != len(shape):
         shape = inject_batch_dimension(shape)
@@ -185,20 +187,23 @@ def encode_outputs(
     return outputs
 
 
-def align(ids: Sequence[Any], scores: pd.DataFrame, key: str) -> pd.DataFrame:
+def align(ids: Sequence[Any] | np.ndarray, scores: pd.DataFrame, key: str) -> pd.DataFrame:
     """One row per requested id, in request order (repeats repeated), from ``scores``
-    (one row per known id); unknown ids get empty values and ``missing`` set."""
-    indexed = scores.set_index(key)
-    aligned = indexed.reindex(pd.Index(list(ids), dtype=object))
-    aligned.index.name = key
-    aligned = aligned.reset_index()
-    aligned[MISSING_OUTPUT] = ~aligned[key].isin(indexed.index)
-    for name in indexed.columns:
-        kind = indexed[name].dtype.kind
-        if kind in "iub":
-            # An integer or boolean column has no NaN: its missing rows say 0 / false.
-            filled = aligned[name].fillna(0 if kind != "b" else False)
-            aligned[name] = filled.astype(indexed[name].dtype)
-        elif kind == "O":
-            aligned[name] = aligned[name].fillna("")
-    return aligned
+    (one row per known id); unknown ids get empty values (NaN, "", 0, false) and
+    ``missing`` set."""
+    row_of = {k: i for i, k in enumerate(scores[key].tolist())}
+    rows = np.array([row_of.get(i, -1) for i in ids], dtype=np.intp)
+    missing = rows < 0
+    aligned: dict[str, Any] = {key: np.asarray(ids, dtype=object)}
+    for name in scores.columns:
+        if name == key:
+            continue
+        values = scores[name].to_numpy()
+        empty = {"f": np.nan, "c": np.nan, "M": np.datetime64("NaT"), "O": "", "b": False}.get(
+            values.dtype.kind, 0
+        )
+        out = np.full(len(rows), empty, dtype=values.dtype)
+        out[~missing] = values[rows[~missing]]
+        aligned[name] = out
+    aligned[MISSING_OUTPUT] = missing
+    return pd.DataFrame(aligned)
