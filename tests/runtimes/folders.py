@@ -159,11 +159,11 @@ def faulty(folder: Path, name: str = "faulty") -> Path:
     return predictor_folder(folder, name, FAULTY, "Faulty")
 
 
-def fill_profiles(url: str) -> None:
+def fill_profiles(url: str | sa.URL) -> None:
     """The `profiles` table of the features tests, in any SQLAlchemy database."""
-    database = sa.make_url(url).database
-    if sa.make_url(url).get_backend_name() in ("sqlite", "duckdb") and database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    url = sa.make_url(url)
+    if url.get_backend_name() in ("sqlite", "duckdb") and url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:

@@ -3,6 +3,7 @@ SQLite, DuckDB and a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from modelyard_runtimes.errors import FeatureSourceError
 from modelyard_runtimes.predictor import PredictorPipeline
 
 from modelyard.folders import load_model_folder
+from modelyard.integrity import IntegrityError
 from tests.runtimes import folders
 from tests.runtimes.conftest import ids_input, is_nan, output, v2_request
 from tests.support.postgres import PostgresServer
@@ -164,3 +166,28 @@ def test_batch_scoring_uses_the_same_code(tmp_path: Path) -> None:
         assert online["score"].iloc[[0, 2]].tolist() == by_id.loc[["u03", "u01"], "score"].tolist()
     finally:
         pipeline.close()
+
+
+async def test_a_folder_name_that_needs_escaping(tmp_path: Path, load_runtime) -> None:
+    folder = tmp_path / "team models #1?" / "scorer"
+    folders.fill_profiles(sa.URL.create("sqlite", database=str(folder / "features.db")))
+    model = await load_runtime(folders.scorer(folder, "sqlite:///features.db"))
+    assert output(await model.predict(v2_request(ids_input(["u02"]))), "missing") == [False]
+
+
+async def test_preprocess_sha256_is_checked_before_unpickling(tmp_path: Path, load_runtime) -> None:
+    folders.fill_profiles(f"sqlite:///{tmp_path}/scorer/features.db")
+    folder = folders.scorer(tmp_path / "scorer", "sqlite:///features.db")
+    marker = tmp_path / "pickle-was-loaded"
+    trapped = folders.booby_trapped(tmp_path / "trap", marker)
+    (folder / "scaler.pkl").write_bytes(trapped.read_bytes())
+    settings = json.loads((folder / "model-settings.json").read_text())
+    settings["parameters"]["extra"]["features"]["preprocess_sha256"] = "cd" * 32
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    with pytest.raises(IntegrityError) as refused:
+        await load_runtime(folder)
+    assert str(refused.value) == (
+        f"model 'scorer': sha256 mismatch for scaler.pkl (expected {'cd' * 32}, "
+        f"got {folders.sha256(trapped)}); refusing to load"
+    )
+    assert not marker.exists()
