@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-Client = httpclient.InferenceServerClient | grpcclient.InferenceServerClient
+Client: TypeAlias = httpclient.InferenceServerClient | grpcclient.InferenceServerClient
 
 
 def make_client(protocol: str, server: Any) -> Client:

@@ -35,7 +35,9 @@ def example_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, example_server: ServerProcess) -> ServerProcess:
+def server(
+    request: pytest.FixtureRequest, example_server: ServerProcess
+) -> Iterator[ServerProcess]:
     yield example_server
     print_log_on_failure(request, example_server)
 

@@ -74,7 +74,9 @@ def served(
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, served: tuple[ServerProcess, Path]) -> ServerProcess:
+def server(
+    request: pytest.FixtureRequest, served: tuple[ServerProcess, Path]
+) -> Iterator[ServerProcess]:
     yield served[0]
     print_log_on_failure(request, served[0])
 
@@ -191,8 +193,8 @@ def test_refused_models_show_why_and_the_others_serve(
     assert f"scikit-learn: trained with {WRONG_SKLEARN}, installed 1.9.1" in old["error"]
 
     for name in ("iris-tampered", "old-sklearn"):
-        ready = requests.get(f"{server.base}/v2/models/{name}/ready", timeout=5)
-        assert ready.status_code != 200, ready.text
+        answer = requests.get(f"{server.base}/v2/models/{name}/ready", timeout=5)
+        assert answer.status_code != 200, answer.text
     ready = [n for n, m in by_name.items() if m["state"] == "ready"]
     assert sorted(ready) == [
         "doubler", "faulty", "iris-pinned", "scorer-pg", "scorer-sqlite", "words",
