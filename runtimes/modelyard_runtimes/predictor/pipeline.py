@@ -138,6 +138,7 @@ class PredictorPipeline:
         self.predictor: Any = None
         self.features: FeatureSource | None = None
         self.transformer: Any = None
+        self.transformer_file = options.features.preprocess if options.features else None
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PredictorPipeline:
@@ -223,10 +224,8 @@ class PredictorPipeline:
             return self._empty_scores()
         inputs: Any = features.drop(columns=[self.key])
         if self.transformer is not None:
-            inputs = call_user(
-                self.name, f"{self.options.features.preprocess} transform",  # type: ignore[union-attr]
-                self.transformer.transform, inputs,
-            )  # fmt: skip
+            where = f"{self.transformer_file} transform"
+            inputs = call_user(self.name, where, self.transformer.transform, inputs)
         results = named_results(self.name, self.run(inputs), self.default_output)
         rows = len(features)
         scores = {self.key: features[self.key].to_numpy()}

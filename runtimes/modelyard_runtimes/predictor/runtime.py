@@ -38,7 +38,7 @@ class PredictorRuntime(MLModel):
     (named after the first declared output, else ``predict``), in the declared datatypes.
 
     The class's code runs on one thread of its own, never concurrently with itself and
-    never on the event loop; feature queries run on MLServer's default thread pool.
+    never on the event loop; feature queries run on the event loop's default thread pool.
     """
 
     async def load(self) -> bool:
