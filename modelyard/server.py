@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +20,21 @@ from pathlib import Path
 from fastapi.responses import ORJSONResponse
 from mlserver import MLServer
 from mlserver.handlers import DataPlane
+from mlserver.metrics import MetricsServer
 from mlserver.model import MLModel
+from mlserver.rest.server import _NoSignalServer
 from mlserver.settings import Settings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 from modelyard import __version__
 from modelyard.fastpath import FastInfer
+from modelyard.processes import (
+    PROMETHEUS_DIR_ENV,
+    mark_ready,
+    process_index,
+    reuse_port_socket,
+    siblings_ready,
+)
 from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, SwappingModelRegistry
 from modelyard.signature import check_request, check_response
 
@@ -72,7 +82,7 @@ class _DataPlane(DataPlane):
     _registry: Registry
 
     async def ready(self) -> bool:
-        return self._registry.ready() and await super().ready()
+        return self._registry.ready() and await super().ready() and siblings_ready()
 
     async def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
         # V2 lists the model versions a client may ask for; MLServer puts the
@@ -142,7 +152,9 @@ class ModelyardServer(MLServer):
 
     async def _status(self) -> dict:
         return {
-            "ready": self.registry.ready(),
+            "ready": self.registry.ready() and siblings_ready(),
+            "process": process_index() or 0,
+            "pid": os.getpid(),
             "directory": str(self.opts.directory),
             "models": [s.as_dict() for s in self.registry.statuses()],
         }
@@ -154,15 +166,47 @@ class ModelyardServer(MLServer):
 
     async def start(self, models_settings: list | None = None) -> None:  # type: ignore[override]
         self._stop_watch = asyncio.Event()
-        servers = [self._rest_server.start(), self._grpc_server.start()]
-        if self._metrics_server:
+        index = process_index()
+        servers = [self._start_rest(index), self._grpc_server.start()]
+        if self._metrics_server and index in (None, 0):
+            if index == 0:
+                # One of several processes: the first serves the metrics of all.
+                self._metrics_server = MetricsServer(
+                    self._settings.model_copy(
+                        update={
+                            "parallel_workers": 1,
+                            "metrics_dir": os.environ[PROMETHEUS_DIR_ENV],
+                        }
+                    )
+                )
             servers.append(self._metrics_server.start())
         servers_task = asyncio.gather(*servers)
         await self.registry.sync()
         tasks = [servers_task]
+        if index is not None:
+            tasks.append(asyncio.ensure_future(self._publish_readiness()))
         if self.opts.watch:
             tasks.append(asyncio.ensure_future(self.registry.watch(self._stop_watch)))
         await asyncio.gather(*tasks)
+
+    async def _publish_readiness(self) -> None:
+        published = None
+        while not self._stop_watch.is_set():
+            ready = self.registry.ready()
+            if ready != published:
+                mark_ready(ready)
+                published = ready
+            await asyncio.sleep(0.1)
+
+    async def _start_rest(self, index: int | None) -> None:
+        if index is None:
+            return await self._rest_server.start()
+        # gRPC binds with SO_REUSEPORT by default; uvicorn needs the socket given.
+        rest = self._rest_server
+        rest._server = _NoSignalServer(rest._get_config())
+        sock = reuse_port_socket(self._settings.host, self._settings.http_port)
+        logger.info("process %d: HTTP server on port %d", index, self._settings.http_port)
+        await rest._server.serve(sockets=[sock])
 
     async def stop(self, sig: int | None = None) -> None:
         self._stop_watch.set()

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
 
 from modelyard.logs import configure_logging
+from modelyard.processes import auto_processes, process_index, supervise
 
 
 @click.command()
@@ -32,6 +34,12 @@ from modelyard.logs import configure_logging
     envvar="MODELYARD_MAX_MESSAGE_MB",
     help="Largest request or response, over REST and gRPC alike.",
 )
+@click.option(
+    "--processes",
+    default="auto",
+    show_default=True,
+    help="Server processes sharing the ports; auto is one per available core (at most 4).",
+)
 @click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
 @click.option("--debug", is_flag=True, help="Access logs and debug logging.")
 def serve(
@@ -42,6 +50,7 @@ def serve(
     metrics_port: int,
     workers: int,
     max_message_mb: int,
+    processes: str,
     no_watch: bool,
     debug: bool,
 ) -> None:
@@ -60,6 +69,16 @@ def serve(
             f"{directory} is not a directory; create it or name the folder of your models",
             param_hint="DIRECTORY",
         )
+    count = auto_processes() if processes == "auto" else int(processes)
+    if count > 1 and process_index() is None:
+        child = [
+            str(directory.resolve()), "--host", host, "--http-port", str(http_port),
+            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+            "--workers", str(workers), "--max-message-mb", str(max_message_mb),
+            "--processes", str(count),
+            *(["--no-watch"] if no_watch else []), *(["--debug"] if debug else []),
+        ]  # fmt: skip
+        sys.exit(supervise(child, count))
     opts = ServeOptions(
         directory=directory.resolve(),
         host=host,

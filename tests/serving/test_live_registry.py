@@ -105,7 +105,9 @@ def write_slow(folder: Path, delay: float = 0.0, fail: bool = False, name: str =
 def test_drop_change_break_fix_delete(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    server = serve_dir(models)
+    # One process, so each state is read from the process that reached it; several
+    # processes converge on their own (tests/serving/test_processes.py).
+    server = serve_dir(models, "--processes", "1")
     assert iris_version(server) is None
 
     # Drop: a folder copied in (files landing one by one) is loaded.
@@ -164,7 +166,7 @@ def test_drop_change_break_fix_delete(serve_dir, tmp_path: Path) -> None:
 def test_half_written_file_is_retried_not_reported(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_iris(models / "iris", "1")
-    server = serve_dir(models)
+    server = serve_dir(models, "--processes", "1")
     assert iris_version(server) == "1"
 
     settings_path = models / "iris/model-settings.json"

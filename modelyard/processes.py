@@ -1,0 +1,147 @@
+"""Several server processes on the same ports, one per available core.
+
+A Python server answers on one core, and for a light model the HTTP/gRPC handling,
+not the prediction, is the work. Each process here is a whole `modelyard serve`
+(its own models, registry and watcher) listening with SO_REUSEPORT, so the kernel
+spreads connections across them; Prometheus metrics are aggregated across them and
+served by the first. The supervisor restarts a process that dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("modelyard.processes")
+
+INDEX_ENV = "MODELYARD_PROCESS_INDEX"
+COUNT_ENV = "MODELYARD_PROCESSES"
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Light models answer fastest with one process per core; beyond this many the
+# memory of one copy of every model per process outweighs the gain.
+MAX_AUTO_PROCESSES = 4
+
+
+def available_cpus() -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota
+    (a container's `resources.limits.cpu`), which `os.cpu_count()` ignores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def auto_processes() -> int:
+    return max(1, min(available_cpus(), MAX_AUTO_PROCESSES))
+
+
+def process_index() -> int | None:
+    """This process's index when it is one of several, else None."""
+    value = os.environ.get(INDEX_ENV)
+    return int(value) if value is not None and int(os.environ.get(COUNT_ENV, "1")) > 1 else None
+
+
+def mark_ready(ready: bool) -> None:
+    """Record whether this process has loaded its models, for its siblings to see."""
+    index = process_index()
+    if index is None:
+        return
+    flag = Path(os.environ[PROMETHEUS_DIR_ENV]) / f"ready-{index}"
+    if ready:
+        flag.touch()
+    else:
+        flag.unlink(missing_ok=True)
+
+
+def siblings_ready() -> bool:
+    """True when every process of this server has loaded its models (or there is one).
+
+    A readiness probe reaches one process at random: answering ready while a
+    sibling still loads would send traffic to a process with no models.
+    """
+    if process_index() is None:
+        return True
+    state = Path(os.environ[PROMETHEUS_DIR_ENV])
+    return all((state / f"ready-{i}").exists() for i in range(int(os.environ[COUNT_ENV])))
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening address several processes can bind; the kernel balances connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def supervise(child_args: list[str], count: int) -> int:
+    """Run `count` copies of `modelyard serve` with `child_args` until told to stop."""
+    metrics_dir = tempfile.mkdtemp(prefix="modelyard-metrics-")
+    stopping = False
+
+    def start(index: int) -> subprocess.Popen:
+        env = {**os.environ, INDEX_ENV: str(index), COUNT_ENV: str(count),
+               PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
+        return subprocess.Popen([sys.executable, "-m", "modelyard", "serve", *child_args], env=env)
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    children = [start(i) for i in range(count)]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, stop)
+    logger.info("serving with %d processes (pids %s)", count, [c.pid for c in children])
+    restarts: list[float] = []
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, child in enumerate(children):
+                code = child.poll()
+                if code is None or stopping:
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > 5 * count:
+                    logger.error("server processes keep exiting (last code %s); giving up", code)
+                    stop(signal.SIGTERM, None)
+                    return 1
+                logger.error("server process %d (pid %d) exited with %s; restarting",
+                             i, child.pid, code)  # fmt: skip
+                _forget_process_metrics(metrics_dir, child.pid)
+                (Path(metrics_dir) / f"ready-{i}").unlink(missing_ok=True)
+                children[i] = start(i)
+        deadline = time.monotonic() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return 0
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _forget_process_metrics(metrics_dir: str, pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    os.environ.setdefault(PROMETHEUS_DIR_ENV, metrics_dir)
+    multiprocess.mark_process_dead(pid, metrics_dir)

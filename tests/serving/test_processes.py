@@ -1,0 +1,73 @@
+"""Several server processes behind the same ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import requests
+
+from tests.serving.test_live_registry import SETOSA, wait_for, write_iris, write_slow
+from tests.support.server import ServerProcess
+
+BODY = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": SETOSA}]}
+
+
+def status_from_fresh_connection(server: ServerProcess) -> dict:
+    # A new connection each time, so the kernel may pick any process.
+    return requests.get(server.base + "/modelyard/status", timeout=5,
+                        headers={"Connection": "close"}).json()  # fmt: skip
+
+
+def test_processes_share_ports_metrics_and_readiness(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_iris(models / "iris", "1")
+    write_slow(models / "slow", delay=3.0)
+    server = serve_dir(models, "--processes", "2", ready=False)
+    server.wait_ready(path="/v2/health/live")
+
+    # Readiness is the server's, not one process's: no process says ready while
+    # any of them is still loading the slow model.
+    wait_for(lambda: requests.get(server.base + "/v2/models/iris/ready", timeout=5).ok)
+    for _ in range(10):
+        assert requests.get(server.base + "/v2/health/ready", timeout=5,
+                            headers={"Connection": "close"}).status_code != 200  # fmt: skip
+    server.wait_ready()
+
+    seen = {status_from_fresh_connection(server)["process"] for _ in range(40)}
+    assert seen == {0, 1}
+
+    for _ in range(30):
+        r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5,
+                          headers={"Connection": "close"})  # fmt: skip
+        assert r.status_code == 200
+    metrics = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
+    series = 'modelyard_rest_infer_requests_total{code="200",model="iris"}'
+    counted = [line for line in metrics.splitlines() if line.startswith(series)]
+    assert counted and float(counted[0].split()[-1]) == 30.0
+
+
+def test_a_process_that_dies_is_replaced(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_iris(models / "iris", "1")
+    server = serve_dir(models, "--processes", "2")
+    pids: dict[int, int] = {}
+
+    def both_seen() -> bool:
+        status = status_from_fresh_connection(server)
+        pids[status["process"]] = status["pid"]
+        return len(pids) == 2
+
+    wait_for(both_seen, what="both processes to answer")
+    os.kill(pids[1], signal.SIGKILL)
+
+    def replaced() -> bool:
+        s = status_from_fresh_connection(server)
+        return s["process"] == 1 and s["pid"] != pids[1]
+
+    wait_for(replaced, timeout=60, what="process 1 to be restarted")
+    server.wait_ready()
+    r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
+    assert "restarting" in server.log()
