@@ -94,9 +94,13 @@ def supervise(child_args: list[str], count: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="modelyard-metrics-")
     stopping = False
 
+    # Each process answers on its own core: native thread pools (OpenMP in XGBoost
+    # and scikit-learn, PyTorch) sized for the whole machine would fight each other.
+    threads = str(max(1, available_cpus() // count))
+
     def start(index: int) -> subprocess.Popen:
-        env = {**os.environ, INDEX_ENV: str(index), COUNT_ENV: str(count),
-               PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
+        env = {"OMP_NUM_THREADS": threads, **os.environ, INDEX_ENV: str(index),
+               COUNT_ENV: str(count), PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
         return subprocess.Popen([sys.executable, "-m", "modelyard", "serve", *child_args], env=env)
 
     def stop(signum: int, _frame: object) -> None:
