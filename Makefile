@@ -78,3 +78,9 @@ kube-binaries:
 postgres-server:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# The Model CRD's schema is generated from the declaration schema (a test checks it).
+.PHONY: generate-crd
+generate: generate-crd
+generate-crd: $(STAMP)
+	$(BIN)/python -m modelyard_operator.crd

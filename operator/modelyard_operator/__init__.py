@@ -1,0 +1,2 @@
+"""The modelyard Kubernetes operator: `Model` resources -> Deployments, Services,
+autoscalers and batch CronJobs, reconciled with kopf."""

@@ -1,0 +1,235 @@
+"""The `Model` CustomResourceDefinition, generated from the declaration's JSON Schema.
+
+One schema is the source of truth: the CRD's openAPIV3Schema is the declaration schema
+converted to a structural schema, plus the cluster-only keys. `make generate` writes it;
+a test fails when the committed file and the schema drift.
+
+    python -m modelyard_operator.crd [--check]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "modelyard.io"
+VERSION = "v1alpha1"
+KIND = "Model"
+PLURAL = "models"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_FILE = Path(__file__).parent / "crds" / f"{CRD_NAME}.yaml"
+
+# OpenAPI v3.0 keywords a structural schema may carry, as they are in JSON Schema.
+KEPT = {
+    "type", "description", "properties", "required", "items", "enum", "pattern",
+    "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "uniqueItems",
+    "minProperties", "maxProperties", "default", "format", "additionalProperties",
+    # Junctors: allowed when they only validate values of fields declared outside them.
+    "allOf", "anyOf", "oneOf", "not",
+}  # fmt: skip
+DROPPED = {"$schema", "$id", "$defs", "$comment", "title", "examples"}
+
+CLUSTER_PROPERTIES: dict[str, Any] = {
+    "environment": {
+        "description": "Which deployment.environments overlay applies on this cluster "
+        "(e.g. staging); none: the base deployment block.",
+        "type": "string",
+        "minLength": 1,
+    },
+    "image": {
+        "description": "The serving image; default: the operator's MODELYARD_OPERATOR_IMAGE.",
+        "type": "string",
+        "minLength": 1,
+    },
+    "secretEnv": {
+        "description": "Environment variables taken from Secrets, for the ${VAR} references "
+        "of the declaration (database URLs, storage credentials). Never put secrets in spec.",
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "required": ["secret", "key"],
+            "properties": {
+                "secret": {"description": "The Secret's name.", "type": "string", "minLength": 1},
+                "key": {"description": "The key in the Secret.", "type": "string", "minLength": 1},
+            },
+        },
+    },
+}
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    # kopf keeps its own progress in status too.
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "phase": {"type": "string", "enum": ["Pending", "Ready", "Failed"]},
+        "observedGeneration": {"type": "integer"},
+        "readyReplicas": {"type": "integer"},
+        "children": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "name": {"type": "string"},
+                },
+            },
+        },
+        "conditions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "observedGeneration": {"type": "integer"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
+    {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+class SchemaConversionError(ValueError):
+    pass
+
+
+def declaration_schema() -> dict[str, Any]:
+    text = resources.files("modelyard.schema").joinpath("declaration.schema.json").read_text()
+    return json.loads(text)
+
+
+def structural(schema: Mapping[str, Any], defs: Mapping[str, Any], where: str = "#") -> Any:
+    """A JSON Schema (2020-12) node as a Kubernetes structural schema node."""
+    node = dict(schema)
+    if "$ref" in node:
+        ref = node.pop("$ref")
+        prefix = "#/$defs/"
+        if not ref.startswith(prefix) or ref[len(prefix) :] not in defs:
+            raise SchemaConversionError(f"{where}: unsupported $ref {ref!r}")
+        # Keywords beside $ref (a more specific description) win over the definition's.
+        node = {**defs[ref[len(prefix) :]], **node}
+        return structural(node, defs, where)
+    unknown = set(node) - KEPT - DROPPED
+    if unknown:
+        raise SchemaConversionError(
+            f"{where}: keywords {sorted(unknown)} have no structural-schema equivalent; "
+            "express the rule with the supported ones or check it in the operator"
+        )
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in DROPPED:
+            continue
+        if key == "properties":
+            out[key] = {
+                name: structural(sub, defs, f"{where}/properties/{name}")
+                for name, sub in value.items()
+            }
+        elif key == "items" or key == "not":
+            out[key] = structural(value, defs, f"{where}/{key}")
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [structural(s, defs, f"{where}/{key}/{i}") for i, s in enumerate(value)]
+        elif key == "additionalProperties":
+            # Unknown fields are pruned by the API server; `false` is not expressible.
+            if isinstance(value, Mapping):
+                out[key] = structural(value, defs, f"{where}/{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    is_object = out.get("type") == "object"
+    if is_object and "properties" not in out and "additionalProperties" not in out:
+        # A free-form object (runtime parameters): kept as written.
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "array" and "items" not in out:
+        # Any values (tensor data, flat or nested): a structural array names its items.
+        out["items"] = {"x-kubernetes-preserve-unknown-fields": True}
+    return out
+
+
+def spec_schema(declaration: Mapping[str, Any]) -> dict[str, Any]:
+    spec = structural(declaration, declaration.get("$defs", {}))
+    spec["description"] = (
+        "A model declaration (model.yaml) and how to run it on this cluster. "
+        "`name` defaults to the resource's name."
+    )
+    spec["properties"] = {**spec["properties"], **CLUSTER_PROPERTIES}
+    # The resource's name stands in for the declaration's.
+    spec["required"] = [r for r in spec.get("required", []) if r != "name"]
+    return spec
+
+
+def crd(declaration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    spec = spec_schema(declaration if declaration is not None else declaration_schema())
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "categories": ["modelyard"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {"spec": spec, "status": STATUS_SCHEMA},
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated from modelyard/schema/declaration.schema.json by `make generate`.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    text = render()
+    if "--check" in args:
+        if not CRD_FILE.exists() or CRD_FILE.read_text() != text:
+            print(f"{CRD_FILE} is stale: run `make generate`", file=sys.stderr)
+            return 1
+        return 0
+    CRD_FILE.parent.mkdir(parents=True, exist_ok=True)
+    CRD_FILE.write_text(text)
+    print(f"wrote {CRD_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

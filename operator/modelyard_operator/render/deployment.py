@@ -1,0 +1,115 @@
+"""The Deployment serving the model over V2 REST and gRPC with `modelyard serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard_operator.render.common import (
+    CONFIG_HASH_ANNOTATION,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    MODELS_DIR,
+    RenderOptions,
+    container_security_context,
+    content_hash,
+    env,
+    init_containers,
+    labels,
+    metadata,
+    pod_security_context,
+    resources,
+    scheduling,
+    selector_labels,
+    volume_mounts,
+    volumes,
+)
+from modelyard_operator.render.config import render_configmap
+from modelyard_operator.spec import Model
+
+COMPONENT = "server"
+
+
+def serve_command(model: Model) -> list[str]:
+    command = [
+        "modelyard", "serve", MODELS_DIR,
+        "--host", "0.0.0.0",
+        "--http-port", str(HTTP_PORT),
+        "--grpc-port", str(GRPC_PORT),
+        "--metrics-port", str(METRICS_PORT),
+        # The folder changes only by a rollout (the ConfigMap's hash is in the template).
+        "--no-watch",
+    ]  # fmt: skip
+    if model.spec.serving.workers is not None:
+        command += ["--workers", str(model.spec.serving.workers)]
+    return command
+
+
+def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 3,
+    }
+
+
+def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
+    spec = model.spec
+    container = {
+        "name": "server",
+        "image": spec.image or options.image,
+        "command": serve_command(model),
+        "workingDir": "/tmp",
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": env(model),
+        "resources": resources(model, options),
+        # Loading a large model can take minutes; liveness starts once it has.
+        "startupProbe": probe("/v2/health/live", 5, 120),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "readinessProbe": probe("/v2/health/ready", 5, 2),
+        "volumeMounts": volume_mounts(model),
+        "securityContext": container_security_context(),
+    }
+    config = render_configmap(model, options)["data"]
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(model, COMPONENT)},
+        "revisionHistoryLimit": 3,
+        # Never below the serving capacity during a rollout.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": labels(model, COMPONENT),
+                # A changed declaration rolls the pods (subPath mounts never refresh).
+                "annotations": {CONFIG_HASH_ANNOTATION: content_hash(config)},
+            },
+            "spec": {
+                "securityContext": pod_security_context(),
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": 30,
+                "initContainers": init_containers(model, options),
+                "containers": [container],
+                "volumes": volumes(model),
+                **scheduling(model, options),
+            },
+        },
+    }
+    if not deployment_spec["template"]["spec"]["initContainers"]:
+        del deployment_spec["template"]["spec"]["initContainers"]
+    if spec.deployment.autoscaling is None:
+        deployment_spec["replicas"] = spec.deployment.replicas.min
+    # With an autoscaler, replicas is its field: applying it would undo every scaling.
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(model, model.name, COMPONENT),
+        "spec": deployment_spec,
+    }

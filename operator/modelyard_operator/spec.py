@@ -1,0 +1,244 @@
+"""The `Model` custom resource as the operator reads it.
+
+`spec` is a model declaration (`model.yaml`) plus a few keys that only make sense on a
+cluster (`environment`, `image`, `secretEnv`). The CRD's schema already refused what the
+declaration schema refuses; what is left here are the cross-field rules a structural
+schema cannot say (v1.20 has no CEL) and the rules of running on a cluster, e.g. that
+the artifact must be fetched from a remote URI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Keys of the CR spec that are not part of the declaration.
+OPERATOR_KEYS = ("environment", "image", "secretEnv")
+# Runtimes that load an artifact and so need model.uri.
+ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
+# Service names are DNS-1035 labels: a letter first.
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
+CRONJOB_NAME_MAX = 52
+CRONJOB_SUFFIX = "-batch"
+
+
+class SpecError(ValueError):
+    """A Model the operator cannot act on; the message names the field and the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Replicas(_Frozen):
+    min: int = Field(default=1, ge=0)
+    max: int | None = Field(default=None, ge=1)
+
+
+class Gpu(_Frozen):
+    type: str | None = None
+    count: int = Field(ge=1)
+
+
+class Resources(_Frozen):
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: Gpu | None = None
+
+
+class Autoscaling(_Frozen):
+    metric: Literal["cpu", "memory", "requests-in-flight"]
+    target: int = Field(ge=1)
+
+
+class Toleration(_Frozen):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, alias="tolerationSeconds")
+
+
+class Deployment(_Frozen):
+    """The `deployment` block with the environment's overlay already merged in."""
+
+    replicas: Replicas = Replicas()
+    resources: Resources = Resources()
+    autoscaling: Autoscaling | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: tuple[Toleration, ...] = ()
+
+
+class Predictions(_Frozen):
+    columns: dict[str, str]
+    schedule: str | None = None
+    store: str | None = None
+    shards: int = Field(default=1, ge=1)
+
+
+class Serving(_Frozen):
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_batch_time_ms: float | None = Field(default=None, ge=0)
+    workers: int | None = Field(default=None, ge=0)
+    max_message_mb: int | None = Field(default=None, ge=1)
+
+
+class Artifact(BaseModel):
+    # Runtime parameters and library versions are the server's business: passed through.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    uri: str | None = None
+
+
+class SecretRef(_Frozen):
+    secret: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class ModelSpec(BaseModel):
+    """What the operator reads from `spec`; other declaration keys (inputs, features,
+    ...) are for the server and reach it through the ConfigMap untouched."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    version: str
+    runtime: Literal["sklearn", "xgboost", "huggingface", "predictor", "custom"]
+    predictor: str | None = None
+    implementation: str | None = None
+    model: Artifact = Artifact()
+    predictions: Predictions | None = None
+    serving: Serving = Serving()
+    deployment: Deployment = Deployment()
+    # Cluster-only keys.
+    environment: str | None = None
+    image: str | None = None
+    secret_env: dict[str, SecretRef] = Field(default_factory=dict, alias="secretEnv")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_environment(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        deployment = dict(data.get("deployment") or {})
+        environments = deployment.pop("environments", None) or {}
+        environment = data.get("environment")
+        if environment is not None:
+            if environment not in environments:
+                known = ", ".join(sorted(environments)) or "none"
+                raise ValueError(
+                    f"environment {environment!r} is not in deployment.environments "
+                    f"(declared: {known})"
+                )
+            deployment = overlay(deployment, environments[environment])
+        data["deployment"] = deployment
+        return data
+
+
+def overlay(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`patch` over `base`: mappings merge key by key; lists and values replace."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class Model:
+    """One Model resource: its identity, its parsed spec and the declaration it carries."""
+
+    name: str
+    namespace: str
+    spec: ModelSpec
+    declaration: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def model_name(self) -> str:
+        """The V2 name: the declaration's, else the resource's."""
+        return self.spec.name or self.name
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Model:
+        metadata = body.get("metadata") or {}
+        return cls.from_spec(
+            metadata["name"], metadata.get("namespace") or "default", body.get("spec") or {}
+        )
+
+    @classmethod
+    def from_spec(cls, name: str, namespace: str, spec: Mapping[str, Any]) -> Model:
+        try:
+            parsed = ModelSpec.model_validate(spec)
+        except ValidationError as exc:
+            raise SpecError(f"model '{name}': {_describe(exc)}") from None
+        declaration = {k: v for k, v in spec.items() if k not in OPERATOR_KEYS}
+        model = cls(name=name, namespace=namespace, spec=parsed, declaration=declaration)
+        problems = list(model._problems())
+        if problems:
+            raise SpecError(f"model '{name}': " + "; ".join(problems))
+        return model
+
+    def _problems(self) -> list[str]:
+        spec, problems = self.spec, []
+        if not DNS_1035.match(self.name) or len(self.name) > 63:
+            problems.append(
+                f"resource name {self.name!r} must start with a letter, use only lowercase "
+                "letters, digits and '-', and have at most 63 characters (it names a Service)"
+            )
+        if spec.runtime == "predictor" and not spec.predictor:
+            problems.append("runtime predictor needs 'predictor' (file.py:Class or module:Class)")
+        if spec.runtime == "custom" and not spec.implementation:
+            problems.append("runtime custom needs 'implementation' (package.module.Class)")
+        uri = spec.model.uri
+        if spec.runtime in ARTIFACT_RUNTIMES and not uri:
+            problems.append(f"runtime {spec.runtime} needs model.uri")
+        if uri and "://" not in uri:
+            problems.append(
+                f"model.uri {uri!r} is a local path; on Kubernetes the artifact is fetched "
+                "at start, so give a remote URI (s3://, gs://, https://, ...)"
+            )
+        problems.extend(self._deployment_problems())
+        schedule = spec.predictions.schedule if spec.predictions else None
+        if schedule and len(self.name) + len(CRONJOB_SUFFIX) > CRONJOB_NAME_MAX:
+            limit = CRONJOB_NAME_MAX - len(CRONJOB_SUFFIX)
+            problems.append(
+                f"resource name {self.name!r} is too long for a scheduled model: at most "
+                f"{limit} characters (the CronJob is named '<name>{CRONJOB_SUFFIX}')"
+            )
+        return problems
+
+    def _deployment_problems(self) -> list[str]:
+        deployment, problems = self.spec.deployment, []
+        replicas, scaling = deployment.replicas, deployment.autoscaling
+        if replicas.max is not None and replicas.max < replicas.min:
+            problems.append(
+                f"deployment.replicas.max ({replicas.max}) is below min ({replicas.min})"
+            )
+        if scaling is not None:
+            if replicas.max is None:
+                problems.append("deployment.autoscaling needs deployment.replicas.max")
+            if replicas.min < 1:
+                problems.append("deployment.autoscaling needs deployment.replicas.min >= 1")
+            needs = {"cpu": deployment.resources.cpu, "memory": deployment.resources.memory}
+            if scaling.metric in needs and needs[scaling.metric] is None:
+                problems.append(
+                    f"autoscaling on {scaling.metric} is a percentage of the request: "
+                    f"set deployment.resources.{scaling.metric}"
+                )
+        return problems
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"spec.{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
