@@ -196,7 +196,8 @@ def test_kopf_operator_logs_in_through_the_kubeconfig(
     create_crd(kube_cluster.client, crd)
     group = crd["spec"]["group"]
 
-    # A registry of its own keeps these handlers away from the operator's. Its login is
+    # A registry of its own keeps these handlers away from the operator's (kopf makes a
+    # runner's registry the default, so the default is restored afterwards). Its login is
     # the operator's: a service account in a cluster, else $KUBECONFIG read at login
     # time (kopf's default, the official client's, froze $KUBECONFIG at import).
     registry = kopf.OperatorRegistry()
@@ -210,11 +211,23 @@ def test_kopf_operator_logs_in_through_the_kubeconfig(
         patch.status["echo"] = spec["message"]
         kopf.info(body, reason="Echoed", message=spec["message"])
 
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
+    previous_registry = kopf.get_default_registry()
+    try:
+        reacted = run_probe(kube_cluster, kube_namespace, registry, group)
+    finally:
+        kopf.set_default_registry(previous_registry)
+    print(f"\nkopf reacted in {reacted:.1f}s")
+
+
+def run_probe(
+    kube_cluster: KubeCluster, namespace: str, registry: kopf.OperatorRegistry, group: str
+) -> float:
+    """Run the probe operator until it has echoed one object; the seconds that took."""
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.INFO
-    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
     custom = k8s.CustomObjectsApi(kube_cluster.client)
-    args = ["run", "--standalone", "--namespace", kube_namespace, "--verbose"]
+    args = ["run", "--standalone", "--namespace", namespace, "--verbose"]
     began = time.monotonic()
     with KopfRunner(args, registry=registry, settings=settings, timeout=30) as runner:
         body = {
@@ -223,19 +236,17 @@ def test_kopf_operator_logs_in_through_the_kubeconfig(
             "metadata": {"name": "hello"},
             "spec": {"message": "hi there"},
         }
-        custom.create_namespaced_custom_object(group, "v1", kube_namespace, "probes", body)
+        custom.create_namespaced_custom_object(group, "v1", namespace, "probes", body)
 
         def echoed() -> bool:
-            probe = custom.get_namespaced_custom_object(
-                group, "v1", kube_namespace, "probes", "hello"
-            )
+            probe = custom.get_namespaced_custom_object(group, "v1", namespace, "probes", "hello")
             return probe.get("status", {}).get("echo") == "hi there"
 
         wait_for(echoed, timeout=30, what="the kopf handler to write status.echo")
         reacted = time.monotonic() - began
-        events = k8s.CoreV1Api(kube_cluster.client).list_namespaced_event(kube_namespace).items
+        events = k8s.CoreV1Api(kube_cluster.client).list_namespaced_event(namespace).items
         assert any(e.reason == "Echoed" and e.message == "hi there" for e in events)
 
     assert runner.exit_code == 0, runner.output
     assert runner.exception is None
-    print(f"\nkopf reacted in {reacted:.1f}s")
+    return reacted

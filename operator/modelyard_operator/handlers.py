@@ -1,0 +1,181 @@
+"""kopf handlers: one level-triggered reconcile per Model, and readiness from its Deployment.
+
+Run with `kopf run -m modelyard_operator.handlers --all-namespaces --liveness=http://0.0.0.0:8080/healthz`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from modelyard_operator.config import ConfigError, OperatorConfig
+from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
+from modelyard_operator.kube import Cluster, api_client, api_message, transient_errors_retry
+from modelyard_operator.render import RenderOptions, render_all
+from modelyard_operator.render.common import cronjob_name
+from modelyard_operator.spec import Model, SpecError
+from modelyard_operator.status import changed, failed_for, failed_status, serving_status
+
+MODEL = (f"{GROUP}/{VERSION}", KIND)
+MANAGED = {"app.kubernetes.io/managed-by": "modelyard-operator"}
+# Status writes are conditional on the Model's resourceVersion; a lost race re-reads.
+STATUS_ATTEMPTS = 5
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # The service account in a cluster, else $KUBECONFIG as it is now (the official
+    # client's login, kopf's default, reads $KUBECONFIG once, at import).
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        config = OperatorConfig.from_env()
+    except ConfigError as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    # Logged warnings become Events on the Model; routine progress stays in the log.
+    settings.posting.level = logging.WARNING
+    cluster = Cluster(api_client())
+    memo.config = config
+    memo.cluster = cluster
+    memo.options = RenderOptions(
+        image=config.image,
+        storage_initializer_image=config.storage_initializer_image,
+        gpu_resource=config.gpu_resource,
+        gpu_node_label=config.gpu_node_label,
+        inflight_metric=config.inflight_metric,
+        api=cluster.api_versions(),
+    )
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    cluster: Cluster | None = getattr(memo, "cluster", None)
+    if cluster is not None:
+        cluster.api.close()
+
+
+def api_version_of(kind: str, options: RenderOptions) -> str | None:
+    """The version a kind is served at, to delete one the Model no longer wants."""
+    return {
+        "HorizontalPodAutoscaler": options.api.hpa,
+        "PodDisruptionBudget": options.api.pdb,
+        "CronJob": options.api.cronjob,
+        "ServiceMonitor": "monitoring.coreos.com/v1" if options.api.service_monitor else None,
+    }.get(kind)
+
+
+def child_name(model: Model, kind: str) -> str:
+    return cronjob_name(model) if kind == "CronJob" else model.name
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """Render every child, apply what is wanted, delete what is not, then report."""
+    cluster: Cluster = memo.cluster
+    options: RenderOptions = memo.options
+    delay: float = memo.config.retry_delay
+    generation = meta.get("generation")
+    try:
+        model = Model.from_body(body)
+        rendered = render_all(model, options)
+    except SpecError as exc:
+        refuse(cluster, body, "InvalidSpec", str(exc), delay)
+    children = []
+    with transient_errors_retry(delay):
+        for kind, manifest in rendered.items():
+            if manifest is None:
+                api_version = api_version_of(kind, options)
+                if api_version is not None:
+                    name = child_name(model, kind)
+                    cluster.delete_owned(api_version, kind, name, model.namespace, meta["uid"])
+                continue
+            kopf.append_owner_reference(manifest, owner=body)
+            try:
+                cluster.apply(manifest)
+            except ApiException as exc:
+                if exc.status in (400, 422):
+                    message = f"model '{model.name}': the API server refused the {kind}: "
+                    refuse(cluster, body, "InvalidManifest", message + api_message(exc), delay)
+                raise
+            name = manifest["metadata"]["name"]
+            children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
+        write_status(
+            cluster,
+            model.namespace,
+            model.name,
+            extra={"observedGeneration": generation, "children": children},
+        )
+
+
+def refuse(cluster: Cluster, body: kopf.Body, reason: str, message: str, delay: float) -> NoReturn:
+    """Mark the Model failed for this generation and stop: retrying cannot fix a spec."""
+    kopf.warn(body, reason=reason, message=message)
+    generation = body["metadata"].get("generation")
+    with transient_errors_retry(delay):
+        wanted = failed_status(body.get("status") or {}, generation, reason, message)
+        cluster.patch_status(MODEL, body["metadata"]["name"], body["metadata"]["namespace"], wanted)
+    raise kopf.PermanentError(message)
+
+
+def write_status(
+    cluster: Cluster, namespace: str, name: str, extra: dict[str, Any] | None = None
+) -> None:
+    """Bring the Model's status in line with its Deployment, as read after the Model, so
+    that a write based on an older Deployment loses the resourceVersion race."""
+    models = cluster.resource(*MODEL)
+    deployments = cluster.resource("apps/v1", "Deployment")
+    for _attempt in range(STATUS_ATTEMPTS):
+        try:
+            model = models.get(name=name, namespace=namespace).to_dict()
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        status = model.get("status") or {}
+        generation = model["metadata"].get("generation")
+        if extra is None and failed_for(status, generation):
+            return
+        try:
+            deployment = deployments.get(name=name, namespace=namespace).to_dict()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            deployment = None
+        wanted = {**serving_status(status, generation, deployment), **(extra or {})}
+        if not changed(status, wanted):
+            return
+        try:
+            version = model["metadata"]["resourceVersion"]
+            cluster.patch_status(MODEL, name, namespace, wanted, resource_version=version)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise kopf.TemporaryError(f"model '{name}': status kept changing; retrying", delay=1)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_changed(body: kopf.Body, memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+    """A Deployment's rollout or readiness moved: the Model's status follows."""
+    if event.get("type") == "DELETED":
+        return
+    owner = next(
+        (
+            ref
+            for ref in body["metadata"].get("ownerReferences") or []
+            if ref.get("kind") == KIND and ref.get("apiVersion") == MODEL[0]
+        ),
+        None,
+    )
+    if owner is None:
+        return
+    with transient_errors_retry(memo.config.retry_delay):
+        write_status(memo.cluster, body["metadata"]["namespace"], owner["name"])
