@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +24,12 @@ ARTIFACTS = ("features.db", "preprocess.pkl", "model.joblib")
 def example_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     absent = [name for name in ARTIFACTS if not (EXAMPLE / name).is_file()]
     assert not absent, f"{', '.join(absent)} not built in {EXAMPLE}: run `make models`"
-    log = tmp_path_factory.mktemp("customer-profile") / "serve.log"
-    server = ServerProcess(EXAMPLE, log, extra_args=["--no-watch"]).start()
+    root = tmp_path_factory.mktemp("customer-profile")
+    # A copy: a `make models` running meanwhile rewrites the artifacts in place.
+    folder = shutil.copytree(
+        EXAMPLE, root / EXAMPLE.name, ignore=shutil.ignore_patterns("__pycache__", "predictions.db")
+    )
+    server = ServerProcess(folder, root / "serve.log", extra_args=["--no-watch"]).start()
     try:
         server.wait_ready()
         yield server
@@ -42,8 +48,8 @@ def server(
     print_log_on_failure(request, example_server)
 
 
-def genders(user_ids: list[str]) -> list[str]:
-    with sqlite3.connect(EXAMPLE / "features.db") as db:
+def genders(folder: Path, user_ids: list[str]) -> list[str]:
+    with sqlite3.connect(folder / "features.db") as db:
         known = dict(db.execute("SELECT user_id, gender FROM users"))
     return [known[u] for u in user_ids]
 
@@ -69,14 +75,14 @@ def test_percentiles_tell_the_genders_apart(server: ServerProcess) -> None:
     user_ids = [f"u{i:07d}" for i in range(0, 5000, 10)]
     result = infer(make_client("grpc", server), "gender", {"user_id": ids(*user_ids)})
     male = result.as_numpy("male_percentile")
-    is_male = np.array([g == "male" for g in genders(user_ids)])
+    is_male = np.array([g == "male" for g in genders(server.directory, user_ids)])
     # Most men rank above the median of the male score, most women below it.
     assert (male[is_male] > 50).mean() > 0.75
     assert (male[~is_male] < 50).mean() > 0.75
 
 
 def test_online_and_batch_give_the_same_predictions(server: ServerProcess) -> None:
-    pipeline = PredictorPipeline.from_settings(load_model_folder(EXAMPLE))
+    pipeline = PredictorPipeline.from_settings(load_model_folder(server.directory))
     pipeline.load()
     try:
         assert pipeline.features is not None
