@@ -33,7 +33,6 @@ from modelyard.validation import (
 if TYPE_CHECKING:
     from mlserver.types import InferenceRequest
 
-PREBUILT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
 # The predictor class: predict is required, the others are called when present.
 PREDICTOR_METHODS = {
     "load": "artifacts_dir",
@@ -140,25 +139,24 @@ class _Checks:
             for i, v in enumerate(value):
                 yield from self.variables(v, [*path, i])
 
-    def local_path(self, value: str, ptr: str, what: str) -> Iterator[tuple[str, str] | Path]:
-        """Yields a problem, or the path when ``value`` is a file or folder inside the folder."""
+    def local(self, value: str, what: str = "file") -> tuple[Path | None, str | None]:
+        """The file or folder ``value`` names inside the model folder, or why it cannot be
+        used; (None, None) for a remote URI, which is fetched where it is used."""
         parsed = urlparse(value)
         if parsed.scheme not in ("", "file"):
-            return  # remote (fsspec): fetched where it is used
-        rel = parsed.path if parsed.scheme == "file" else value
-        path = self.folder / rel
+            return None, None
+        path = self.folder / (parsed.path if parsed.scheme == "file" else value)
         if not _inside(path, self.folder):
-            yield (
-                ptr,
+            return (
+                None,
                 f"{value} is outside the model folder {self.folder}; put the {what} inside it",
             )
-        elif not path.exists():
-            yield (
-                ptr,
+        if not path.exists():
+            return (
+                None,
                 f"{value} does not exist in {self.folder}; add the {what} there or fix the path",
             )
-        else:
-            yield path
+        return path, None
 
     def files(self) -> Iterator[tuple[str, str]]:
         named = [
@@ -168,39 +166,48 @@ class _Checks:
         ]
         for keys, what in named:
             value = self.text(*keys)
-            if value is None:
-                continue
-            for found in self.local_path(value, pointer(keys), what):
-                if not isinstance(found, Path):
-                    yield found
-        uri = self.text("model", "uri")
+            problem = self.local(value, what)[1] if value is not None else None
+            if problem:
+                yield pointer(keys), problem
+        if self.get("runtime") == "huggingface":
+            yield from self.huggingface()
+
+    def huggingface(self) -> Iterator[tuple[str, str]]:
         params = self.get("model", "parameters")
         params = params if isinstance(params, dict) else {}
-        if self.get("runtime") == "huggingface":
-            if not isinstance(params.get("task"), str):
-                yield (
-                    "/model/parameters/task",
-                    "missing: the Hugging Face pipeline task, e.g. text-classification",
-                )
-            local = [p for p in self.local_path(uri, "", "") if isinstance(p, Path)] if uri else []
-            if (
-                local
-                and local[0].is_dir()
-                and not (local[0] / "config.json").is_file()
-                and not params.get("pretrained_model")
-            ):
-                yield (
-                    "/model/uri",
-                    f"{uri} has no config.json; save the model there with save_pretrained() "
-                    "or name a hub model in model.parameters.pretrained_model",
-                )
+        if not isinstance(params.get("task"), str):
+            yield (
+                "/model/parameters/task",
+                "missing: the Hugging Face pipeline task, e.g. text-classification",
+            )
+        uri = self.text("model", "uri")
+        folder = self.local(uri)[0] if uri else None
+        if (
+            folder is not None
+            and folder.is_dir()
+            and not (folder / "config.json").is_file()
+            and not params.get("pretrained_model")
+        ):
+            yield (
+                "/model/uri",
+                f"{uri} has no config.json; save the model there with save_pretrained() "
+                "or name a hub model in model.parameters.pretrained_model",
+            )
 
     def integrity(self) -> Iterator[tuple[str, str]]:
         name = self.get("name") or "?"
         for file_keys, hash_keys in HASHED_FILES:
             expected = self.get(*hash_keys)
+            if not isinstance(expected, str):
+                continue
+            if self.get(*file_keys) is None:
+                yield (
+                    pointer(hash_keys),
+                    f"covers no file: set {'.'.join(file_keys)} to the file it is the hash of",
+                )
+                continue
             value = self.text(*file_keys)
-            if not isinstance(expected, str) or value is None:
+            if value is None:
                 continue
             if urlparse(value).scheme not in ("", "file"):
                 yield (
@@ -209,10 +216,10 @@ class _Checks:
                     "download the artifact into the model folder and point to it",
                 )
                 continue
-            found = [p for p in self.local_path(value, "", "") if isinstance(p, Path)]
-            if found:
+            path = self.local(value)[0]
+            if path is not None:
                 try:
-                    verify_sha256(name, found[0], expected)
+                    verify_sha256(name, path, expected)
                 except IntegrityError as e:
                     yield pointer(hash_keys), str(e)
         versions = self.get("model", "versions")
@@ -241,6 +248,8 @@ class _Checks:
 
     def runtime(self) -> Iterator[tuple[str, str]]:
         runtime = self.get("runtime")
+        if runtime not in declaration_validator().schema["properties"]["runtime"]["enum"]:
+            return  # the schema says so; what goes with which runtime cannot be told
         for key, owner in (("predictor", "predictor"), ("implementation", "custom")):
             if self.get(key) is not None and runtime != owner:
                 yield (
@@ -294,12 +303,14 @@ class _Checks:
         # MLServer imports the implementation with the model folder on sys.path.
         sys.path.insert(0, str(self.folder.resolve()))
         try:
-            cls = load_class(spec, self.folder)
+            cls: type | ClassSpecError = load_class(spec, self.folder)
         except ClassSpecError as e:
-            yield "/implementation", str(e).replace(spec, path)
-            return
+            cls = e
         finally:
             sys.path.remove(str(self.folder.resolve()))
+        if isinstance(cls, ClassSpecError):
+            yield "/implementation", str(cls).replace(spec, path)
+            return
         mlmodel = sys.modules.get("mlserver.model")
         if mlmodel is None or not issubclass(cls, mlmodel.MLModel):
             yield (
@@ -375,8 +386,8 @@ def check(data: dict[str, Any], path: Path) -> list[Problem]:
     problems = schema_problems(declaration_validator(), data, file)
     flagged = [p.pointer for p in problems]
     for ptr, message in _Checks(data, folder).all():
-        # A value the schema already refused is not checked twice.
-        if not any(is_within(ptr, f) for f in flagged):
+        # A value the schema already refused (or refused part of) is not checked again.
+        if not any(is_within(ptr, f) or is_within(f, ptr) for f in flagged):
             problems.append(Problem(file, ptr, message))
     return sorted(dict.fromkeys(problems), key=lambda p: pointer_key(p.pointer))
 

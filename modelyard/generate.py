@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelyard import declaration
+from modelyard.errors import Problem
 from modelyard.folders import DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME
 
 SERVER_SETTINGS_FILENAME = "settings.json"
@@ -100,6 +101,28 @@ def dumps(data: dict[str, Any]) -> str:
 def model_settings_for_folder(folder: Path) -> dict[str, Any]:
     """The model settings of a declaration folder; InvalidModelFolder lists every problem."""
     return model_settings(declaration.load(folder / DECLARATION_FILENAME))
+
+
+def unrelocatable(decl: dict[str, Any], folder: Path) -> list[Problem]:
+    """What only resolves from the model folder itself, so cannot be built elsewhere:
+    the runtimes load a predictor file, an implementation module and features files
+    from the folder of the settings file (and never from outside it)."""
+    file = str(folder / DECLARATION_FILENAME)
+    why = "is loaded from the model folder, so it cannot move; build in place (without --out)"
+    found = []
+    spec = decl.get("predictor")
+    if decl["runtime"] == "predictor" and spec.partition(":")[0].endswith(".py"):
+        found.append(Problem(file, "/predictor", f"{spec} {why}"))
+    module = decl.get("implementation", "").rpartition(".")[0]
+    if (
+        decl["runtime"] == "custom"
+        and (folder / Path(*module.split("."))).with_suffix(".py").is_file()
+    ):
+        found.append(Problem(file, "/implementation", f"{module}.py {why}"))
+    for key in ("sql", "preprocess"):
+        if key in (decl.get("features") or {}):
+            found.append(Problem(file, f"/features/{key}", f"{decl['features'][key]} {why}"))
+    return found
 
 
 def relocated(settings: dict[str, Any], folder: Path, dest: Path) -> dict[str, Any]:
