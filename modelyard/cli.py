@@ -12,6 +12,9 @@ import click
 COMMANDS = {
     "serve": "modelyard.commands.serve:serve",
     "status": "modelyard.commands.status:status",
+    "validate": "modelyard.commands.validate:validate",
+    "build": "modelyard.commands.build:build",
+    "new": "modelyard.commands.new:new",
 }
 
 
