@@ -41,6 +41,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Files made from the declaration schema; a test fails when they drift from it.
+generate: $(STAMP)
+	$(BIN)/python -m modelyard.schema.docs docs/declaration.md
+
 models: $(MODELS)
 
 model-settings/iris/model.joblib: examples/iris/train.py $(STAMP)
