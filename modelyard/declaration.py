@@ -242,7 +242,9 @@ class _Checks:
             seen: set[str] = set()
             for i, tensor in enumerate(tensors):
                 name = tensor.get("name") if isinstance(tensor, dict) else None
-                if isinstance(name, str) and name in seen:
+                if not isinstance(name, str):
+                    continue
+                if name in seen:
                     yield pointer([key, i, "name"]), f"{name!r} is declared twice; rename one"
                 seen.add(name)
 

@@ -110,7 +110,7 @@ def unrelocatable(decl: dict[str, Any], folder: Path) -> list[Problem]:
     file = str(folder / DECLARATION_FILENAME)
     why = "is loaded from the model folder, so it cannot move; build in place (without --out)"
     found = []
-    spec = decl.get("predictor")
+    spec = decl.get("predictor", "")
     if decl["runtime"] == "predictor" and spec.partition(":")[0].endswith(".py"):
         found.append(Problem(file, "/predictor", f"{spec} {why}"))
     module = decl.get("implementation", "").rpartition(".")[0]
