@@ -26,7 +26,7 @@ from mlserver.rest.server import _NoSignalServer
 from mlserver.settings import Settings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-from modelyard import __version__
+from modelyard import __version__, metrics
 from modelyard.fastpath import FastInfer
 from modelyard.processes import (
     PROMETHEUS_DIR_ENV,
@@ -113,12 +113,16 @@ class _DataPlane(DataPlane):
         self, name: str, version: str | None = None
     ) -> AsyncIterator[MLModel]:
         # Counts requests in flight per model object, so a swapped-out version is
-        # unloaded only once the requests it already took have been answered.
+        # unloaded only once the requests it already took have been answered; and
+        # per model name for autoscaling on requests in flight (both protocols).
         async with super()._infer_contextmanager(name, version) as model:
             setattr(model, INFLIGHT_ATTR, getattr(model, INFLIGHT_ATTR, 0) + 1)
+            gauge = metrics.IN_FLIGHT.labels(model=name)
+            gauge.inc()
             try:
                 yield model
             finally:
+                gauge.dec()
                 setattr(model, INFLIGHT_ATTR, getattr(model, INFLIGHT_ATTR) - 1)
 
 
@@ -180,6 +184,8 @@ class ModelyardServer(MLServer):
                     )
                 )
             servers.append(self._metrics_server.start())
+        else:
+            self._metrics_server = None  # not started here, so nothing to stop
         servers_task = asyncio.gather(*servers)
         await self.registry.sync()
         tasks = [servers_task]
