@@ -89,7 +89,9 @@ async def ready() -> JSONResponse:
 
 @app.get("/v2", response_model_exclude_none=True)
 async def server_metadata() -> MetadataServerResponse:
-    return MetadataServerResponse(name=DECLARATION["name"], version=DECLARATION["version"], extensions=[])
+    return MetadataServerResponse(
+        name=DECLARATION["name"], version=DECLARATION["version"], extensions=[]
+    )
 
 
 @app.get("/v2/models/{name}", response_model_exclude_none=True)
@@ -107,7 +109,9 @@ async def model_ready(name: str, version: str | None = None) -> JSONResponse:
 
 @app.post("/v2/models/{name}/infer", response_model_exclude_none=True)
 @app.post("/v2/models/{name}/versions/{version}/infer", response_model_exclude_none=True)
-async def infer(name: str, payload: InferenceRequest, version: str | None = None) -> InferenceResponse:
+async def infer(
+    name: str, payload: InferenceRequest, version: str | None = None
+) -> InferenceResponse:
     response = await served(name, version).predict(payload)
     response.id = payload.id
     return response

@@ -20,7 +20,8 @@ def infer(client, body: dict, path: str = f"/v2/models/{NAME}/infer"):
 
 
 def request(rows: list, datatype: str = "FP64") -> dict:
-    return {"inputs": [{"name": "input-0", "datatype": datatype, "shape": [len(rows), len(rows[0])], "data": rows}]}
+    shape = [len(rows), len(rows[0])]
+    return {"inputs": [{"name": "input-0", "datatype": datatype, "shape": shape, "data": rows}]}
 
 
 def test_health() -> None:
