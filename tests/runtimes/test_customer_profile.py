@@ -13,7 +13,7 @@ from modelyard_runtimes.predictor import PredictorPipeline
 
 from modelyard.folders import load_model_folder
 from tests.conftest import print_log_on_failure
-from tests.runtimes.clients import ids, infer, make_client, texts
+from tests.support.clients import ids, infer, make_client, texts
 from tests.support.server import REPO, ServerProcess
 
 EXAMPLE = REPO / "examples" / "customer-profile"

@@ -16,7 +16,7 @@ import requests
 
 from tests.conftest import print_log_on_failure
 from tests.runtimes import folders
-from tests.runtimes.clients import expect_error, ids, infer, make_client, texts
+from tests.support.clients import expect_error, ids, infer, make_client, texts
 from tests.support.postgres import PostgresServer
 from tests.support.server import ServerProcess
 

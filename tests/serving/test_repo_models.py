@@ -7,11 +7,9 @@ import json
 import numpy as np
 import pytest
 import requests
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from sklearn.datasets import load_breast_cancer
-from tritonclient.utils import InferenceServerException
 
+from tests.support.clients import Client, expect_error, ids, infer, make_client, texts
 from tests.support.server import ServerProcess
 
 IRIS_SETOSA = [[5.1, 3.5, 1.4, 0.2]]
@@ -19,37 +17,23 @@ IRIS_VIRGINICA = [[6.7, 3.0, 5.2, 2.3]]
 
 
 @pytest.fixture(params=["http", "grpc"])
-def client(request: pytest.FixtureRequest, repo_server: ServerProcess):
-    if request.param == "http":
-        return httpclient.InferenceServerClient(repo_server.http_url)
-    return grpcclient.InferenceServerClient(repo_server.grpc_url)
+def client(request: pytest.FixtureRequest, repo_server: ServerProcess) -> Client:
+    return make_client(request.param, repo_server)
 
 
-def module_of(client):
-    return httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
+def iris(client: Client, rows: list[list[float]], datatype: str = "FP64", name: str = "input-0"):
+    dtype = np.int32 if datatype == "INT32" else np.float64
+    return infer(client, "iris", {name: (np.array(rows, dtype=dtype), datatype)})
 
 
-def infer(client, model: str, name: str, array: np.ndarray, datatype: str, outputs=None):
-    mod = module_of(client)
-    inp = mod.InferInput(name, list(array.shape), datatype)
-    if mod is httpclient:
-        # MLServer's REST API speaks JSON tensors, not Triton's binary extension.
-        inp.set_data_from_numpy(array, binary_data=False)
-        req_outputs = [mod.InferRequestedOutput(o, binary_data=False) for o in outputs or []]
-    else:
-        inp.set_data_from_numpy(array)
-        req_outputs = [mod.InferRequestedOutput(o) for o in outputs or []]
-    return client.infer(model, [inp], outputs=req_outputs or None)
-
-
-def test_server_ready_and_lists_models(client) -> None:
+def test_server_ready_and_lists_models(client: Client) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     for model in ("iris", "breast-cancer", "sentiment"):
         assert client.is_model_ready(model)
 
 
-def test_iris_metadata(client) -> None:
+def test_iris_metadata(client: Client) -> None:
     meta = client.get_model_metadata("iris")
     if not isinstance(meta, dict):
         from google.protobuf.json_format import MessageToDict
@@ -62,33 +46,31 @@ def test_iris_metadata(client) -> None:
     assert [int(d) for d in meta["inputs"][0]["shape"]] == [-1, 4]
 
 
-def test_iris_predicts_classes(client) -> None:
-    x = np.array(IRIS_SETOSA + IRIS_VIRGINICA, dtype=np.float64)
-    result = infer(client, "iris", "input-0", x, "FP64")
+def test_iris_predicts_classes(client: Client) -> None:
+    result = iris(client, IRIS_SETOSA + IRIS_VIRGINICA)
     assert result.as_numpy("predict").ravel().tolist() == [0, 2]
 
 
-def test_breast_cancer_xgboost_matches_labels(client) -> None:
+def test_breast_cancer_xgboost_matches_labels(client: Client) -> None:
     x, y = load_breast_cancer(return_X_y=True)
     rows = np.array(x[:20], dtype=np.float32)
-    result = infer(client, "breast-cancer", "input-0", rows, "FP32")
+    result = infer(client, "breast-cancer", {"input-0": (rows, "FP32")})
     predicted = result.as_numpy("predict").ravel()
     # A fitted booster reproduces its training labels on these rows.
     assert (predicted == y[:20]).mean() >= 0.95
     proba = infer(
-        client, "breast-cancer", "input-0", rows[:2], "FP32", outputs=["predict_proba"]
+        client, "breast-cancer", {"input-0": (rows[:2], "FP32")}, outputs=["predict_proba"]
     ).as_numpy("predict_proba")
     assert proba.shape == (2, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def sentiment(client, name: str, *texts: str) -> list[dict]:
-    array = np.array([t.encode() for t in texts], dtype=np.object_)
-    result = infer(client, "sentiment", name, array, "BYTES")
-    return [json.loads(v) for v in result.as_numpy("output").ravel()]
+def sentiment(client: Client, name: str, *sentences: str) -> list[dict]:
+    result = infer(client, "sentiment", {name: ids(*sentences)})
+    return [json.loads(v) for v in texts(result, "output")]
 
 
-def test_sentiment_labels_text(client) -> None:
+def test_sentiment_labels_text(client: Client) -> None:
     # One text as the pipeline's positional argument, several as one batch.
     (single,) = sentiment(client, "args", "i love this great movie")
     batch = sentiment(client, "array_inputs", "i love this great movie", "what a terrible day")
@@ -101,54 +83,41 @@ def test_sentiment_labels_text(client) -> None:
 # -- errors: each is precise, and the server answers good requests afterwards -------
 
 
-def assert_still_serving(client) -> None:
+def assert_still_serving(client: Client) -> None:
+    assert iris(client, IRIS_SETOSA).as_numpy("predict").ravel().tolist() == [0]
+
+
+def test_unknown_model_is_not_found(client: Client) -> None:
     x = np.array(IRIS_SETOSA, dtype=np.float64)
-    assert infer(client, "iris", "input-0", x, "FP64").as_numpy("predict").ravel().tolist() == [0]
-
-
-def expect_error(client, fn, http_status: int, grpc_status: str, *fragments: str) -> None:
-    with pytest.raises(InferenceServerException) as info:
-        fn()
-    err = info.value
-    if isinstance(client, httpclient.InferenceServerClient):
-        assert err.status() == str(http_status), err
-    else:
-        assert err.status() == f"StatusCode.{grpc_status}", err
-    for fragment in fragments:
-        assert fragment in err.message(), err.message()
+    expect_error(
+        client, lambda: infer(client, "no-such-model", {"input-0": (x, "FP64")}),
+        404, "NOT_FOUND", "no-such-model",
+    )  # fmt: skip
     assert_still_serving(client)
 
 
-def test_unknown_model_is_not_found(client) -> None:
-    x = np.array(IRIS_SETOSA, dtype=np.float64)
+def test_wrong_datatype_is_invalid_argument(client: Client) -> None:
     expect_error(
-        client, lambda: infer(client, "no-such-model", "input-0", x, "FP64"),
-        404, "NOT_FOUND", "no-such-model",
-    )  # fmt: skip
-
-
-def test_wrong_datatype_is_invalid_argument(client) -> None:
-    x = np.array(IRIS_SETOSA, dtype=np.int32)
-    expect_error(
-        client, lambda: infer(client, "iris", "input-0", x, "INT32"),
+        client, lambda: iris(client, IRIS_SETOSA, datatype="INT32"),
         400, "INVALID_ARGUMENT", "input-0", "INT32", "FP64",
     )  # fmt: skip
+    assert_still_serving(client)
 
 
-def test_wrong_shape_is_invalid_argument(client) -> None:
-    x = np.array([[5.1, 3.5, 1.4]], dtype=np.float64)
+def test_wrong_shape_is_invalid_argument(client: Client) -> None:
     expect_error(
-        client, lambda: infer(client, "iris", "input-0", x, "FP64"),
+        client, lambda: iris(client, [[5.1, 3.5, 1.4]]),
         400, "INVALID_ARGUMENT", "input-0", "[1, 3]", "[-1, 4]",
     )  # fmt: skip
+    assert_still_serving(client)
 
 
-def test_unknown_input_name_is_invalid_argument(client) -> None:
-    x = np.array(IRIS_SETOSA, dtype=np.float64)
+def test_unknown_input_name_is_invalid_argument(client: Client) -> None:
     expect_error(
-        client, lambda: infer(client, "iris", "features", x, "FP64"),
+        client, lambda: iris(client, IRIS_SETOSA, name="features"),
         400, "INVALID_ARGUMENT", "'features'", "'input-0'",
     )  # fmt: skip
+    assert_still_serving(client)
 
 
 @pytest.mark.parametrize(
@@ -175,10 +144,10 @@ def test_malformed_rest_body_is_bad_request(
     )
     assert r.status_code in (400, 422), r.text
     assert fragment.lower() in r.text.lower(), r.text
-    assert_still_serving(httpclient.InferenceServerClient(repo_server.http_url))
+    assert_still_serving(make_client("http", repo_server))
 
 
-def test_metrics_endpoint_counts_requests(repo_server: ServerProcess, client) -> None:
+def test_metrics_endpoint_counts_requests(repo_server: ServerProcess, client: Client) -> None:
     assert_still_serving(client)
     text = requests.get(f"http://127.0.0.1:{repo_server.metrics_port}/metrics", timeout=5).text
     assert 'model_infer_request_success_total{model="iris"' in text
