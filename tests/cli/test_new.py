@@ -15,12 +15,12 @@ import joblib
 import numpy as np
 import pytest
 import requests
-import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import xgboost as xgb
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from tests.support.clients import infer, make_client
 from tests.support.declarations import run_cli, run_pytest
 from tests.support.server import REPO, free_port
 
@@ -111,30 +111,12 @@ def test_every_scaffold_validates(scaffolded: dict) -> None:
     assert after.stdout.splitlines()[-1] == "5 files checked: all valid"
 
 
-def clients(server) -> Iterator:
-    yield httpclient.InferenceServerClient(server.http_url)
-    yield grpcclient.InferenceServerClient(server.grpc_url)
-
-
-def infer(client, model: str, inputs: dict[str, tuple[np.ndarray, str]]):
-    mod = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
-    request = []
-    for name, (array, datatype) in inputs.items():
-        tensor = mod.InferInput(name, list(array.shape), datatype)
-        if mod is httpclient:
-            tensor.set_data_from_numpy(array, binary_data=False)
-        else:
-            tensor.set_data_from_numpy(array)
-        request.append(tensor)
-    return client.infer(model, request)
-
-
 def test_every_scaffold_serves_over_v2(scaffolded: dict, serve_dir) -> None:
     server = serve_dir(scaffolded["models"], "--no-watch")
     states = {s["name"]: s["state"] for s in server.status()["models"]}
     assert states == dict.fromkeys(SCAFFOLDS, "ready"), server.status()
     rows = np.array(ROWS, dtype=np.float64)
-    for client in clients(server):
+    for client in (make_client("http", server), make_client("grpc", server)):
         iris = infer(client, "iris-sk", {"input-0": (np.array(IRIS_ROWS), "FP64")})
         assert iris.as_numpy("predict").ravel().tolist() == [0, 2]
 
