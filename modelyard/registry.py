@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from mlserver.context import model_context
+from mlserver.errors import ModelNotFound
 from mlserver.model import MLModel
 from mlserver.registry import MultiModelRegistry, SingleModelRegistry
+from mlserver.repository import ModelRepository
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
 from modelyard import metrics
+from modelyard.companions import companions
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
@@ -62,6 +65,8 @@ class FolderStatus:
     error: str | None = None
     updated_at: float = field(default_factory=time.time)
     fingerprint: str = ""
+    # Models served next to the folder's own (see modelyard.companions).
+    companions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +76,7 @@ class FolderStatus:
             "serving_version": self.serving_version,
             "error": self.error,
             "updated_at": self.updated_at,
+            "companions": self.companions,
         }
 
 
@@ -136,6 +142,11 @@ class SwappingModelRegistry(MultiModelRegistry):
             if old is not new_model:
                 asyncio.get_running_loop().create_task(_drain_and_unload(single, old))
         return new_model
+
+    async def load(self, model_settings: ModelSettings) -> MLModel:
+        # MLServer's repository API (POST /v2/repository/models/{name}/load) comes
+        # through here: give it the same safe swap as the watcher.
+        return await self.swap(model_settings, None)
 
     async def remove(self, name: str) -> None:
         single = self._models.pop(name, None)
@@ -267,6 +278,31 @@ class Registry:
         logger.info(
             "model '%s' version %s serving from %s", settings.name, settings.version, folder
         )
+        await self._apply_companions(status, settings)
+
+    async def _apply_companions(self, status: FolderStatus, settings: ModelSettings) -> None:
+        """Serve the models generated from ``settings`` next to it; one that fails is
+        logged and never takes the folder's own model down."""
+        wanted = companions(settings)
+        for name in set(status.companions) - {c.name for c in wanted}:
+            await self.models.remove(name)
+        status.companions = []
+        for companion in wanted:
+            if any(s.name == companion.name for s in self.folders.values()):
+                logger.error(
+                    "model '%s' is not generated for %s: a folder serves that name",
+                    companion.name, status.folder,
+                )  # fmt: skip
+                continue
+            try:
+                await self.models.swap(companion, None)
+            except Exception as e:
+                logger.error(
+                    "model '%s' (generated for %s) failed to load: %s: %s",
+                    companion.name, status.folder, type(e).__name__, e,
+                )  # fmt: skip
+                continue
+            status.companions.append(companion.name)
 
     async def _retry(self, folder: Path, delay: float) -> None:
         await asyncio.sleep(delay + 0.05)
@@ -282,6 +318,8 @@ class Registry:
 
     async def _remove(self, key: str) -> None:
         status = self.folders.pop(key)
+        for name in status.companions:
+            await self.models.remove(name)
         if status.name and status.serving_version is not None:
             await self.models.remove(status.name)
             logger.info("model '%s' unloaded: %s was removed", status.name, key)
@@ -315,6 +353,32 @@ def newest_mtime(folder: Path) -> float:
         except FileNotFoundError:
             continue
     return newest
+
+
+class FolderRepository(ModelRepository):
+    """MLServer's model repository over the same folders the registry watches, so
+    `/v2/repository/index` and `.../load` see declarations as well as plain settings."""
+
+    def __init__(self, root: str):
+        self._root = Path(root)
+
+    async def list(self) -> list[ModelSettings]:
+        return await asyncio.to_thread(self._valid_settings)
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        found = [s for s in await self.list() if s.name == name]
+        if not found:
+            raise ModelNotFound(name)
+        return found
+
+    def _valid_settings(self) -> list[ModelSettings]:
+        settings = []
+        for folder in find_model_folders(self._root) if self._root.is_dir() else []:
+            try:
+                settings.append(load_model_folder(folder))
+            except InvalidModelFolder:
+                continue  # reported by the registry, with every problem
+        return settings
 
 
 def warmup_request(folder: Path) -> InferenceRequest | None:

@@ -75,6 +75,7 @@ def mlserver_settings(opts: ServeOptions) -> Settings:
         server_name="modelyard",
         server_version=__version__,
         grpc_max_message_length=opts.max_message_bytes,
+        model_repository_implementation="modelyard.registry.FolderRepository",
     )
 
 

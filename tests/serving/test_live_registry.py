@@ -312,3 +312,47 @@ def test_status_command_lists_states(serve_dir, tmp_path: Path) -> None:
     )  # fmt: skip
     states = {m["name"]: m["state"] for m in json.loads(raw.stdout)["models"]}
     assert states == {"iris": "ready", "broken": "failed"}
+
+
+WARMED_IRIS = """
+name: iris
+version: "{version}"
+runtime: sklearn
+model: {{uri: model.joblib}}
+example:
+  inputs:
+    - {{name: input-0, datatype: FP64, shape: [1, {n}], data: {data}}}
+"""
+
+
+def test_warm_up_failure_keeps_the_serving_version(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "iris").mkdir(parents=True)
+    shutil.copy(REPO / "model-settings/iris/model.joblib", models / "iris")
+    declaration = models / "iris/model.yaml"
+    declaration.write_text(WARMED_IRIS.format(version=1, n=4, data=SETOSA))
+    server = serve_dir(models, "--processes", "1")
+    assert iris_version(server) == "1"
+
+    # No signature is declared, so only the warm-up request can show that version 2
+    # fails on the example (three measurements, not four): it never takes traffic.
+    declaration.write_text(WARMED_IRIS.format(version=2, n=3, data=SETOSA[:3]))
+    wait_for(lambda: folder_status(server, "iris")["state"] == "failed", what="warm-up failure")
+    assert "failed to load" in folder_status(server, "iris")["error"]
+    assert iris_version(server) == "1"
+
+    declaration.write_text(WARMED_IRIS.format(version=2, n=4, data=SETOSA))
+    wait_for(lambda: iris_version(server) == "2", what="version 2 after a good example")
+
+
+def test_repository_api_sees_declarations(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "model-settings/iris", models / "iris")  # a model.yaml folder
+    write_iris(models / "plain", "1", name="plain")
+    server = serve_dir(models, "--processes", "1")
+    index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=5).json()
+    assert {(m["name"], m["state"]) for m in index} == {("iris", "READY"), ("plain", "READY")}
+    # Reloading through MLServer's own API swaps safely too.
+    r = requests.post(f"{server.base}/v2/repository/models/iris/load", timeout=30)
+    assert r.status_code == 200, r.text
+    assert iris_version(server) == "1"
