@@ -1,0 +1,65 @@
+"""Models served next to a folder's own, generated from its settings.
+
+A batch-scored model (``runtime: predictor`` with ``features`` and a
+``predictions.store``) gets ``<name>-lookup``: the lookup runtime over the store its
+batch runs write, answering by entity id with the latest complete run's predictions.
+Nothing to declare: whatever ``modelyard batch run`` writes, the lookup model reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlserver.settings import ModelSettings
+
+LOOKUP_SUFFIX = "-lookup"
+LOOKUP_IMPLEMENTATION = "modelyard_runtimes.lookup.LookupRuntime"
+PREDICTOR_IMPLEMENTATION = "modelyard_runtimes.predictor.PredictorRuntime"
+
+
+def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
+    """The ``<name>-lookup`` model of a batch-scored model's settings, else None."""
+    extra: dict[str, Any] = (settings.parameters.extra if settings.parameters else None) or {}
+    predictions = extra.get("predictions") or {}
+    features = extra.get("features") or {}
+    if (
+        settings.implementation_ != PREDICTOR_IMPLEMENTATION
+        or not predictions.get("store")
+        or not predictions.get("columns")
+        or not features.get("key")
+    ):
+        return None
+    key: str = features["key"]
+    columns: dict[str, str] = dict(predictions["columns"])
+    key_type = columns.get(key, "BYTES")
+    tensors = [
+        (key, key_type),
+        *[(n, t) for n, t in columns.items() if n != key],
+        ("predicted_at", "BYTES"),
+        ("missing", "BOOL"),
+    ]
+    lookup = ModelSettings.model_validate(
+        {
+            "name": settings.name + LOOKUP_SUFFIX,
+            "implementation": LOOKUP_IMPLEMENTATION,
+            "parameters": {
+                "version": settings.version,
+                "extra": {
+                    "model": settings.name,
+                    "key": key,
+                    "columns": columns,
+                    "store": predictions["store"],
+                },
+            },
+            "inputs": [{"name": key, "datatype": key_type, "shape": [-1]}],
+            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in tensors],
+        }
+    )
+    # Relative paths (a SQLite store) are the scored model's folder's.
+    lookup._source = settings._source
+    return lookup
+
+
+def companions(settings: ModelSettings) -> list[ModelSettings]:
+    """Every model to serve next to ``settings``' own."""
+    return [c for c in (lookup_settings(settings),) if c is not None]
