@@ -159,14 +159,46 @@ class FeatureSource:
         assert self.engine is not None and self.url is not None, "open() first"
         try:
             with self.engine.connect() as conn:
+                if self.url.get_backend_name() == "duckdb":
+                    yield from _duckdb_chunks(conn, self.sql, rows_per_chunk)
+                    return
                 # stream_results: a server-side cursor where the driver has one, so
                 # the database hands the rows over a chunk at a time.
                 result = conn.execution_options(stream_results=True).execute(sa.text(self.sql))
                 columns = list(result.keys())
                 for rows in result.partitions(rows_per_chunk):
                     yield pd.DataFrame(rows, columns=columns)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, *_duckdb_errors()) as e:
             raise FeatureSourceError(
                 f"model '{self.model}': {self.options.sql} on {describe(self.url)} failed: "
                 f"{_database_message(e)}"
             ) from None
+
+    def count(self) -> int:
+        """How many rows ``features.sql`` returns (for a batch run's progress)."""
+        assert self.engine is not None, "open() first"
+        with self.engine.connect() as conn:
+            query = sa.text(f"SELECT COUNT(*) FROM ({self.sql}) AS features")
+            return conn.execute(query).scalar_one()
+
+
+# DuckDB hands results over column by column: a chunk as a DataFrame straight from its
+# vectors (of 2,048 rows) is ~10x faster than building it from row tuples.
+DUCKDB_VECTOR_ROWS = 2048
+
+
+def _duckdb_chunks(conn: sa.Connection, sql: str, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+    duckdb = conn.connection.driver_connection
+    duckdb.execute("SET enable_progress_bar = false")  # it would draw on the terminal
+    cursor = duckdb.execute(sql)
+    vectors = max(1, round(rows_per_chunk / DUCKDB_VECTOR_ROWS))
+    while not (chunk := cursor.fetch_df_chunk(vectors)).empty:
+        yield chunk
+
+
+def _duckdb_errors() -> tuple[type[Exception], ...]:
+    try:
+        import duckdb
+    except ImportError:
+        return ()
+    return (duckdb.Error,)
