@@ -16,6 +16,7 @@ from mlserver.settings import ModelSettings
 from pydantic import ValidationError
 
 from modelyard.errors import InvalidModelFolder, Problem
+from modelyard.interpolate import MissingVariable, expand
 
 MODEL_SETTINGS_FILENAME = "model-settings.json"
 DECLARATION_FILENAME = "model.yaml"
@@ -100,6 +101,14 @@ def to_model_settings(data: dict[str, Any], source: Path) -> ModelSettings:
     data = json.loads(json.dumps(data))  # deep copy; ModelSettings mutates its input
     params = data.get("parameters") or {}
     uri = params.get("uri")
+    if uri:
+        # MLServer's runtimes take the URI as it is: placeholders are expanded here.
+        try:
+            uri = params["uri"] = expand(uri)
+        except MissingVariable as e:
+            raise InvalidModelFolder(
+                str(source.parent), [Problem(str(source), "/parameters/uri", str(e))]
+            ) from None
     if uri and "://" not in uri and not os.path.isabs(uri):
         params["uri"] = os.path.normpath(source.parent.resolve() / uri)
     data["_source"] = str(source.resolve())

@@ -356,3 +356,13 @@ def test_repository_api_sees_declarations(serve_dir, tmp_path: Path) -> None:
     r = requests.post(f"{server.base}/v2/repository/models/iris/load", timeout=30)
     assert r.status_code == 200, r.text
     assert iris_version(server) == "1"
+
+
+def test_artifact_uri_placeholders_are_expanded(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_iris(models / "iris", "1")
+    settings = json.loads((models / "iris/model-settings.json").read_text())
+    settings["parameters"]["uri"] = "${IRIS_ARTIFACT:-./missing.joblib}"
+    (models / "iris/model-settings.json").write_text(json.dumps(settings))
+    server = serve_dir(models, "--processes", "1", IRIS_ARTIFACT="./model.joblib")
+    assert iris_version(server) == "1"
