@@ -1,8 +1,8 @@
 """The `Model` CustomResourceDefinition, generated from the declaration's JSON Schema.
 
 One schema is the source of truth: the CRD's openAPIV3Schema is the declaration schema
-converted to a structural schema, plus the cluster-only keys. `make generate` writes it;
-a test fails when the committed file and the schema drift.
+converted to a structural schema, plus the cluster-only keys. `make generate` writes it,
+and the Helm chart's copy of it; a test fails when a committed file and the schema drift.
 
     python -m modelyard_operator.crd [--check]
 """
@@ -25,6 +25,15 @@ KIND = "Model"
 PLURAL = "models"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = Path(__file__).parent / "crds" / f"{CRD_NAME}.yaml"
+# The chart's template of the same CRD (absent from an installed package).
+CHART_CRD_FILE = (
+    Path(__file__).resolve().parents[2] / "charts" / "modelyard" / "templates" / "crds"
+    / f"{CRD_NAME}.yaml"
+)  # fmt: skip
+HEADER = "# Generated from modelyard/schema/declaration.schema.json by `make generate`.\n"
+# Helm never upgrades files in a chart's crds/ folder, so the chart templates the CRD,
+# and keeps it on uninstall: deleting a CRD deletes every Model, and so every model.
+KEEP = {"helm.sh/resource-policy": "keep"}
 
 # OpenAPI v3.0 keywords a structural schema may carry, as they are in JSON Schema.
 KEPT = {
@@ -40,6 +49,14 @@ CLUSTER_PROPERTIES: dict[str, Any] = {
     "environment": {
         "description": "Which deployment.environments overlay applies on this cluster "
         "(e.g. staging); none: the base deployment block.",
+        "type": "string",
+        "minLength": 1,
+    },
+    "folder": {
+        "description": "Where the model folder was uploaded (s3://bucket/gender/, gs://..., "
+        "azure, or an http(s) URL of a .tar.gz or .zip of it). It is fetched into the pod's "
+        "model folder at start, so model.uri, predictor files and features files may be "
+        "paths inside it, as on a laptop.",
         "type": "string",
         "minLength": 1,
     },
@@ -213,21 +230,37 @@ def crd(declaration: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def render() -> str:
-    header = "# Generated from modelyard/schema/declaration.schema.json by `make generate`.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def chart_crd() -> dict[str, Any]:
+    """The CRD as the chart installs it: the operator's, plus Helm's keep policy."""
+    definition = crd()
+    definition["metadata"] = {**definition["metadata"], "annotations": KEEP}
+    return definition
+
+
+def render_chart_template() -> str:
+    body = yaml.safe_dump(chart_crd(), sort_keys=False, width=100)
+    if "{{" in body or "}}" in body:
+        raise SchemaConversionError("a description holds '{{' or '}}', which Helm would parse")
+    return HEADER + "{{- if .Values.crds.create }}\n" + body + "{{- end }}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    text = render()
+    files = {CRD_FILE: render(), CHART_CRD_FILE: render_chart_template()}
     if "--check" in args:
-        if not CRD_FILE.exists() or CRD_FILE.read_text() != text:
-            print(f"{CRD_FILE} is stale: run `make generate`", file=sys.stderr)
-            return 1
-        return 0
-    CRD_FILE.parent.mkdir(parents=True, exist_ok=True)
-    CRD_FILE.write_text(text)
-    print(f"wrote {CRD_FILE}")
+        stale = [
+            path for path, text in files.items() if not path.exists() or path.read_text() != text
+        ]
+        for path in stale:
+            print(f"{path} is stale: run `make generate`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """The `Model` custom resource as the operator reads it.
 
 `spec` is a model declaration (`model.yaml`) plus a few keys that only make sense on a
-cluster (`environment`, `image`, `secretEnv`). The CRD's schema already refused what the
-declaration schema refuses; what is left here are the cross-field rules a structural
-schema cannot say (v1.20 has no CEL) and the rules of running on a cluster, e.g. that
-the artifact must be fetched from a remote URI.
+cluster (`environment`, `folder`, `image`, `secretEnv`). The CRD's schema already refused
+what the declaration schema refuses; what is left here are the cross-field rules a
+structural schema cannot say (v1.20 has no CEL) and the rules of running on a cluster:
+whatever the declaration names must be fetched into the pod from somewhere remote.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Keys of the CR spec that are not part of the declaration.
-OPERATOR_KEYS = ("environment", "image", "secretEnv")
+OPERATOR_KEYS = ("environment", "folder", "image", "secretEnv")
 # Runtimes that load an artifact and so need model.uri.
 ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
 # Service names are DNS-1035 labels: a letter first.
@@ -25,6 +25,33 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
 CRONJOB_NAME_MAX = 52
 CRONJOB_SUFFIX = "-batch"
+# Fetched whole and unpacked into the model folder by the storage initializer.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# https URLs the storage initializer lists like a bucket; any other http(s) URL is one file.
+LISTABLE_HTTPS = re.compile(r"^https://[^/]+\.(blob|file)\.core\.windows\.net/")
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def is_archive(uri: str) -> bool:
+    return uri.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def is_prefix(uri: str) -> bool:
+    """Whether a remote URI names a folder (fetched as its contents) rather than one file."""
+    basename = uri.rstrip("/").rsplit("/", 1)[-1]
+    return uri.endswith("/") or "." not in basename
+
+
+def fetched_as_folder(uri: str) -> bool:
+    """Whether fetching `uri` fills the model folder (a prefix or an unpacked archive)."""
+    return is_prefix(uri) or is_archive(uri)
+
+
+def is_single_file_url(uri: str) -> bool:
+    return uri.startswith(("http://", "https://")) and not LISTABLE_HTTPS.match(uri)
 
 
 class SpecError(ValueError):
@@ -117,6 +144,7 @@ class ModelSpec(BaseModel):
     deployment: Deployment = Deployment()
     # Cluster-only keys.
     environment: str | None = None
+    folder: str | None = None
     image: str | None = None
     secret_env: dict[str, SecretRef] = Field(default_factory=dict, alias="secretEnv")
 
@@ -197,21 +225,88 @@ class Model:
             problems.append("runtime predictor needs 'predictor' (file.py:Class or module:Class)")
         if spec.runtime == "custom" and not spec.implementation:
             problems.append("runtime custom needs 'implementation' (package.module.Class)")
-        uri = spec.model.uri
-        if spec.runtime in ARTIFACT_RUNTIMES and not uri:
+        if spec.runtime in ARTIFACT_RUNTIMES and not spec.model.uri:
             problems.append(f"runtime {spec.runtime} needs model.uri")
-        if uri and "://" not in uri:
-            problems.append(
-                f"model.uri {uri!r} is a local path; on Kubernetes the artifact is fetched "
-                "at start, so give a remote URI (s3://, gs://, https://, ...)"
-            )
+        problems.extend(self._fetch_problems())
         problems.extend(self._deployment_problems())
         schedule = spec.predictions.schedule if spec.predictions else None
+        if schedule:
+            problems.extend(self._batch_problems())
         if schedule and len(self.name) + len(CRONJOB_SUFFIX) > CRONJOB_NAME_MAX:
             limit = CRONJOB_NAME_MAX - len(CRONJOB_SUFFIX)
             problems.append(
                 f"resource name {self.name!r} is too long for a scheduled model: at most "
                 f"{limit} characters (the CronJob is named '<name>{CRONJOB_SUFFIX}')"
+            )
+        return problems
+
+    def _batch_problems(self) -> list[str]:
+        """What `modelyard batch run` needs, checked before a CronJob fails every night."""
+        problems, fix = [], "or remove predictions.schedule"
+        if self.spec.runtime != "predictor":
+            problems.append(
+                f"predictions.schedule runs `modelyard batch run`, which scores with the "
+                f"predictor runtime, not {self.spec.runtime}: declare runtime: predictor {fix}"
+            )
+        if not self.declaration.get("features"):
+            problems.append(f"predictions.schedule needs features (sql, source, key) {fix}")
+        if not (self.spec.predictions and self.spec.predictions.store):
+            problems.append(
+                "predictions.schedule needs predictions.store, e.g. ${PREDICTIONS_DB_URL} "
+                f"with secretEnv PREDICTIONS_DB_URL {fix}"
+            )
+        return problems
+
+    def folder_files(self) -> list[str]:
+        """Declaration keys naming files of the model folder (other than model.uri)."""
+        found = []
+        predictor = self.spec.predictor or ""
+        if self.spec.runtime == "predictor" and predictor.partition(":")[0].endswith(".py"):
+            found.append(f"predictor {predictor}")
+        features = self.declaration.get("features") or {}
+        found += [
+            f"features.{key} {features[key]}" for key in ("sql", "preprocess") if key in features
+        ]
+        return found
+
+    def has_remote_folder(self) -> bool:
+        """Whether the pod's model folder is filled from a remote folder (not one file)."""
+        uri = self.spec.model.uri
+        return bool(self.spec.folder) or bool(uri and is_remote(uri) and fetched_as_folder(uri))
+
+    def _fetch_problems(self) -> list[str]:
+        """The pod starts with an empty model folder: whatever the declaration names
+        must come from `folder` or a remote model.uri."""
+        spec, problems = self.spec, []
+        folder, uri = spec.folder, spec.model.uri
+        where = f"folder: s3://bucket/{self.model_name}/ (or a .tar.gz of it over https)"
+        if folder is not None:
+            if not is_remote(folder):
+                problems.append(
+                    f"folder {folder!r} is a local path; give the URI the model folder was "
+                    "uploaded to (s3://, gs://, azure, or an http(s) URL of a .tar.gz or .zip)"
+                )
+            elif is_single_file_url(folder) and not is_archive(folder):
+                problems.append(
+                    f"folder {folder!r} is one file over http(s), which cannot be listed; "
+                    "serve the folder as a .tar.gz or .zip (unpacked at start) or use a bucket"
+                )
+        if uri and not is_remote(uri) and folder is None:
+            problems.append(
+                f"model.uri {uri!r} is a path in the model folder, which the pod fetches at "
+                f"start: say where the folder is with {where}, or give model.uri a remote "
+                "URI (s3://, gs://, https://, ...)"
+            )
+        if uri and is_remote(uri) and is_single_file_url(uri) and is_prefix(uri):
+            problems.append(
+                f"model.uri {uri!r} names a folder over http(s), which cannot be listed; "
+                "serve it as a .tar.gz or .zip (unpacked at start) or use a bucket"
+            )
+        files = self.folder_files()
+        if files and not self.has_remote_folder():
+            problems.append(
+                f"{' and '.join(files)} {'are files' if len(files) > 1 else 'is a file'} of "
+                f"the model folder, which the pod fetches at start: say where it is with {where}"
             )
         return problems
 

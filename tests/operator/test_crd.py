@@ -23,6 +23,17 @@ def test_spec_has_every_declaration_key_and_the_cluster_keys() -> None:
     assert version["subresources"] == {"status": {}}
 
 
+def test_the_charts_crd_is_the_operators_with_helms_keep_policy() -> None:
+    assert crd.CHART_CRD_FILE.read_text() == crd.render_chart_template(), (
+        "run `make generate` and commit the chart's CRD"
+    )
+    body = crd.CHART_CRD_FILE.read_text().splitlines()
+    assert body[1] == "{{- if .Values.crds.create }}" and body[-1] == "{{- end }}"
+    installed = yaml.safe_load("\n".join(body[2:-1]))
+    assert installed["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert installed == crd.crd()
+
+
 def test_free_form_values_are_preserved() -> None:
     converted = crd.structural(
         {
@@ -46,6 +57,7 @@ def test_check_mode_reports_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     stale = tmp_path / "crd.yaml"
     stale.write_text("stale\n")
     monkeypatch.setattr(crd, "CRD_FILE", stale)
+    monkeypatch.setattr(crd, "CHART_CRD_FILE", tmp_path / "chart" / "crd.yaml")
     assert crd.main(["--check"]) == 1
     assert crd.main([]) == 0
     assert crd.main(["--check"]) == 0

@@ -225,12 +225,12 @@ def test_api_server_refuses_invalid_models(
 def test_model_the_operator_cannot_run_is_marked_failed(
     models: Models, operator: KopfRunner, kube_cluster: KubeCluster
 ) -> None:
-    # Valid for the schema, but a local artifact path cannot be fetched on a cluster.
+    # Valid for the schema, but a path in a model folder the Model does not locate.
     models.create("iris", {**MINIMAL, "model": {"uri": "model.joblib"}})
     models.wait_status("iris", lambda s: s.get("phase") == "Failed", "phase Failed")
     condition = models.get("iris")["status"]["conditions"][0]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
-    assert "is a local path" in condition["message"]
+    assert "is a path in the model folder" in condition["message"]
     core = k8s.CoreV1Api(kube_cluster.client)
 
     def warnings() -> list[k8s.CoreV1Event]:

@@ -6,6 +6,7 @@ Regenerate the golden files after a deliberate change with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from modelyard_operator.render import manifests, render_all
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
 from modelyard_operator.spec import Model, SpecError
 
-from tests.operator.cases import CURRENT, FULL, GOLDEN, MINIMAL, V1_20
+from modelyard.generate import model_settings, server_settings
+from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, V1_20
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # The newest release kubernetes-validate knows: manifests must hold for a current cluster.
@@ -92,13 +94,114 @@ def test_environment_overlay() -> None:
 
 def test_secrets_stay_out_of_the_configmap() -> None:
     rendered = render_all(model("gender", FULL), CURRENT)
-    declaration = yaml.safe_load(rendered["ConfigMap"]["data"]["model.yaml"])
+    files = rendered["ConfigMap"]["data"]
+    declaration = yaml.safe_load(files["model.yaml"])
     assert declaration["features"]["source"] == "${FEATURES_DB_URL}"
     assert "secretEnv" not in declaration and "deployment" not in declaration
-    assert declaration["model"]["uri"] == "artifacts"  # a prefix is fetched as a folder
+    assert declaration["model"]["uri"] == "./"  # a prefix is fetched into the model folder
+    settings = json.loads(files["model-settings.json"])
+    assert settings["parameters"]["extra"]["predictions"]["store"] == "${PREDICTIONS_DB_URL}"
     env = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "FEATURES_DB_URL", "valueFrom": {"secretKeyRef": {
         "name": "profiles-db", "key": "features-url"}}} in env  # fmt: skip
+
+
+def test_configmap_holds_the_generated_settings() -> None:
+    """model-settings.json and settings.json are `modelyard build`'s output for the
+    pod's declaration, and the server's flags say what settings.json says."""
+    rendered = render_all(model("gender", FULL), CURRENT)
+    files = rendered["ConfigMap"]["data"]
+    declaration = yaml.safe_load(files["model.yaml"])
+    assert json.loads(files["model-settings.json"]) == model_settings(declaration)
+    assert (
+        json.loads(files["settings.json"])
+        == server_settings(declaration)
+        == {"parallel_workers": 2}
+    )
+    command = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--workers") + 1] == "2"
+    mounts = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    # Each file is mounted over any copy that came with the fetched folder.
+    assert {m["subPath"]: m["mountPath"] for m in mounts if m["name"] == "config"} == {
+        key: f"/models/gender/{key}" for key in files
+    }
+
+
+S3_FILE = MINIMAL["model"]["uri"]
+
+
+@pytest.mark.parametrize(
+    ("folder", "uri", "fetched", "pod_uri"),
+    [
+        (None, S3_FILE, [S3_FILE], "model.joblib"),
+        (None, "https://h/m.joblib?sig=1", ["https://h/m.joblib?sig=1"], "m.joblib"),
+        (None, "gs://b/iris/", ["gs://b/iris/"], "./"),
+        (None, "https://h/iris.tar.gz", ["https://h/iris.tar.gz"], "./"),
+        # A folder with the artifact inside it: the declaration stays as on a laptop.
+        ("s3://b/iris/", "m.joblib", ["s3://b/iris/"], "m.joblib"),
+        # Both: the folder first, so the remote artifact lands over any copy in it.
+        ("https://h/iris.zip", S3_FILE, ["https://h/iris.zip", S3_FILE], "model.joblib"),
+    ],
+)
+def test_what_is_fetched_and_where_the_server_finds_it(
+    folder: str | None, uri: str, fetched: list[str], pod_uri: str
+) -> None:
+    spec = {**MINIMAL, "model": {"uri": uri}, **({"folder": folder} if folder else {})}
+    rendered = render_all(model("iris", spec), CURRENT)
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    assert [c["args"] for c in pod["initContainers"]] == [[u, "/models/iris"] for u in fetched]
+    declaration = yaml.safe_load(rendered["ConfigMap"]["data"]["model.yaml"])
+    assert declaration["model"]["uri"] == pod_uri
+
+
+def test_a_model_with_nothing_to_fetch_has_no_init_container() -> None:
+    spec = {"version": "1", "runtime": "predictor", "predictor": "profiles.gender:Gender"}
+    pod = render_all(model("gender", spec), CURRENT)["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+
+
+@pytest.mark.parametrize(
+    ("cpu", "processes"), [(None, "1"), ("500m", "1"), ("2", "2"), ("2.5", "3"), ("16", "4")]
+)
+def test_server_processes_follow_the_cpu_request(cpu: str | None, processes: str) -> None:
+    resources = {"cpu": cpu} if cpu else {}
+    spec = {**MINIMAL, "deployment": {"resources": resources}}
+    container = render_all(model("iris", spec), CURRENT)["Deployment"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["command"][container["command"].index("--processes") + 1] == processes
+
+
+def test_requests_in_flight_scale_on_the_servers_gauge() -> None:
+    hpa = render_all(model("churn", INFLIGHT), CURRENT)["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {
+                    "name": "modelyard_requests_in_flight",
+                    "selector": {"matchLabels": {"model": "churn"}},
+                },
+                "target": {"type": "AverageValue", "averageValue": "4"},
+            },
+        }
+    ]
+
+
+def test_batch_runs_the_batch_command_on_every_shard() -> None:
+    cronjob = render_all(model("gender", FULL), CURRENT)["CronJob"]
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    container = job["template"]["spec"]["containers"][0]
+    argv = [*container["command"], *container["args"]]
+    assert argv == [
+        "modelyard", "batch", "run", "/models/gender",
+        "--run-id", "$(MODELYARD_RUN_ID)", "--shards", "4",
+    ]  # fmt: skip
+    # Kubernetes sets JOB_COMPLETION_INDEX in each pod of an Indexed Job; the run id is
+    # the Job's name, shared by its pods.
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 4, 4)
+    run_id = next(e for e in container["env"] if e["name"] == "MODELYARD_RUN_ID")
+    assert run_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['job-name']"
 
 
 def test_declaration_change_rolls_the_pods() -> None:
@@ -119,7 +222,28 @@ def test_shards_need_indexed_jobs() -> None:
 @pytest.mark.parametrize(
     ("name", "spec", "message"),
     [
-        ("iris", {**MINIMAL, "model": {"uri": "model.joblib"}}, "is a local path"),
+        (
+            "iris",
+            {**MINIMAL, "model": {"uri": "model.joblib"}},
+            r"is a path in the model folder.*folder: s3://bucket/iris/",
+        ),
+        ("iris", {**MINIMAL, "folder": "iris/"}, "folder 'iris/' is a local path"),
+        ("iris", {**MINIMAL, "folder": "https://h/iris/"}, r"one file over http\(s\).*\.tar\.gz"),
+        (
+            "iris",
+            {**MINIMAL, "model": {"uri": "https://h/iris/"}},
+            r"names a folder over http\(s\)",
+        ),
+        (
+            "gender",
+            {**FULL, "predictor": "predictor.py:Gender", "model": {"uri": "s3://m/g/model.joblib"}},
+            r"predictor predictor.py:Gender and features.sql features.sql are files of the model",
+        ),
+        (
+            "iris",
+            {**MINIMAL, "predictions": {"columns": {"x": "FP32"}, "schedule": "@daily"}},
+            r"the predictor runtime, not sklearn.*needs features.*needs predictions.store",
+        ),
         ("iris", {"version": "1", "runtime": "sklearn"}, "runtime sklearn needs model.uri"),
         ("p", {"version": "1", "runtime": "predictor"}, "runtime predictor needs 'predictor'"),
         ("c", {"version": "1", "runtime": "custom"}, "runtime custom needs 'implementation'"),

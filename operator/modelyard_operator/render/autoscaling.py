@@ -16,10 +16,12 @@ def render_hpa(model: Model, options: RenderOptions) -> dict[str, Any] | None:
         return None
     metric: dict[str, Any]
     if scaling.metric == "requests-in-flight":
+        # The gauge is labelled by V2 model name; the selector keeps to this model's.
+        selector = {"matchLabels": {"model": model.model_name}}
         metric = {
             "type": "Pods",
             "pods": {
-                "metric": {"name": options.inflight_metric},
+                "metric": {"name": options.inflight_metric, "selector": selector},
                 "target": {"type": "AverageValue", "averageValue": str(scaling.target)},
             },
         }

@@ -43,14 +43,15 @@ def render_cronjob(model: Model, options: RenderOptions) -> dict[str, Any] | Non
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}},
         },
     ]
+    args = ["--run-id", "$(MODELYARD_RUN_ID)"]
     if shards > 1:
-        # With JOB_COMPLETION_INDEX, set by Kubernetes, each pod knows its shard.
-        batch_env.append({"name": "MODELYARD_BATCH_SHARDS", "value": str(shards)})
+        # Each pod of the Indexed Job scores shard $JOB_COMPLETION_INDEX of --shards.
+        args += ["--shards", str(shards)]
     container = {
         "name": "batch",
         "image": model.spec.image or options.image,
         "command": ["modelyard", "batch", "run", model_dir(model)],
-        "args": ["--run-id", "$(MODELYARD_RUN_ID)"],
+        "args": args,
         "workingDir": "/tmp",
         "env": batch_env,
         "resources": resources(model, options),

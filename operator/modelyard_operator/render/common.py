@@ -1,23 +1,38 @@
-"""Names, labels and pod parts shared by the renderers. Pure: no kopf, no client."""
+"""Names, labels and pod parts shared by the renderers. Pure: no kopf, no client.
+
+The pod's layout: `modelyard serve /models` serves one model folder, `/models/<name>`, an
+emptyDir that the storage initializer fills before the server starts (the remote
+`folder`, then a remote `model.uri`), with the ConfigMap's three files mounted into it
+by name. Relative paths of the declaration (model.uri, predictor.py, features.sql)
+resolve in that folder exactly as they do on a laptop, and a model.yaml or
+model-settings.json that came with the fetched folder is shadowed by the ConfigMap's.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
-from modelyard_operator.spec import CRONJOB_SUFFIX, Model
+from modelyard.folders import DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME
+from modelyard.generate import SERVER_SETTINGS_FILENAME
+from modelyard_operator.spec import CRONJOB_SUFFIX, Model, fetched_as_folder, is_remote
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8080, 8081, 8082
-# The pod's view: modelyard serves every folder of MODELS_DIR; this model's folder holds
-# model.yaml (from the ConfigMap) and artifacts/ (fetched at start).
 MODELS_DIR = "/models"
-ARTIFACTS = "artifacts"
-DECLARATION_KEY = "model.yaml"
+# The ConfigMap's keys, each a file of the model folder: the declaration the server
+# loads (a declaration wins over model-settings.json) and the MLServer settings
+# generated from it, which are what MLServer runs with.
+CONFIG_FILES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME)
 CONFIG_HASH_ANNOTATION = "modelyard.io/config-hash"
 MODEL_LABEL = "modelyard.io/model"
 RUN_USER = 1000
+# One server process per requested core, never per node core: each process holds its
+# own copy of the model, so the pod's memory stays what the Model asked for.
+MAX_PROCESSES = 4
 
 
 @dataclass(frozen=True)
@@ -31,16 +46,29 @@ class ApiVersions:
     indexed_jobs: bool = True
     service_monitor: bool = False
 
+    @classmethod
+    def for_kubernetes(cls, minor: int, service_monitor: bool = False) -> ApiVersions:
+        """What a 1.<minor> cluster serves, for rendering without asking one."""
+        return cls(
+            hpa="autoscaling/v2" if minor >= 23 else "autoscaling/v2beta2",
+            cronjob="batch/v1" if minor >= 21 else "batch/v1beta1",
+            pdb="policy/v1" if minor >= 21 else "policy/v1beta1",
+            indexed_jobs=minor >= 22,
+            service_monitor=service_monitor,
+        )
+
 
 @dataclass(frozen=True)
 class RenderOptions:
     image: str = "ghcr.io/modelyard/modelyard:0.1.0"
-    # KServe's storage initializer: `<uri> <dest>`, for s3, gs, azure, http(s) and more.
+    # KServe's storage initializer: `<uri> <dest>`, for s3, gs, azure, http(s) and more;
+    # a single .tar.gz or .zip is unpacked into <dest>.
     storage_initializer_image: str = "kserve/storage-initializer:v0.14.1"
     gpu_resource: str = "nvidia.com/gpu"
     gpu_node_label: str = "cloud.google.com/gke-accelerator"
-    # The per-pod metric a custom-metrics adapter serves for requests-in-flight.
-    inflight_metric: str = "rest_server_requests_in_progress"
+    # The per-pod metric a custom-metrics adapter serves for requests-in-flight: the
+    # server's gauge of V2 requests being answered (REST and gRPC), labelled by model.
+    inflight_metric: str = "modelyard_requests_in_flight"
     api: ApiVersions = field(default_factory=ApiVersions)
 
 
@@ -127,14 +155,13 @@ def env(model: Model) -> list[dict[str, Any]]:
 
 
 def volume_mounts(model: Model) -> list[dict[str, Any]]:
+    folder = model_dir(model)
     return [
-        {"name": "model", "mountPath": model_dir(model)},
-        {
-            "name": "config",
-            "mountPath": f"{model_dir(model)}/{DECLARATION_KEY}",
-            "subPath": DECLARATION_KEY,
-            "readOnly": True,
-        },
+        {"name": "model", "mountPath": folder},
+        *(
+            {"name": "config", "mountPath": f"{folder}/{key}", "subPath": key, "readOnly": True}
+            for key in CONFIG_FILES
+        ),
         # The root filesystem is read-only; MLServer and the libraries write here.
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -148,22 +175,34 @@ def volumes(model: Model) -> list[dict[str, Any]]:
     ]
 
 
-def local_uri(uri: str) -> str:
-    """Where the fetched artifact is, relative to the model folder."""
-    basename = uri.rstrip("/").rsplit("/", 1)[-1]
-    # A file (has a suffix) is fetched as itself; a prefix is fetched as a folder.
-    return f"{ARTIFACTS}/{basename}" if "." in basename and not uri.endswith("/") else ARTIFACTS
+def pod_uri(uri: str) -> str:
+    """model.uri as the server in the pod sees it, relative to the model folder."""
+    if not is_remote(uri):
+        return uri  # a file of the fetched folder
+    if fetched_as_folder(uri):
+        return "./"
+    # A single file lands in the folder under its own name (a query string is not part of it).
+    return urlparse(uri).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def fetches(model: Model) -> list[tuple[str, str]]:
+    """(init container name, URI) of everything fetched into the model folder, in order:
+    the folder first, so that a remote model.uri lands over any copy inside it."""
+    found = []
+    if model.spec.folder:
+        found.append(("fetch-folder", model.spec.folder))
+    uri = model.spec.model.uri
+    if uri and is_remote(uri):
+        found.append(("fetch-model", uri))
+    return found
 
 
 def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]]:
-    uri = model.spec.model.uri
-    if not uri:
-        return []
     return [
         {
-            "name": "storage-initializer",
+            "name": name,
             "image": options.storage_initializer_image,
-            "args": [uri, f"{model_dir(model)}/{ARTIFACTS}"],
+            "args": [uri, model_dir(model)],
             "env": env(model),
             "volumeMounts": [
                 {"name": "model", "mountPath": model_dir(model)},
@@ -171,7 +210,20 @@ def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]
             ],
             "securityContext": container_security_context(),
         }
+        for name, uri in fetches(model)
     ]
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("2", "500m", "1.5") in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def server_processes(model: Model) -> int:
+    cpu = model.spec.deployment.resources.cpu
+    if cpu is None:
+        return 1
+    return max(1, min(MAX_PROCESSES, math.ceil(cpu_cores(cpu))))
 
 
 def scheduling(model: Model, options: RenderOptions) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelyard.generate import server_settings
 from modelyard_operator.render.common import (
     CONFIG_HASH_ANNOTATION,
     GRPC_PORT,
@@ -21,27 +22,33 @@ from modelyard_operator.render.common import (
     resources,
     scheduling,
     selector_labels,
+    server_processes,
     volume_mounts,
     volumes,
 )
-from modelyard_operator.render.config import render_configmap
+from modelyard_operator.render.config import config_files, declaration_for_pod
 from modelyard_operator.spec import Model
 
 COMPONENT = "server"
+MIB = 1024 * 1024
 
 
 def serve_command(model: Model) -> list[str]:
+    # `modelyard serve` takes the server's settings as flags: these are settings.json's.
+    settings = server_settings(declaration_for_pod(model))
     command = [
         "modelyard", "serve", MODELS_DIR,
         "--host", "0.0.0.0",
         "--http-port", str(HTTP_PORT),
         "--grpc-port", str(GRPC_PORT),
         "--metrics-port", str(METRICS_PORT),
+        "--workers", str(settings["parallel_workers"]),
+        "--processes", str(server_processes(model)),
         # The folder changes only by a rollout (the ConfigMap's hash is in the template).
         "--no-watch",
     ]  # fmt: skip
-    if model.spec.serving.workers is not None:
-        command += ["--workers", str(model.spec.serving.workers)]
+    if "grpc_max_message_length" in settings:
+        command += ["--max-message-mb", str(settings["grpc_max_message_length"] // MIB)]
     return command
 
 
@@ -75,7 +82,7 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
         "volumeMounts": volume_mounts(model),
         "securityContext": container_security_context(),
     }
-    config = render_configmap(model, options)["data"]
+    config = config_files(model)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(model, COMPONENT)},
         "revisionHistoryLimit": 3,
