@@ -1,0 +1,477 @@
+"""One batch run of one model: the declared features SQL streamed in chunks, scored by
+the predictor runtime's own pipeline (the code that answers online), upserted into
+the prediction store.
+
+- Memory is bounded by the chunk size, whatever the table's: the source hands rows
+  over a chunk at a time, and at most ``WRITES_IN_FLIGHT`` scored chunks wait for the
+  store (written on a thread of their own while the next chunk is scored).
+- ``Shard(i, n)`` keeps the entities whose key hashes to ``i`` (CRC-32 of the key's
+  UTF-8 text, modulo ``n``): the same partition in every process and every run, so
+  the n pods of a Kubernetes Indexed Job split one run between them.
+- A row the model cannot score (a feature that does not decode, say) is found by
+  halving the chunk that failed until the culprit is alone; bad rows are counted,
+  logged and recorded in the store, and fail the run once there are more than
+  ``max_bad_rows``.
+- Atomic and idempotent (see ``modelyard.store``): rows are upserted on (model,
+  version, run, entity), and the run becomes readers' latest only when its last
+  shard completes; a run that fails or is killed is never the latest, and running it
+  again with the same id completes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import queue
+import re
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from mlserver.errors import MLServerError
+from mlserver.settings import ModelSettings
+
+from modelyard.batch.progress import BarReporter, count_in_background, reporter
+from modelyard.errors import ModelyardError
+from modelyard.folders import MARKER_FILENAMES, is_model_folder, load_model_folder
+from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, RunStatus, StoreError, now
+
+logger = logging.getLogger("modelyard.batch")
+
+DEFAULT_CHUNK_ROWS = 10_000
+# Scored chunks waiting for the store, and chunks read ahead of scoring: they bound
+# memory while reads and writes overlap scoring.
+WRITES_IN_FLIGHT = 2
+READ_AHEAD = 1
+# Drivers that release Python's GIL around every row they fetch: read on another thread,
+# they would wait for the GIL at each row while the main thread scores (the sqlite3
+# module does; DuckDB hands over whole columns, PostgreSQL whole network reads).
+GIL_PER_ROW = ("sqlite",)
+# Bad rows named in the log (all of them are in the store's bad-rows table).
+LOGGED_BAD_ROWS = 10
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+
+
+class BatchError(ModelyardError):
+    """The run cannot start or did not complete; the message says why and what to do."""
+
+
+def default_run_id(at: datetime | None = None) -> str:
+    """A run id from the time (UTC), e.g. ``20250101T030000Z``: sorts as it runs."""
+    return (at or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` (0 to count-1, as Kubernetes numbers Job completions) of ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(
+                f"shard {self.index}/{self.count}: the index goes from 0 to count - 1 "
+                "(e.g. 0/3, 1/3, 2/3)"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"{text!r} is not a shard i/n such as 0/3")
+        return cls(int(index), int(count))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def mask(self, keys: Sequence[Any]) -> np.ndarray:
+        """Which of ``keys`` belong to this shard."""
+        if self.count == 1:
+            return np.ones(len(keys), dtype=bool)
+        return np.fromiter(
+            (zlib.crc32(str(k).encode()) % self.count == self.index for k in keys),
+            dtype=bool,
+            count=len(keys),
+        )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    run_id: str | None = None
+    shard: Shard = Shard()
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    max_bad_rows: int = 0
+    bar: bool | None = None  # None: a bar on a terminal, log lines elsewhere
+    count: bool | None = None  # count the rows first for an ETA; None: with the bar
+
+
+@dataclass
+class RunResult:
+    model: str
+    version: str
+    run_id: str
+    shard: Shard
+    rows: int = 0
+    bad_rows: int = 0
+    read: int = 0
+    seconds: float = 0.0  # streaming: read, score, write
+    load_seconds: float = 0.0  # the model, before the first row
+    run: RunInfo | None = None
+    error: str | None = None
+    bad_examples: list[tuple[Any, str]] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        head = (
+            f"model '{self.model}' version {self.version} run {self.run_id} shard {self.shard}: "
+            f"{self.rows:,} rows in {self.seconds:.2f} s ({self.rows_per_s:,.0f} rows/s; "
+            f"model loaded in {self.load_seconds:.2f} s), {self.bad_rows:,} bad rows"
+        )
+        if self.error is not None:
+            return f"{head}; FAILED: {self.error}"
+        run = self.run
+        assert run is not None
+        if run.status == RunStatus.COMPLETE:
+            return f"{head}; run complete ({run.rows:,} rows, {run.shards} shard(s))"
+        return f"{head}; run {run.status} ({run.shards_done}/{run.shards} shards complete)"
+
+
+def model_folder(target: Path) -> Path:
+    """The model folder of ``target``: the folder itself, or the folder of its model.yaml."""
+    if target.is_file() and target.name in MARKER_FILENAMES:
+        return target.parent
+    if target.is_dir() and is_model_folder(target):
+        return target
+    raise BatchError(
+        f"{target} is not a model folder or its declaration; name a folder holding a "
+        f"{' or '.join(MARKER_FILENAMES)}"
+    )
+
+
+class BatchJob:
+    """The batch scoring of one model folder (a ``runtime: predictor`` declaration
+    with ``features`` and ``predictions``)."""
+
+    def __init__(self, target: Path):
+        from modelyard_runtimes.predictor import PredictorOptions
+
+        self.folder = model_folder(target)
+        self.settings: ModelSettings = load_model_folder(self.folder)
+        name = self.settings.name
+        if not _is_predictor(self.settings):
+            raise BatchError(
+                f"model '{name}' runs on {_implementation(self.settings)}; batch runs score "
+                "with the predictor runtime: declare runtime: predictor with features and "
+                "predictions"
+            )
+        options = PredictorOptions.from_settings(self.settings)
+        predictions = options.predictions
+        extra = predictions.model_extra or {}
+        if options.features is None:
+            raise BatchError(
+                f"model '{name}' declares no features; a batch run streams features.sql, "
+                "so add features (sql, source, key)"
+            )
+        if not predictions.columns or not extra.get("store"):
+            raise BatchError(
+                f"model '{name}' declares no predictions.columns and predictions.store; add "
+                "them, e.g. store: ${PREDICTIONS_DB_URL:-sqlite:///predictions.db}"
+            )
+        version = self.settings.version
+        if not version:
+            raise BatchError(f"model '{name}' has no version; declare one (version: 1.0.0)")
+        self.spec = PredictionsSpec.of(name, version, options.features.key, predictions.columns)
+        self.store_url: str = extra["store"]
+        self.shards: int | None = extra.get("shards")
+        self.schedule: str | None = extra.get("schedule")
+
+    def open_store(self, writer: bool = True) -> PredictionStore:
+        return PredictionStore.open(self.store_url, self.folder, writer=writer)
+
+    def run(self, options: RunOptions) -> RunResult:
+        """Score this shard of the run; a RunResult with ``error`` set when it failed
+        (the store records it, and the run is not the latest)."""
+        run_id = options.run_id or default_run_id()
+        if not RUN_ID.fullmatch(run_id):
+            raise BatchError(
+                f"run id {run_id!r}: use letters, digits, '.', '_', ':' and '-' "
+                "(at most 63, starting with a letter or digit)"
+            )
+        if options.shard.count > 1 and options.run_id is None:
+            raise BatchError(
+                f"shard {options.shard} needs --run-id, the same for every shard of the run "
+                "(e.g. the Kubernetes Job's name)"
+            )
+        if options.chunk_rows < 1:
+            raise BatchError(f"--chunk-rows {options.chunk_rows}: give at least 1")
+        spec = self.spec
+        result = RunResult(spec.model, spec.version, run_id, options.shard)
+        store = self.open_store()
+        try:
+            table = store.ensure(spec)
+            store.start_shard(spec, run_id, options.shard.index, options.shard.count)
+            logger.info(
+                "model '%s' version %s: run %s shard %s into %s",
+                spec.model, spec.version, run_id, options.shard, store.describe(),
+            )  # fmt: skip
+            try:
+                _Scoring(self, store, table, run_id, options, result).run()
+            except (Exception, KeyboardInterrupt) as e:
+                result.error = _reason(e)
+                result.run = store.fail_shard(
+                    spec, run_id, options.shard.index, result.error, result.rows,
+                    result.bad_rows,
+                )  # fmt: skip
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                return result
+            result.run = store.finish_shard(
+                spec, run_id, options.shard.index, result.rows, result.bad_rows
+            )
+            return result
+        finally:
+            store.close()
+
+
+class _Scoring:
+    """The streaming loop of one shard, with its writer thread and bad-row budget."""
+
+    def __init__(
+        self, job: BatchJob, store: PredictionStore, table: sa.Table, run_id: str,
+        options: RunOptions, result: RunResult,
+    ):  # fmt: skip
+        self.job = job
+        self.store = store
+        self.table = table
+        self.run_id = run_id
+        self.options = options
+        self.result = result
+        self.key = job.spec.key
+
+    def run(self) -> None:
+        from modelyard_runtimes.predictor import PredictorPipeline
+
+        pipeline = PredictorPipeline.from_settings(self.job.settings)
+        self.pipeline = pipeline
+        started = time.perf_counter()
+        try:
+            pipeline.load()
+            self.result.load_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            features = pipeline.features
+            assert features is not None
+            label = f"{self.job.spec.model} {self.run_id} {self.options.shard}"
+            report = reporter(label, self.options.bar)
+            count = self.options.count
+            if count is None:
+                count = isinstance(report, BarReporter)
+            if count:
+                count_in_background(features.count, report)
+            try:
+                with _Writer(self.store, self.table, self.job.spec, self.run_id) as writer:
+                    assert features.url is not None
+                    chunks = functools.partial(features.iter_all, self.options.chunk_rows)
+                    in_line = features.url.get_backend_name() in GIL_PER_ROW
+                    for chunk in chunks() if in_line else _read_ahead(chunks):
+                        self.result.read += len(chunk)
+                        scores = self._score(chunk)
+                        self.result.rows += len(scores)
+                        writer.submit(scores)
+                        report.update(self.result.read, self.result.rows, self.result.bad_rows)
+            finally:
+                report.close()
+        finally:
+            self.result.seconds = time.perf_counter() - started
+            pipeline.close()
+
+    def _score(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        chunk = chunk[self.options.shard.mask(chunk[self.key].tolist())]
+        nulls = chunk[self.key].isna().to_numpy()
+        bad: list[tuple[Any, str]] = []
+        if nulls.any():
+            bad += [(None, f"the key {self.key} is NULL")] * int(nulls.sum())
+            chunk = chunk[~nulls]
+        try:
+            scores = self.pipeline.score(chunk)
+        except MLServerError:
+            scores = self._isolate(chunk, bad)
+        self._bad(bad)
+        return scores
+
+    def _isolate(self, chunk: pd.DataFrame, bad: list[tuple[Any, str]]) -> pd.DataFrame:
+        """Score ``chunk`` by halves until the rows that fail are alone."""
+        parts: list[pd.DataFrame] = []
+        found: list[tuple[Any, str]] = []
+
+        def split(frame: pd.DataFrame, error: MLServerError | None) -> None:
+            if error is not None and len(frame) == 1:
+                found.append((frame[self.key].iloc[0], str(error)))
+                self._budget(len(bad) + len(found), found)
+                return
+            mid = max(len(frame) // 2, 1)
+            for half in (frame.iloc[:mid], frame.iloc[mid:]):
+                if half.empty:
+                    continue
+                try:
+                    parts.append(self.pipeline.score(half))
+                except MLServerError as e:
+                    split(half, e)
+
+        with _quiet("modelyard.runtimes"):
+            split(chunk, None)
+        if len(found) == len(chunk) > 1:
+            raise BatchError(
+                f"every one of {len(chunk):,} rows failed to score, e.g. {found[0][0]!r}: "
+                f"{found[0][1]}; the model, not the data, is at fault"
+            )
+        bad.extend(found)
+        return pd.concat(parts) if parts else self.pipeline.score(chunk.iloc[:0])
+
+    def _budget(self, pending: int, found: list[tuple[Any, str]]) -> None:
+        total = self.result.bad_rows + pending
+        if total > self.options.max_bad_rows:
+            examples = (self.result.bad_examples + found)[:3]
+            named = "; ".join(f"{k!r}: {e}" for k, e in examples)
+            raise BatchError(
+                f"{total:,} bad row(s), more than --max-bad-rows {self.options.max_bad_rows} "
+                f"allows ({named}); fix the features or raise --max-bad-rows"
+            )
+
+    def _bad(self, bad: list[tuple[Any, str]]) -> None:
+        if not bad:
+            return
+        self._budget(len(bad), bad)
+        for entity, error in bad:
+            if len(self.result.bad_examples) < LOGGED_BAD_ROWS:
+                logger.warning("bad row %s %r: %s", self.key, entity, error)
+            self.result.bad_examples.append((entity, error))
+            del self.result.bad_examples[LOGGED_BAD_ROWS:]
+        self.result.bad_rows += len(bad)
+        self.store.record_bad_rows(
+            self.job.spec, self.run_id, self.options.shard.index,
+            [(e if e is not None else "<NULL>", err) for e, err in bad],
+        )  # fmt: skip
+
+
+class _Writer:
+    """Upserts scored chunks on a thread of its own, at most WRITES_IN_FLIGHT behind."""
+
+    def __init__(self, store: PredictionStore, table: sa.Table, spec: PredictionsSpec, run_id: str):
+        self.write: Callable[[pd.DataFrame], int] = lambda frame: store.write(
+            table, spec, run_id, frame, now()
+        )
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self.pending: deque[Future[int]] = deque()
+
+    def submit(self, frame: pd.DataFrame) -> None:
+        while len(self.pending) >= WRITES_IN_FLIGHT:
+            self.pending.popleft().result()  # a failed write stops the run here
+        self.pending.append(self.pool.submit(self.write, frame))
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        try:
+            if kind is None:
+                while self.pending:
+                    self.pending.popleft().result()
+            else:
+                for future in self.pending:
+                    future.cancel()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _read_ahead(source: Callable[[], Iterator[pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+    """The chunks of ``source``, fetched on a thread of its own one chunk ahead, so the
+    database (DuckDB, PostgreSQL...) works while the current chunk is scored."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        chunks = source()  # runs on this thread only, start to end
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    with suppress(queue.Full):
+                        ahead.put(chunk, timeout=0.1)
+                        break
+                if stop.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as e:
+            ahead.put(e)
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=produce, name="batch-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with suppress(queue.Empty):
+                ahead.get(timeout=0.1)
+        thread.join()
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Mute a logger while failing rows are isolated: the runtime logs each failure of
+    the user's code with its traceback, and halving a chunk fails many times over."""
+    log = logging.getLogger(name)
+    disabled = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (SIGINT or SIGTERM) before the end; run it again with the same run id"
+    if isinstance(e, ModelyardError | MLServerError | StoreError):
+        return str(e)
+    if isinstance(e, RuntimeError | FileNotFoundError | TypeError | ValueError):
+        # How the pipeline reports a model that does not load (source down, bad SQL...).
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def _implementation(settings: ModelSettings) -> str:
+    return settings.implementation_
+
+
+def _is_predictor(settings: ModelSettings) -> bool:
+    # Imported without ModelSettings.implementation, which reloads the module.
+    from modelyard_runtimes.predictor import PredictorRuntime
+
+    module, _, name = settings.implementation_.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, PredictorRuntime)
