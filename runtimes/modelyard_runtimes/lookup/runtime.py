@@ -14,11 +14,13 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from fastapi import status
 from mlserver.errors import MLServerError
+from mlserver.grpc.utils import STATUS_CODE_MAPPING
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -63,10 +65,15 @@ class LookupOptions(BaseModel):
 
 
 class NoPredictions(MLServerError):
-    """No complete run to answer from (yet): a 503 saying what to run."""
+    """No complete run to answer from (yet): a 503 / UNAVAILABLE saying what to run."""
 
     def __init__(self, msg: str):
         super().__init__(msg, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+# MLServer's gRPC server maps only 400, 404, 422 and 500 to gRPC codes and answers
+# UNKNOWN for the rest; a 503 is what gRPC calls UNAVAILABLE (retry later).
+STATUS_CODE_MAPPING.setdefault(status.HTTP_503_SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
 
 
 _MISSING = object()
