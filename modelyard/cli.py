@@ -15,6 +15,7 @@ COMMANDS = {
     "validate": "modelyard.commands.validate:validate",
     "build": "modelyard.commands.build:build",
     "new": "modelyard.commands.new:new",
+    "render": "modelyard.commands.render:render",
     "batch": "modelyard.commands.batch:batch",
 }
 
