@@ -125,6 +125,7 @@ class _Checks:
         yield from self.schedule()
         yield from self.deployment()
         yield from self.example()
+        yield from self.monitoring()
 
     def variables(self, value: Any, path: list[str | int]) -> Iterator[tuple[str, str]]:
         if isinstance(value, str):
@@ -379,6 +380,11 @@ class _Checks:
             return  # the schema has said what is wrong with either
         except MLServerError as e:
             yield "/example", f"the example does not fit the inputs: {e}"
+
+    def monitoring(self) -> Iterator[tuple[str, str]]:
+        from modelyard.quality.config import declaration_problems
+
+        yield from declaration_problems(self.data)
 
 
 def check(data: dict[str, Any], path: Path) -> list[Problem]:

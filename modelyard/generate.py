@@ -28,7 +28,7 @@ IMPLEMENTATIONS = {
     "predictor": "modelyard_runtimes.predictor.PredictorRuntime",
 }
 # Where a declaration's sha256 and versions go in parameters.extra (read by
-# modelyard.integrity before any runtime loads the artifact).
+# modelyard.integrity before any runtime loads the artifact), and its monitoring.
 INTEGRITY_KEY = "modelyard"
 # `modelyard serve` answers in the server process unless told otherwise.
 DEFAULT_WORKERS = 0
@@ -53,7 +53,9 @@ def _extra(decl: dict[str, Any]) -> dict[str, Any]:
             extra["parameters"] = model["parameters"]
     elif runtime in ("huggingface", "custom"):
         extra.update(model.get("parameters") or {})
-    integrity = {k: model[k] for k in ("sha256", "versions") if k in model}
+    integrity: dict[str, Any] = {k: model[k] for k in ("sha256", "versions") if k in model}
+    if decl.get("monitoring"):
+        integrity["monitoring"] = decl["monitoring"]  # read by modelyard.quality
     if integrity:
         extra[INTEGRITY_KEY] = integrity
     return extra

@@ -123,7 +123,11 @@ def test_predictor_extra_carries_features_predictions_and_placeholders() -> None
         "features": BASE["features"],
         "predictions": BASE["predictions"],
         "parameters": {"threshold": 0.5},
-        "modelyard": {"sha256": BASE["model"]["sha256"], "versions": BASE["model"]["versions"]},
+        "modelyard": {
+            "sha256": BASE["model"]["sha256"],
+            "versions": BASE["model"]["versions"],
+            "monitoring": BASE["monitoring"],
+        },
     }
     # Secrets stay in the environment: the placeholders are written as they are.
     assert extra["features"]["source"] == "${FEATURES_DB_URL:-sqlite:///features.db}"
