@@ -26,6 +26,7 @@ test: postgres-server
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint images/*/Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -88,3 +89,14 @@ postgres-server:
 generate: generate-crd
 generate-crd: $(STAMP)
 	$(BIN)/python -m modelyard_operator.crd
+
+# Container images, where Docker is available: the serving image, the operator image
+# and the server of the example model folders (which `make models` trains first).
+REGISTRY ?= ghcr.io/modelyard
+VERSION ?= 0.1.0
+.PHONY: images
+images: models
+	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
+	docker build -f images/serving/Dockerfile -t $(REGISTRY)/modelyard:$(VERSION) .
+	docker build -f images/operator/Dockerfile -t $(REGISTRY)/modelyard-operator:$(VERSION) .
+	docker build -f images/examples/Dockerfile -t $(REGISTRY)/modelyard-examples:$(VERSION) .

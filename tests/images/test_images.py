@@ -1,0 +1,131 @@
+"""The container images can't be built here (no Docker engine), so what can be checked
+without building them is: hadolint passes, each final stage runs as the user the pods
+run as, and the operator image installs everything the operator imports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from modelyard_operator.render.common import RUN_USER
+from packaging.requirements import Requirement
+
+from tests.support.server import REPO
+
+IMAGES = REPO / "images"
+DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+HADOLINT = Path(sys.executable).parent / "hadolint"
+OPERATOR_REQUIREMENTS = IMAGES / "operator" / "requirements.txt"
+
+
+def pyproject_dependencies() -> dict[str, Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {r.name.lower(): r for r in map(Requirement, project["dependencies"])}
+
+
+def requirements(path: Path) -> list[Requirement]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def final_stage(dockerfile: Path) -> str:
+    return re.split(r"^FROM ", dockerfile.read_text(), flags=re.M)[-1]
+
+
+def test_every_image_has_a_dockerfile() -> None:
+    assert [d.parent.name for d in DOCKERFILES] == ["examples", "operator", "serving"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda d: d.parent.name)
+def test_hadolint_passes(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [str(HADOLINT), "--format", "json", str(dockerfile)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, json.dumps(json.loads(result.stdout or "[]"), indent=1)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda d: d.parent.name)
+def test_the_final_stage_runs_as_the_pods_user_without_build_tools(dockerfile: Path) -> None:
+    stage = final_stage(dockerfile)
+    assert stage.startswith("python:3.11-slim-bookworm\n")
+    assert f"USER {RUN_USER}:{RUN_USER}" in stage
+    # Everything is built in an earlier stage and copied over.
+    assert not re.search(r"\b(apt-get|pip install|gcc|build-essential)\b", stage)
+
+
+def test_the_serving_image_installs_pyprojects_cpu_torch() -> None:
+    pinned = re.search(r'"torch==([^"]+)"', (IMAGES / "serving" / "Dockerfile").read_text())
+    assert pinned is not None
+    assert str(pyproject_dependencies()["torch"].specifier) == f"=={pinned[1]}"
+
+
+def test_the_operator_images_requirements_match_pyproject() -> None:
+    project = pyproject_dependencies()
+    for requirement in requirements(OPERATOR_REQUIREMENTS):
+        assert requirement.name.lower() in project, f"{requirement} is not in pyproject.toml"
+        assert requirement.specifier == project[requirement.name.lower()].specifier
+
+
+def installed_closure(roots: list[Requirement]) -> set[str]:
+    """Distributions that installing `roots` brings, as installed here."""
+    seen: set[str] = set()
+    todo = [r.name.lower() for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name.lower())
+    return {n.replace("_", "-") for n in seen}
+
+
+# The operator, started where only `allowed` distributions are installed: any other
+# import fails as it would in the image (optional imports then take their fallback).
+IN_THE_IMAGE = """
+import json, sys
+from importlib import metadata
+
+allowed = set(json.loads(sys.argv[1]))
+names = metadata.packages_distributions()
+
+
+class OnlyTheImage:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        dists = {d.lower().replace("_", "-") for d in names.get(top, [])}
+        if dists and not dists & allowed:
+            raise ModuleNotFoundError(f"No module named {top!r} (not in the image)", name=top)
+        return None
+
+
+sys.meta_path.insert(0, OnlyTheImage())
+from modelyard_operator import handlers, crd
+from modelyard_operator.render import RenderOptions, manifests
+from modelyard_operator.spec import Model
+
+spec = {"version": "1", "runtime": "sklearn", "model": {"uri": "s3://b/iris/model.joblib"}}
+print(len(manifests(Model.from_spec("iris", "ml", spec), RenderOptions())), len(crd.render()))
+"""
+
+
+def test_the_operator_image_installs_what_the_operator_imports() -> None:
+    installed = installed_closure(requirements(OPERATOR_REQUIREMENTS))
+    # modelyard itself is installed from the source tree, without its dependencies.
+    allowed = json.dumps(sorted(installed | {"modelyard"}))
+    result = subprocess.run(
+        [sys.executable, "-c", IN_THE_IMAGE, allowed], capture_output=True, text=True
+    )
+    assert result.returncode == 0, (
+        f"add what is missing to {OPERATOR_REQUIREMENTS.relative_to(REPO)}:\n{result.stderr}"
+    )
+    # The model runtimes stay out of the operator image.
+    assert not installed & {"torch", "transformers", "xgboost", "scikit-learn"}
