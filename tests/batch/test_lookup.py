@@ -3,6 +3,7 @@ called directly and through a real `modelyard serve` over REST and gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from datetime import datetime
@@ -73,6 +74,22 @@ async def test_called_directly_answers_the_latest_complete_run(
         await model.unload()
 
 
+async def test_concurrent_first_requests_all_get_the_run(
+    folder: Path, sqlite_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREDICTIONS_DB_URL", sqlite_store)
+    ok(batch(folder, sqlite_store, "--run-id", "only"))
+    settings = lookup_settings(load_model_folder(folder))
+    model = LookupRuntime(settings)  # type: ignore[arg-type]
+    assert await model.load()
+    try:
+        # The first requests arrive together, while the run is being looked up.
+        responses = await asyncio.gather(*[model.predict(request(f"u{i:07d}")) for i in range(20)])
+        assert [r.parameters.run_id for r in responses] == ["only"] * 20  # type: ignore[union-attr]
+    finally:
+        await model.unload()
+
+
 def wait_for_run(client, run_id: str, timeout: float = 30) -> object:  # type: ignore[no-untyped-def]
     """The lookup's answer once it comes from ``run_id`` (it looks every refresh_s)."""
     deadline = time.monotonic() + timeout
@@ -126,7 +143,7 @@ def test_served_over_rest_and_grpc_before_and_after_a_new_run(
     # The online model agrees with what the batch stored.
     online = infer(grpc, "gender", {"user_id": ids("u0000042")})
     assert online.as_numpy("male_percentile")[0] == after
-    assert server.status()["models"][0]["companions"] == ["gender-lookup"]
+    assert server.status()["models"][0]["companions"] == ["gender-lookup", "gender-feedback"]
 
 
 def test_the_example_batch_run_is_served_by_user_id(tmp_path: Path, serve_dir) -> None:  # type: ignore[no-untyped-def]

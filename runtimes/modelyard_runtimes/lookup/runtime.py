@@ -44,6 +44,7 @@ DEFAULT_REFRESH_S = 5.0
 REFRESH_ENV = "MODELYARD_LOOKUP_REFRESH_S"
 # Entities kept in memory per run (an id the run does not have counts as one).
 DEFAULT_CACHE_SIZE = 100_000
+CACHE_SIZE_ENV = "MODELYARD_LOOKUP_CACHE_SIZE"
 FLOAT_KINDS = "fc"
 
 
@@ -61,7 +62,9 @@ class LookupOptions(BaseModel):
     refresh_s: float = Field(
         default_factory=lambda: float(os.environ.get(REFRESH_ENV, DEFAULT_REFRESH_S)), ge=0
     )
-    cache_size: int = Field(DEFAULT_CACHE_SIZE, ge=0)
+    cache_size: int = Field(
+        default_factory=lambda: int(os.environ.get(CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE)), ge=0
+    )
 
 
 class NoPredictions(MLServerError):
@@ -160,7 +163,11 @@ class LookupRuntime(MLModel):
         values = {i: snapshot.get(i) for i in dict.fromkeys(ids)}  # None: not cached
         wanted = [i for i, v in values.items() if v is None]
         if wanted:
-            found = {row[0]: tuple(row[1:]) for row in await self._read(snapshot, wanted)}
+            # Cached as answered: the timestamp already in ISO 8601, UTC.
+            found = {
+                row[0]: (*row[1:-1], utc(row[-1]).astimezone(UTC).isoformat())
+                for row in await self._read(snapshot, wanted)
+            }
             for i in wanted:
                 values[i] = found.get(i, _MISSING)
                 snapshot.put(i, values[i])
@@ -194,9 +201,7 @@ class LookupRuntime(MLModel):
                 # A NULL (a column added after this run was written) reads as 0 / false.
                 array[array == None] = 0  # noqa: E711
             frame[name] = cast_column(self.name, name, array, datatype)
-        frame[PREDICTED_AT_COLUMN] = np.array(
-            [utc(t).astimezone(UTC).isoformat() for t in columns[-1]], dtype=object
-        )
+        frame[PREDICTED_AT_COLUMN] = np.array(columns[-1], dtype=object)
         return pd.DataFrame(frame)
 
     # -- the store -------------------------------------------------------------------
@@ -207,26 +212,30 @@ class LookupRuntime(MLModel):
                 if self._due():
                     await asyncio.to_thread(self._refresh)
         if self._snapshot is None:
-            assert self._failure is not None
-            raise self._failure
+            raise self._failure or NoPredictions(f"model '{self.name}': no run read yet")
         return self._snapshot
 
     def _due(self) -> bool:
         return time.monotonic() - self._checked_at >= self._options.refresh_s
 
     def _refresh(self) -> None:
-        self._checked_at = time.monotonic()
+        started = time.monotonic()
+        snapshot: _Snapshot | None
+        failure: NoPredictions | None
         try:
-            self._snapshot = self._latest()
-            self._failure = None
+            snapshot, failure = self._latest(), None
         except NoPredictions as e:
-            self._snapshot, self._failure = None, e
+            snapshot, failure = None, e
         except StoreError as e:
-            if self._snapshot is None:
-                self._failure = NoPredictions(f"model '{self.name}': {e}")
+            snapshot, failure = self._snapshot, None
+            if snapshot is None:
+                failure = NoPredictions(f"model '{self.name}': {e}")
             else:  # keep answering what is cached; look again after refresh_s
                 logger.warning("model '%s': %s; still answering from run %s", self.name, e,
-                               self._snapshot.run.run_id)  # fmt: skip
+                               snapshot.run.run_id)  # fmt: skip
+        self._snapshot, self._failure = snapshot, failure
+        # Last: the requests that skip the lock must find what this refresh set.
+        self._checked_at = started
 
     def _latest(self) -> _Snapshot:
         options = self._options
