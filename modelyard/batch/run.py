@@ -234,10 +234,13 @@ class BatchJob:
                 _Scoring(self, store, table, run_id, options, result).run()
             except (Exception, KeyboardInterrupt) as e:
                 result.error = _reason(e)
-                result.run = store.fail_shard(
-                    spec, run_id, options.shard.index, result.error, result.rows,
-                    result.bad_rows,
-                )  # fmt: skip
+                try:
+                    result.run = store.fail_shard(
+                        spec, run_id, options.shard.index, result.error, result.rows,
+                        result.bad_rows,
+                    )  # fmt: skip
+                except StoreError as recording:
+                    result.error += f" (and recording the failure failed: {recording})"
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 return result
@@ -301,12 +304,22 @@ class _Scoring:
             pipeline.close()
 
     def _score(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        chunk = chunk[self.options.shard.mask(chunk[self.key].tolist())]
-        nulls = chunk[self.key].isna().to_numpy()
+        if self.options.shard.count > 1:
+            chunk = chunk[self.options.shard.mask(chunk[self.key].tolist())]
         bad: list[tuple[Any, str]] = []
+        nulls = chunk[self.key].isna().to_numpy()
         if nulls.any():
             bad += [(None, f"the key {self.key} is NULL")] * int(nulls.sum())
             chunk = chunk[~nulls]
+        # One row per key, as online (a repeat across chunks overwrites the first).
+        repeats = chunk[self.key].duplicated().to_numpy()
+        if repeats.any():
+            message = (
+                f"{self.job.spec.model}'s features.sql returned several rows for this "
+                f"{self.key}; it must return one row per {self.key} (GROUP BY {self.key})"
+            )
+            bad += [(k, message) for k in chunk[self.key][repeats].tolist()]
+            chunk = chunk[~repeats]
         try:
             scores = self.pipeline.score(chunk)
         except MLServerError:

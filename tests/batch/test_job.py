@@ -83,6 +83,17 @@ def test_bad_rows_within_the_policy_are_counted_and_recorded(folder: Path, job_e
     assert all("forty" in error for _, error in bad)
 
 
+def test_a_key_returned_twice_is_a_bad_row(folder: Path, job_env: str) -> None:
+    sql = (folder / "features.sql").read_text()
+    (folder / "features.sql").write_text(
+        f"SELECT * FROM ({sql}) UNION ALL SELECT * FROM ({sql}) WHERE user_id = 'u0000001'"
+    )
+    result = run(folder, run_id="twice", chunk_rows=10_000)
+    assert result.error is not None and "several rows for this user_id" in result.error  # type: ignore[attr-defined]
+    result = run(folder, run_id="twice", chunk_rows=10_000, max_bad_rows=1)
+    assert (result.rows, result.bad_rows, result.error) == (USERS, 1, None)  # type: ignore[attr-defined]
+
+
 # -- shards ------------------------------------------------------------------------------
 def test_shards_one_by_one_complete_the_run_with_the_last(folder: Path, job_env: str) -> None:
     run(folder, run_id="whole")
