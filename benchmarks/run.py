@@ -26,6 +26,7 @@ import requests
 import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_iris
 
+from benchmarks.batch import batch
 from benchmarks.load import (
     Load,
     PlainMLServer,
@@ -239,6 +240,9 @@ def registry(args: argparse.Namespace, tmp: Path) -> dict:
     print(f"  p99 during swaps {during.p99_ms:.1f} ms vs without {baseline.p99_ms:.1f} ms; "
           f"req/s {during.rps:.0f} vs {baseline.rps:.0f}")  # fmt: skip
     return result
+
+
+part(batch)
 
 
 def machine() -> dict:

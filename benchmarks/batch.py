@@ -1,0 +1,214 @@
+"""`make bench` part `batch`: a million entities through the customer-profile model into
+SQLite with `modelyard batch run`, against the same model scoring the same rows in
+memory; then the lookup model over gRPC on what the run stored.
+
+Ratios are of figures measured in the same run, on the same machine:
+- end to end: the command's own rows/s (streaming: read, score, write; the model's
+  load reported apart) and rows over the command's whole wall time, each against
+  the raw in-process ``PredictorPipeline.score`` rows/s on the same chunks in memory;
+- peak memory: the command's maximum resident set (``wait4``'s rusage);
+- lookup: 1 and 100 ids per request, with the model's cache and without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from benchmarks.load import grpc_body, grpc_load
+from tests.support.server import MODELYARD, REPO, ServerProcess
+
+EXAMPLE = REPO / "examples" / "customer-profile"
+MODEL_FILES = ("model.yaml", "predictor.py", "model.joblib", "preprocess.pkl")
+CATEGORIES = ["beauty", "fashion", "home", "books", "sports", "electronics", "gaming", "diy"]
+COUNTRIES = ["FR", "DE", "ES", "IT", "NL", "PL"]
+# The columns features.sql returns for the example, from one flat table here.
+FEATURES_SQL = (
+    "SELECT user_id, age, country, n_events, avg_amount, "
+    + ", ".join(f"share_{c}" for c in CATEGORIES)
+    + " FROM user_features\n"
+)
+SUMMARY = re.compile(
+    r"([\d,]+) rows in ([\d.]+) s \(([\d,]+) rows/s; model loaded in ([\d.]+) s\), "
+    r"([\d,]+) bad rows"
+)
+CHUNK_ROWS = 10_000
+SOURCES = {
+    "duckdb": "duckdb:///features.duckdb",
+    "sqlite": "sqlite:///features.db",
+}
+
+
+def feature_table(rows: int, seed: int = 11) -> pd.DataFrame:
+    """Users' features as the example's features.sql returns them, generated."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i:07d}" for i in range(rows)],
+            "age": rng.integers(18, 86, rows),
+            "country": rng.choice(COUNTRIES, rows),
+            "n_events": rng.poisson(20, rows),
+            "avg_amount": rng.gamma(2.0, 16.0, rows),
+        }
+    )
+    shares = rng.dirichlet(np.ones(len(CATEGORIES)) * 2.0, rows)
+    for i, category in enumerate(CATEGORIES):
+        frame[f"share_{category}"] = shares[:, i]
+    return frame
+
+
+def model_folder(tmp: Path, rows: int) -> Path:
+    """The example's model over a generated table of ``rows`` users, in SQLite and DuckDB."""
+    folder = tmp / "customer-profile"
+    folder.mkdir()
+    for name in MODEL_FILES:
+        shutil.copy2(EXAMPLE / name, folder / name)
+    (folder / "features.sql").write_text(FEATURES_SQL)
+    frame = feature_table(rows)
+    import sqlite3
+
+    with sqlite3.connect(folder / "features.db") as db:
+        frame.to_sql("user_features", db, index=False, chunksize=100_000)
+    with duckdb.connect(str(folder / "features.duckdb")) as db:
+        db.register("frame", frame)
+        db.execute("CREATE TABLE user_features AS SELECT * FROM frame")
+    return folder
+
+
+def raw_rows_per_s(folder: Path, chunk_rows: int, passes: int = 2) -> float:
+    """``PredictorPipeline.score`` alone on every row, in chunks held in memory."""
+    from modelyard_runtimes.predictor import PredictorPipeline
+
+    from modelyard.folders import load_model_folder
+
+    os.environ["FEATURES_DB_URL"] = SOURCES["duckdb"]
+    try:
+        pipeline = PredictorPipeline.from_settings(load_model_folder(folder))
+        pipeline.load()
+        assert pipeline.features is not None
+        chunks = list(pipeline.features.iter_all(chunk_rows))
+        pipeline.score(chunks[0])  # warm up
+        best = 0.0
+        for _ in range(passes):
+            start = time.perf_counter()
+            for chunk in chunks:
+                pipeline.score(chunk)
+            best = max(best, sum(map(len, chunks)) / (time.perf_counter() - start))
+        pipeline.close()
+        return best
+    finally:
+        del os.environ["FEATURES_DB_URL"]
+
+
+def end_to_end(folder: Path, source: str, store: str, run_id: str, chunk_rows: int) -> dict:
+    """One `modelyard batch run` in a child process: its figures and its peak memory."""
+    env = {**os.environ, "FEATURES_DB_URL": SOURCES[source], "PREDICTIONS_DB_URL": store}
+    log = folder.parent / f"{run_id}.log"
+    with log.open("w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [MODELYARD, "batch", "run", str(folder), "--run-id", run_id,
+             "--chunk-rows", str(chunk_rows), "--no-progress"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    match = SUMMARY.search(text)
+    if proc.returncode != 0 or match is None:
+        sys.exit(f"modelyard batch run failed ({proc.returncode}):\n{text}")
+    rows = int(match[1].replace(",", ""))
+    return {
+        "source": source,
+        "rows": rows,
+        "stream_s": float(match[2]),
+        "stream_rows_per_s": rows / float(match[2]),
+        "load_s": float(match[4]),
+        "wall_s": wall,
+        "wall_rows_per_s": rows / wall,
+        "max_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+    }
+
+
+def lookup(folder: Path, store: str, tmp: Path, rows: int, duration: float) -> list[dict]:
+    rng = np.random.default_rng(5)
+    results = []
+    for cache in ("on", "off"):
+        env = {"PREDICTIONS_DB_URL": store}
+        if cache == "off":
+            env["MODELYARD_LOOKUP_CACHE_SIZE"] = "0"
+        server = ServerProcess(folder, tmp / f"lookup-{cache}.log", ["--no-watch"], env).start()
+        try:
+            server.wait_ready()
+            for n in (1, 100):
+                user_ids = np.array(
+                    [f"u{i:07d}".encode() for i in rng.choice(rows, n, replace=False)],
+                    dtype=object,
+                )
+                body = grpc_body("gender-lookup", "user_id", user_ids, "BYTES")
+                for concurrency in (1, 8):
+                    grpc_load(server.grpc_url, body, concurrency, 1.0)  # warm up
+                    load = grpc_load(server.grpc_url, body, concurrency, duration)
+                    if load.errors:
+                        sys.exit(f"lookup failed: {load.first_error}\n{server.log()}")
+                    results.append(
+                        {"ids": n, "cache": cache, "concurrency": concurrency, **load.as_dict()}
+                    )
+        finally:
+            server.stop()
+    return results
+
+
+def batch(args: argparse.Namespace, tmp: Path) -> dict:
+    rows = int(os.environ.get("MODELYARD_BENCH_BATCH_ROWS", 1_000_000))
+    started = time.perf_counter()
+    folder = model_folder(tmp, rows)
+    print(f"\nbatch: {rows:,} generated users in {time.perf_counter() - started:.1f} s")
+    load_before = os.getloadavg()[0]
+    runs = []
+    for source in SOURCES:
+        # Best of two: other processes on the machine blur any single run.
+        tries = [
+            end_to_end(
+                folder, source, f"sqlite:///{tmp}/{source}-{i}.db", f"{source}-{i}", CHUNK_ROWS
+            )
+            for i in range(2)
+        ]
+        runs.append(max(tries, key=lambda r: r["stream_rows_per_s"]))
+    # After the children: forked from a process holding the rows in memory, a child
+    # would count them in its peak RSS until it execs.
+    raw = raw_rows_per_s(folder, CHUNK_ROWS)
+    load_after = os.getloadavg()[0]
+    for run in runs:
+        run["stream_vs_raw"] = run["stream_rows_per_s"] / raw
+        run["wall_vs_raw"] = run["wall_rows_per_s"] / raw
+
+    print(f"  customer-profile model, {CHUNK_ROWS:,}-row chunks, into a SQLite store")
+    print(f"  raw in-process PredictorPipeline.score on the same rows: {raw:12,.0f} rows/s")
+    print(f"  {'features from':14} {'streaming rows/s':>17} {'vs raw':>7} {'wall rows/s':>12}"
+          f" {'vs raw':>7} {'load s':>7} {'peak RSS':>9}")  # fmt: skip
+    for r in runs:
+        print(f"  {r['source']:14} {r['stream_rows_per_s']:17,.0f} {r['stream_vs_raw']:6.2f}x"
+              f" {r['wall_rows_per_s']:12,.0f} {r['wall_vs_raw']:6.2f}x {r['load_s']:7.1f}"
+              f" {r['max_rss_mb']:6.0f} MB")  # fmt: skip
+    print("  targets: streaming >= 0.5x raw, peak RSS < 1,024 MB")
+    print(f"  machine load average (1 min) {load_before:.1f} before, {load_after:.1f} after")
+    lookups = lookup(folder, f"sqlite:///{tmp}/duckdb-0.db", tmp, rows, args.duration)
+    print(f"\nlookup model over gRPC, {rows:,} stored predictions (SQLite)")
+    print(f"  {'ids':>4} {'cache':>5} {'callers':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    for r in lookups:
+        print(f"  {r['ids']:4d} {r['cache']:>5} {r['concurrency']:7d} {r['rps']:8.0f}"
+              f" {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}")  # fmt: skip
+    return {"rows": rows, "chunk_rows": CHUNK_ROWS, "raw_rows_per_s": raw, "runs": runs,
+            "lookup": lookups, "load_average": [load_before, load_after]}  # fmt: skip
