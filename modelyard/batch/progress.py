@@ -13,12 +13,10 @@ from typing import Protocol
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -35,10 +33,15 @@ class Reporter(Protocol):
     def close(self) -> None: ...
 
 
-class RowsPerSecond(ProgressColumn):
+class RowsColumn(ProgressColumn):
+    """Rows read (of how many, once counted), rows/s and bad rows, in one cell."""
+
     def render(self, task: Task) -> Text:
+        done = f"{int(task.completed):,}" + (f"/{int(task.total):,}" if task.total else "")
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
+        rate = f"{speed:,.0f} rows/s" if speed else "- rows/s"
+        bad = f" {task.fields['bad']:,} bad" if task.fields["bad"] else ""
+        return Text(f"{done} rows {rate}{bad}", style="progress.data.speed")
 
 
 class BarReporter:
@@ -47,14 +50,10 @@ class BarReporter:
     def __init__(self, label: str, console: Console | None = None):
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("rows"),
-            RowsPerSecond(),
-            TimeElapsedColumn(),
+            BarColumn(bar_width=16),
+            RowsColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[bad]} bad"),
             console=console or Console(stderr=True),
             transient=False,
         )

@@ -279,7 +279,8 @@ class _Scoring:
             started = time.perf_counter()
             features = pipeline.features
             assert features is not None
-            label = f"{self.job.spec.model} {self.run_id} {self.options.shard}"
+            shard = self.options.shard
+            label = self.job.spec.model + (f" shard {shard}" if shard.count > 1 else "")
             report = reporter(label, self.options.bar)
             count = self.options.count
             if count is None:
