@@ -9,6 +9,7 @@ ConfigMap's files mounted over it, answers its example request through a real
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tarfile
@@ -149,6 +150,11 @@ def unpack_like_the_pod(body: dict[str, Any], models_dir: Path, workdir: Path) -
 def test_example_pods_serve_their_examples(tmp_path: Path, serve_dir: Callable) -> None:
     models_dir = tmp_path / "models"
     bodies = example_models()
+    # A version that cannot load (its artifact is not the one declared), for the probes.
+    broken = copy.deepcopy(bodies["iris"])
+    broken["metadata"]["name"] = "iris-tampered"
+    broken["spec"]["model"]["sha256"] = "0" * 64
+    unpack_like_the_pod(broken, models_dir, tmp_path)
     for body in bodies.values():
         folder = unpack_like_the_pod(body, models_dir, tmp_path)
         # What the server loads is the ConfigMap's model-settings.json, generated from
@@ -168,3 +174,20 @@ def test_example_pods_serve_their_examples(tmp_path: Path, serve_dir: Callable) 
     assert answers["breast-cancer"]["predict"] == [0]
     assert answers["gender"]["missing"] == [False, True]
     assert answers["sentiment"]  # a label and a score
+
+    def probes(body: dict[str, Any]) -> dict[str, int]:
+        deployment = manifests(Model.from_body(body), CURRENT)[1]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return {
+            probe: requests.get(
+                server.base + container[probe]["httpGet"]["path"], timeout=5
+            ).status_code
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+        }
+
+    for body in bodies.values():
+        assert probes(body) == dict.fromkeys(
+            ("startupProbe", "livenessProbe", "readinessProbe"), 200
+        )
+    # The server has started and lives, but a pod of the tampered version is never ready.
+    assert probes(broken) == {"startupProbe": 200, "livenessProbe": 200, "readinessProbe": 404}

@@ -75,10 +75,13 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
         ],
         "env": env(model),
         "resources": resources(model, options),
-        # Loading a large model can take minutes; liveness starts once it has.
-        "startupProbe": probe("/v2/health/live", 5, 120),
+        # Loading a large model can take minutes: the server is started once every one of
+        # its processes has tried, and only then do liveness and readiness begin.
+        "startupProbe": probe("/v2/health/ready", 5, 120),
         "livenessProbe": probe("/v2/health/live", 10, 3),
-        "readinessProbe": probe("/v2/health/ready", 5, 2),
+        # Ready when this pod's one model is, not merely tried: a version that fails to
+        # load never takes traffic, and a rollout to it stops with the old pods serving.
+        "readinessProbe": probe(f"/v2/models/{model.model_name}/ready", 5, 2),
         "volumeMounts": volume_mounts(model),
         "securityContext": container_security_context(),
     }
