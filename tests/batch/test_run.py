@@ -105,8 +105,8 @@ def test_shards_run_in_parallel_equal_one_unsharded_run(
     folder: Path, postgres: PostgresServer
 ) -> None:
     url = postgres.create_database("batch_shards")
-    ok(batch(folder, url, "--run-id", "whole"))
-    # Three pods of an Indexed Job: the same run id, JOB_COMPLETION_INDEX 0..2, at once.
+    # Three pods of an Indexed Job: the same run id, JOB_COMPLETION_INDEX 0..2, at once,
+    # on an empty database (they race to create the tables too).
     procs = [
         subprocess.Popen(
             [MODELYARD, "batch", "run", str(folder), "--run-id", "split", "--shards", "3"],
@@ -124,6 +124,7 @@ def test_shards_run_in_parallel_equal_one_unsharded_run(
     run = run_info(url, "split")
     assert run is not None and (run.status, run.shards, run.shards_done) == ("complete", 3, 3)
     assert run.rows == USERS
+    ok(batch(folder, url, "--run-id", "whole"))
     whole, split = stored(url, "whole"), stored(url, "split")
     assert_matches(split, whole)
 
