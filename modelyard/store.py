@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -173,7 +174,7 @@ class RunInfo:
     error: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> RunInfo:
+    def from_row(cls, row: Mapping[Any, Any]) -> RunInfo:
         return cls(
             model=row["model"],
             version=row["version"],
@@ -199,13 +200,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _bookkeeping(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
-    run_key = [
+def _run_key() -> list[sa.Column[Any]]:
+    return [
         sa.Column(MODEL_COLUMN, sa.Text, primary_key=True),
         sa.Column(VERSION_COLUMN, sa.Text, primary_key=True),
         sa.Column(RUN_COLUMN, sa.Text, primary_key=True),
     ]
-    progress = [
+
+
+def _progress() -> list[sa.Column[Any]]:
+    return [
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("rows", sa.BigInteger, nullable=False, default=0),
         sa.Column("bad_rows", sa.BigInteger, nullable=False, default=0),
@@ -213,27 +217,30 @@ def _bookkeeping(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.Column("finished_at", TIMESTAMP),
         sa.Column("error", sa.Text),
     ]
+
+
+def _bookkeeping(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
     runs = sa.Table(
         RUNS_TABLE,
         metadata,
-        *[c._copy() for c in run_key],
+        *_run_key(),
         sa.Column("table_name", sa.Text, nullable=False),
         sa.Column("shards", sa.Integer, nullable=False),
         sa.Column("shards_done", sa.Integer, nullable=False, default=0),
-        *[c._copy() for c in progress],
+        *_progress(),
         sa.Index(f"{RUNS_TABLE}_latest", MODEL_COLUMN, "status", "finished_at"),
     )
     shards = sa.Table(
         SHARDS_TABLE,
         metadata,
-        *[c._copy() for c in run_key],
+        *_run_key(),
         sa.Column("shard", sa.Integer, primary_key=True),
-        *[c._copy() for c in progress],
+        *_progress(),
     )
     bad_rows = sa.Table(
         BAD_ROWS_TABLE,
         metadata,
-        *[c._copy() for c in run_key],
+        *_run_key(),
         sa.Column("entity", sa.Text, primary_key=True),
         sa.Column("shard", sa.Integer, nullable=False),
         sa.Column("error", sa.Text, nullable=False),
@@ -595,7 +602,9 @@ class PredictionStore:
                 f"ON CONFLICT ({', '.join(q(c) for c in keys)}) DO UPDATE SET {', '.join(updates)}"
             )
         else:
-            params = [sa.bindparam(f"p{i}") for i in range(4 + len(data))]
+            params: list[sa.BindParameter[Any]] = [
+                sa.bindparam(f"p{i}") for i in range(4 + len(data))
+            ]
             stmt = _insert(self.dialect, table).values(
                 dict(zip([MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data],
                          params, strict=True))
@@ -698,11 +707,8 @@ class PredictionStore:
 
 
 def _insert(dialect: str, table: sa.Table) -> Any:
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    return insert(table)
+    """INSERT with ON CONFLICT for the store's dialect."""
+    return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
 
 
 def _sql(sql_type: sa.types.TypeEngine, dialect: sa.Dialect) -> str:

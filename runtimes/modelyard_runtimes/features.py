@@ -168,7 +168,7 @@ class FeatureSource:
                 columns = list(result.keys())
                 for rows in result.partitions(rows_per_chunk):
                     yield pd.DataFrame(rows, columns=columns)
-        except (SQLAlchemyError, *_duckdb_errors()) as e:
+        except SQLAlchemyError as e:
             raise FeatureSourceError(
                 f"model '{self.model}': {self.options.sql} on {describe(self.url)} failed: "
                 f"{_database_message(e)}"
@@ -188,17 +188,16 @@ DUCKDB_VECTOR_ROWS = 2048
 
 
 def _duckdb_chunks(conn: sa.Connection, sql: str, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
-    duckdb = conn.connection.driver_connection
-    duckdb.execute("SET enable_progress_bar = false")  # it would draw on the terminal
-    cursor = duckdb.execute(sql)
-    vectors = max(1, round(rows_per_chunk / DUCKDB_VECTOR_ROWS))
-    while not (chunk := cursor.fetch_df_chunk(vectors)).empty:
-        yield chunk
+    import duckdb
 
-
-def _duckdb_errors() -> tuple[type[Exception], ...]:
+    database = conn.connection.driver_connection
+    assert database is not None
     try:
-        import duckdb
-    except ImportError:
-        return ()
-    return (duckdb.Error,)
+        database.execute("SET enable_progress_bar = false")  # it would draw on the terminal
+        cursor = database.execute(sql)
+        vectors = max(1, round(rows_per_chunk / DUCKDB_VECTOR_ROWS))
+        while not (chunk := cursor.fetch_df_chunk(vectors)).empty:
+            yield chunk
+    except duckdb.Error as e:
+        # As SQLAlchemy reports the errors of the drivers it calls itself.
+        raise DBAPIError(sql, None, e) from e  # type: ignore[arg-type]
