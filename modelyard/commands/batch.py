@@ -66,6 +66,7 @@ def batch() -> None:
 @click.option(
     "--run-id",
     envvar="MODELYARD_RUN_ID",
+    show_envvar=True,
     help="The run's id, the same for every shard; rerunning an id completes that run "
     "(default: the time, e.g. 20250101T030000Z).",
 )
