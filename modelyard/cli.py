@@ -17,6 +17,8 @@ COMMANDS = {
     "new": "modelyard.commands.new:new",
     "render": "modelyard.commands.render:render",
     "batch": "modelyard.commands.batch:batch",
+    "feedback": "modelyard.commands.feedback:feedback",
+    "metrics": "modelyard.commands.metrics:metrics",
 }
 
 

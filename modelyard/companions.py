@@ -4,6 +4,10 @@ A batch-scored model (``runtime: predictor`` with ``features`` and a
 ``predictions.store``) gets ``<name>-lookup``: the lookup runtime over the store its
 batch runs write, answering by entity id with the latest complete run's predictions.
 Nothing to declare: whatever ``modelyard batch run`` writes, the lookup model reads.
+
+A model with a store (``predictions.store`` or a ``monitoring`` block) gets
+``<name>-feedback``, taking the labels that judge its predictions (see
+``modelyard.quality.feedback``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlserver.settings import ModelSettings
+
+from modelyard.quality.feedback import feedback_settings
 
 LOOKUP_SUFFIX = "-lookup"
 LOOKUP_IMPLEMENTATION = "modelyard_runtimes.lookup.LookupRuntime"
@@ -62,4 +68,4 @@ def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
 
 def companions(settings: ModelSettings) -> list[ModelSettings]:
     """Every model to serve next to ``settings``' own."""
-    return [c for c in (lookup_settings(settings),) if c is not None]
+    return [c for c in (lookup_settings(settings), feedback_settings(settings)) if c is not None]

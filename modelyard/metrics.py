@@ -30,8 +30,12 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
-# Sampled payload logging (modelyard.quality.payloads): rows written, and entries
-# dropped because the queue was full or the store refused them.
+# Sampled payload logging (modelyard.quality.payloads): requests sampled, rows written,
+# and entries dropped because the queue was full or the store refused them (sampled
+# minus written minus dropped is what the writer has yet to write).
+PAYLOADS_SAMPLED = Counter(
+    "modelyard_payload_log_sampled", "Requests sampled for the payload log", ["model"]
+)
 PAYLOADS_LOGGED = Counter(
     "modelyard_payload_log_written", "Sampled requests written to the store", ["model"]
 )

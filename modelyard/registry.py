@@ -84,11 +84,18 @@ def inflight(model: MLModel) -> int:
     return int(getattr(model, INFLIGHT_ATTR, 0))
 
 
+# Databases kept in a model folder (features.db, predictions.db with its payload log,
+# and their journals) are data the model reads and writes while it serves: a write
+# there is not a new version of the model.
+DATA_SUFFIXES = (".db", ".db-wal", ".db-shm", ".db-journal", ".sqlite", ".duckdb", ".wal")
+
+
 def folder_fingerprint(folder: Path) -> str:
-    """Changes whenever any file in the folder changes (size, mtime or name)."""
+    """Changes whenever any file in the folder changes (size, mtime or name), its
+    databases aside."""
     digest = hashlib.sha1()
     for path in sorted(folder.rglob("*")):
-        if "__pycache__" in path.parts:
+        if "__pycache__" in path.parts or path.name.endswith(DATA_SUFFIXES):
             continue
         try:
             st = path.stat()

@@ -35,6 +35,8 @@ from modelyard.processes import (
     reuse_port_socket,
     siblings_ready,
 )
+from modelyard.quality.exporter import QualityExporter
+from modelyard.quality.payloads import PAYLOADS
 from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, SwappingModelRegistry
 from modelyard.signature import check_request, check_response
 
@@ -107,6 +109,7 @@ class _DataPlane(DataPlane):
         _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
         if outputs:
             check_response(name, outputs, payload, response)
+        PAYLOADS.record(model, payload, response)  # sampled, queued: never waits
         return response
 
     @asynccontextmanager
@@ -194,6 +197,9 @@ class ModelyardServer(MLServer):
             tasks.append(asyncio.ensure_future(self._publish_readiness()))
         if self.opts.watch:
             tasks.append(asyncio.ensure_future(self.registry.watch(self._stop_watch)))
+        if self._metrics_server is not None:  # quality and batch gauges, from the stores
+            exporter = QualityExporter(self._model_registry)
+            tasks.append(asyncio.ensure_future(exporter.run(self._stop_watch)))
         await asyncio.gather(*tasks)
 
     async def _publish_readiness(self) -> None:

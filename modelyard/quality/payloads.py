@@ -2,12 +2,12 @@
 written to its store, never slowing the request path.
 
 On the request path ``record`` only draws a random number and, for a sampled request,
-puts a reference to the request and response objects in a bounded queue (it never
+puts a shallow copy of the request and response objects in a bounded queue (it never
 waits: when the queue is full the entry is dropped and counted in
 ``modelyard_payload_log_dropped_total``). A background thread serialises the entries
 (JSON, each side capped at ``MAX_PAYLOAD_BYTES``) and writes them in batches, one
 transaction per store. The row's ``request_id`` is the V2 response's ``id``, the one
-the client receives and sends labels with.
+the client receives and sends labels with (a sampled request without one is given one).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.utils import generate_uuid
 
 from modelyard import metrics
 from modelyard.quality.config import QualityConfig
@@ -85,10 +86,15 @@ class PayloadLog:
             setattr(model, SAMPLING_ATTR, config)
         if config is None or random.random() >= config.sample_rate:
             return
+        if not response.id:
+            # A gRPC client that sends no id gets "" back from MLServer: give this one
+            # an id before it is answered, so the client can send labels with it.
+            response.id = request.id = generate_uuid()
         if self._thread is None:
             self._start()
+        metrics.PAYLOADS_SAMPLED.labels(model=config.model).inc()
         try:
-            self.queue.put_nowait(_Entry(config, request, response, now()))
+            self.queue.put_nowait(_Entry(config, _copy(request), _copy(response), now()))
         except queue.Full:
             metrics.PAYLOAD_DROPS.labels(model=config.model, reason="queue_full").inc()
 
@@ -151,7 +157,7 @@ class PayloadLog:
 
     def _json(self, message: InferenceRequest | InferenceResponse) -> tuple[str, bool]:
         data = orjson.dumps(
-            message.model_dump(exclude_none=True),
+            message.model_dump(exclude_none=True, warnings=False),
             default=_jsonable,
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -167,6 +173,15 @@ class PayloadLog:
                 return False
             time.sleep(0.01)
         return True
+
+
+def _copy(message: InferenceRequest | InferenceResponse) -> Any:
+    """A copy of ``message`` whose tensors keep their data: the gRPC server replaces the
+    data of the response it sends (``tensor.data = []``, the values going out as raw
+    bytes) after the log has taken it. Shallow: the data itself is not copied."""
+    field = "outputs" if isinstance(message, InferenceResponse) else "inputs"
+    tensors = [t.model_copy() for t in getattr(message, field)]
+    return message.model_copy(update={field: tensors})
 
 
 def _jsonable(value: Any) -> Any:

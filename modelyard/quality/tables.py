@@ -3,8 +3,9 @@
 - ``modelyard_labels``: the ground truth, one label per (model, kind, key, row). ``kind``
   is ``entity`` (``key`` is an entity id of batch predictions, ``row`` 0) or
   ``request`` (``key`` is the ``id`` of an online request, ``row`` the row of its
-  batch). A later observation replaces an earlier one; loading the same label again
-  changes nothing, so loads are idempotent. ``received_at`` is when the label last
+  batch). A different label observed later replaces the stored one; the same label
+  again changes nothing (it keeps its first observation), so loads and retried
+  requests are idempotent. ``received_at`` is when the label last
   changed: what tells the metrics which windows to recompute.
 - ``modelyard_payloads``: sampled online requests and responses (JSON, size-capped),
   by model and request id.
@@ -42,14 +43,14 @@ KEYS_PER_QUERY = 500
 @dataclass(frozen=True)
 class LoadResult:
     received: int  # labels given (after keeping the latest of each key)
-    changed: int  # new, or replacing an older observation
+    changed: int  # new, or a different label replacing an older observation
     duplicates: int  # rows of the input superseded by a later one for the same key
 
     def summary(self) -> str:
         text = f"{self.received:,} labels: {self.changed:,} new or changed"
         unchanged = self.received - self.changed
         if unchanged:
-            text += f", {unchanged:,} already loaded (or older than the stored observation)"
+            text += f", {unchanged:,} already stored (or older than the stored label)"
         if self.duplicates:
             text += f"; {self.duplicates:,} repeated keys (the latest observed_at kept)"
         return text
@@ -198,7 +199,8 @@ class QualityStore:
     # -- labels ------------------------------------------------------------------------
     def write_labels(self, model: str, frame: pd.DataFrame) -> LoadResult:
         """Store ``frame`` (kind, key, row, label, observed_at: tz-aware UTC) in one
-        transaction; a key already holding the same or a later observation is left as is."""
+        transaction; a key already holding the same label, or a later observation, is
+        left as is."""
         self.ensure()
         total = len(frame)
         frame = frame.sort_values("observed_at", kind="stable").drop_duplicates(
@@ -225,8 +227,8 @@ class QualityStore:
                 ):
                     observed = observed.to_pydatetime()
                     old = stored.get((key, int(row)))
-                    if old is not None and (old[1] > observed or old == (label, observed)):
-                        continue
+                    if old is not None and (old[0] == label or old[1] > observed):
+                        continue  # the same truth (kept from its first observation), or older
                     new.append(
                         dict(model=model, kind=kind, key=str(key), row=int(row), label=label,
                              observed_at=observed, received_at=received_at)

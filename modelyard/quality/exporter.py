@@ -1,0 +1,158 @@
+"""The quality and batch gauges of the served models, refreshed from their stores.
+
+The server that serves the metrics endpoint runs ``QualityExporter.run``: every
+``MODELYARD_QUALITY_REFRESH_S`` seconds (default 60), for each loaded model with a
+store, it recomputes the metric windows whose labels changed (the same computation as
+``modelyard metrics``, stored the same way, so both show the same numbers), sets
+``modelyard_model_metric`` from the latest day and week, and sets the batch gauges from
+the store's runs table. The runs table is the record of every batch run (the CronJob's
+pods come and go, and no Pushgateway is needed): whichever server serves the model
+exports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from mlserver.registry import MultiModelRegistry
+from mlserver.settings import ModelSettings
+
+from modelyard import metrics
+from modelyard.quality.config import QualityConfig
+from modelyard.quality.evaluate import Evaluator
+from modelyard.quality.tables import QualityStore
+from modelyard.store import RUNS_TABLE, RunStatus, utc
+
+logger = logging.getLogger("modelyard.quality")
+
+REFRESH_ENV = "MODELYARD_QUALITY_REFRESH_S"
+DEFAULT_REFRESH_S = 60.0
+
+
+def refresh_interval() -> float:
+    return float(os.environ.get(REFRESH_ENV, DEFAULT_REFRESH_S))
+
+
+def export_metrics(config: QualityConfig, frame: pd.DataFrame) -> None:
+    """Set the model-quality gauges from stored metrics (``Evaluator.stored``): per
+    version and window kind, the latest window's."""
+    if frame.empty:
+        return
+    latest = frame.groupby(["version", "window"])["start"].transform("max")
+    for row in frame[frame["start"] == latest].to_dict("records"):
+        labels = dict(model=config.model, version=row["version"], window=row["window"])
+        if row["value"] is not None and not pd.isna(row["value"]):
+            metrics.MODEL_METRIC.labels(
+                **labels, metric=row["metric"], **{"class": row["class"]}
+            ).set(row["value"])
+        metrics.MODEL_METRIC_SAMPLES.labels(**labels).set(row["window_samples"])
+        metrics.MODEL_METRIC_WINDOW.labels(**labels).set(row["start"].timestamp())
+
+
+def export_runs(config: QualityConfig, store: QualityStore, schedule: str | None) -> None:
+    """Set the batch gauges of ``config.model`` from the runs table."""
+    if schedule:
+        from croniter import croniter
+
+        due = croniter(schedule, datetime.now(UTC)).get_prev(datetime)
+        metrics.BATCH_LAST_DUE.labels(model=config.model).set(due.timestamp())
+    runs = store.store.runs
+    r = runs.c
+    with store.errors("reading its runs"), store.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(RUNS_TABLE):
+            return
+        rows = conn.execute(
+            sa.select(r.version, r.status, r.rows, r.started_at, r.finished_at)
+            .where(r.model == config.model)
+            .order_by(r.started_at)
+        ).all()
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        counts[(row.version, row.status)] = counts.get((row.version, row.status), 0) + 1
+        labels = dict(model=config.model, version=row.version)
+        # Rows come oldest first: the last one written per version is the latest.
+        metrics.BATCH_LAST_FAILED.labels(**labels).set(int(row.status == RunStatus.FAILED))
+    for version in {v for v, _ in counts}:
+        for status in RunStatus:
+            metrics.BATCH_RUNS.labels(model=config.model, version=version, status=status).set(
+                counts.get((version, status), 0)
+            )
+    complete = [row for row in rows if row.status == RunStatus.COMPLETE and row.finished_at]
+    for row in sorted(complete, key=lambda row: utc(row.finished_at)):
+        labels = dict(model=config.model, version=row.version)
+        finished = utc(row.finished_at)
+        metrics.BATCH_LAST_SUCCESS.labels(**labels).set(finished.timestamp())
+        metrics.BATCH_LAST_ROWS.labels(**labels).set(row.rows)
+        metrics.BATCH_LAST_DURATION.labels(**labels).set(
+            (finished - utc(row.started_at)).total_seconds()
+        )
+
+
+class QualityExporter:
+    """Refreshes the gauges of every loaded model with a store, in the background."""
+
+    def __init__(self, models: MultiModelRegistry, interval: float | None = None):
+        self.models = models
+        self.interval = refresh_interval() if interval is None else interval
+        self._stores: dict[tuple[str, str], QualityStore] = {}
+        self._reported: dict[str, str] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            targets = []
+            for model in await self.models.get_models():
+                config = QualityConfig.from_settings(model.settings)
+                if config is not None:
+                    targets.append((config, _schedule(model.settings)))
+            await asyncio.to_thread(self.export, targets)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        for store in self._stores.values():
+            store.close()
+
+    def export(self, targets: list[tuple[QualityConfig, str | None]]) -> None:
+        for config, schedule in targets:
+            try:
+                store = self._store(config)
+                if store is None:
+                    continue
+                export_runs(config, store, schedule)
+                if config.task is not None and store.exists() and store.label_count(config.model):
+                    evaluator = Evaluator(config, store)
+                    evaluator.refresh()
+                    export_metrics(config, evaluator.stored())
+                self._reported.pop(config.model, None)
+            except Exception as e:  # one model's store never stops the others' gauges
+                message = f"{type(e).__name__}: {e}"
+                if self._reported.get(config.model) != message:
+                    logger.warning("model '%s': quality metrics not refreshed: %s",
+                                   config.model, message)  # fmt: skip
+                    self._reported[config.model] = message
+
+    def _store(self, config: QualityConfig) -> QualityStore | None:
+        """The model's store; None while a SQLite store has not been written at all
+        (looking must not create an empty database)."""
+        where = (config.store, str(config.folder))
+        store = self._stores.get(where)
+        if store is None:
+            store = QualityStore.open(config)
+            database = store.store.url.database
+            if store.dialect == "sqlite" and database and not Path(database).exists():
+                store.close()
+                return None
+            self._stores[where] = store
+        return store
+
+
+def _schedule(settings: ModelSettings) -> str | None:
+    extra: dict[str, Any] = (settings.parameters.extra if settings.parameters else None) or {}
+    predictions = extra.get("predictions")
+    return predictions.get("schedule") if isinstance(predictions, dict) else None
