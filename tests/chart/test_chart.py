@@ -461,3 +461,14 @@ def test_upgrade_to_watched_namespaces_then_uninstall(
     k8s.ApiextensionsV1Api(cluster.client).read_custom_resource_definition(crd.CRD_NAME)
     custom = k8s.CustomObjectsApi(cluster.client)
     assert custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, "team-b", crd.PLURAL, "iris")
+
+
+def test_an_existing_service_account_is_named() -> None:
+    with pytest.raises(helm.HelmError, match=r"serviceAccount\.name: the existing ServiceAccount"):
+        rendered({"serviceAccount": {"create": False}})
+    docs = rendered({"serviceAccount": {"create": False, "name": "platform-operator"}})
+    assert not by_kind(docs, "ServiceAccount")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
+    subjects = [s for b in by_kind(docs, "ClusterRoleBinding") for s in b["subjects"]]
+    assert {s["name"] for s in subjects} == {"platform-operator"}

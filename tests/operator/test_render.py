@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -286,3 +287,26 @@ def test_the_pods_declaration_is_a_valid_declaration(case: str) -> None:
     declaration = yaml.safe_load(configmap["data"]["model.yaml"])
     validator = jsonschema.Draft202012Validator(declaration_schema())
     assert [e.message for e in validator.iter_errors(declaration)] == []
+
+
+def test_the_rendered_commands_are_the_clis(tmp_path: Path) -> None:
+    """The server's and the batch job's command lines parse with modelyard's own CLI."""
+    from modelyard.commands.batch import batch
+    from modelyard.commands.serve import serve
+
+    rendered = render_all(model("gender", FULL), CURRENT)
+    server = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert server[:2] == ["modelyard", "serve"]
+    params = serve.make_context("serve", server[2:]).params
+    assert (params["workers"], params["processes"], params["no_watch"]) == (2, "2", True)
+
+    job = rendered["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    argv = [*job["command"], *job["args"]]
+    assert argv[:3] == ["modelyard", "batch", "run"]
+    # Kubernetes expands $(MODELYARD_RUN_ID) from the env; the folder exists in the pod.
+    argv = [str(tmp_path) if a == "/models/gender" else a for a in argv[3:]]
+    argv = ["20250101" if a == "$(MODELYARD_RUN_ID)" else a for a in argv]
+    run = batch.get_command(click.Context(batch), "run")
+    assert run is not None
+    params = run.make_context("run", argv).params
+    assert (params["run_id"], params["shards"]) == ("20250101", 4)
