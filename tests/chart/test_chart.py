@@ -212,11 +212,14 @@ def test_monitoring_assets_come_from_the_charts_files(tmp_path: Path) -> None:
     chart = chart_with_monitoring_files(tmp_path)
     assert not by_kind(rendered(None, chart), "PrometheusRule")
     docs = rendered(CUSTOM, chart)
-    (dashboard,) = [c for c in by_kind(docs, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
+    # The chart's own dashboards and rules are there too: pick the ones added here.
+    (dashboard,) = [c for c in by_kind(docs, "ConfigMap") if "models.json" in c.get("data", {})]
     assert dashboard["metadata"]["namespace"] == "obs"
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["models.json"])["title"] == "Models"
-    (rule,) = by_kind(docs, "PrometheusRule")
+    (rule,) = [
+        r for r in by_kind(docs, "PrometheusRule") if r["metadata"]["name"].endswith("-models")
+    ]
     assert rule["metadata"]["labels"]["release"] == "prometheus"
     # Alert templates reach Prometheus untouched by Helm's.
     annotations = rule["spec"]["groups"][0]["rules"][0]["annotations"]
