@@ -13,7 +13,7 @@ MODELS := model-settings/iris/model.joblib \
           examples/customer-profile/model.joblib
 
 .PHONY: serve test lint format bench generate models install clean
-.PHONY: kube kube-binaries postgres-server
+.PHONY: kube kube-binaries postgres-server promtool
 
 serve: models
 	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
@@ -21,6 +21,7 @@ serve: models
 test: models
 test: kube-binaries
 test: postgres-server
+test: promtool
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -83,6 +84,12 @@ kube-binaries:
 postgres-server:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# The alert rules of the chart are checked and unit-tested with promtool, from
+# Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
 # The Model CRD's schema is generated from the declaration schema (a test checks it).
 .PHONY: generate-crd
