@@ -109,7 +109,11 @@ class QualityExporter:
         while not stop.is_set():
             targets = []
             for model in await self.models.get_models():
-                config = QualityConfig.from_settings(model.settings)
+                try:
+                    config = QualityConfig.from_settings(model.settings)
+                except (TypeError, ValueError, AttributeError) as e:  # settings made by hand
+                    self._report(model.name, f"its monitoring settings: {e}")
+                    continue
                 if config is not None:
                     targets.append((config, _schedule(model.settings)))
             await asyncio.to_thread(self.export, targets)
@@ -131,11 +135,13 @@ class QualityExporter:
                     export_metrics(config, evaluator.stored())
                 self._reported.pop(config.model, None)
             except Exception as e:  # one model's store never stops the others' gauges
-                message = f"{type(e).__name__}: {e}"
-                if self._reported.get(config.model) != message:
-                    logger.warning("model '%s': quality metrics not refreshed: %s",
-                                   config.model, message)  # fmt: skip
-                    self._reported[config.model] = message
+                self._report(config.model, f"{type(e).__name__}: {e}")
+
+    def _report(self, model: str, message: str) -> None:
+        """Log why a model's gauges are not refreshed, once until it changes."""
+        if self._reported.get(model) != message:
+            logger.warning("model '%s': quality metrics not refreshed: %s", model, message)
+            self._reported[model] = message
 
     def _store(self, config: QualityConfig) -> QualityStore | None:
         """The model's store; None while a SQLite store has not been written at all
