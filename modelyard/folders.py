@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlserver.settings import ModelSettings
 from pydantic import ValidationError
 
 from modelyard.errors import InvalidModelFolder, Problem
 from modelyard.interpolate import MissingVariable, expand
+
+if TYPE_CHECKING:  # MLServer is imported only where settings objects are built:
+    from mlserver.settings import ModelSettings  # the operator does without it
 
 MODEL_SETTINGS_FILENAME = "model-settings.json"
 DECLARATION_FILENAME = "model.yaml"
@@ -98,6 +100,8 @@ def to_model_settings(data: dict[str, Any], source: Path) -> ModelSettings:
     some runtimes and against the working directory for others (Hugging Face):
     an absolute path means the same thing to all of them.
     """
+    from mlserver.settings import ModelSettings
+
     data = json.loads(json.dumps(data))  # deep copy; ModelSettings mutates its input
     params = data.get("parameters") or {}
     uri = params.get("uri")
