@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -297,10 +297,10 @@ class Evaluator:
         columns = list(zip(*rows, strict=True))
         frame = {"observed_at": columns[0], "label": columns[1]}
         values = dict(zip(config.columns, columns[2:], strict=True))
-        frame.update(self._predictions(values, len(rows)))
+        frame.update(self._predictions(values))
         return pd.DataFrame(frame)
 
-    def _predictions(self, values: dict[str, Sequence[Any]], n: int) -> dict[str, Any]:
+    def _predictions(self, values: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         config = self.config
         out: dict[str, Any] = {}
         if config.prediction is not None:
@@ -316,7 +316,7 @@ class Evaluator:
             .select_from(self._request_join())
             .where(p.model == self.model, p.version == version, p.truncated == sa.false())
         )
-        rows = []
+        rows: list[Any] = []
         with self.store.errors("joining labels with payloads"), self.store.engine.connect() as conn:
             for start, end in ranges:
                 query = select.where(lab.observed_at >= start, lab.observed_at < end)

@@ -58,8 +58,8 @@ class LoadResult:
 
 def _tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
     text, ts = sa.Text, TIMESTAMP
-    model = [sa.Column("model", text, primary_key=True)]
-    window = [
+    model: list[sa.Column[Any]] = [sa.Column("model", text, primary_key=True)]
+    window: list[sa.Column[Any]] = [
         sa.Column("version", text, primary_key=True),
         sa.Column("window", text, primary_key=True),
         sa.Column("start", ts, primary_key=True),
@@ -120,11 +120,9 @@ def _tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
 
 def insert(dialect: str, table: sa.Table) -> Any:
     """INSERT with ON CONFLICT, in the store's dialect."""
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    return dialect_insert(table)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (sqlite if dialect == "sqlite" else postgresql).insert(table)
 
 
 def upsert(dialect: str, table: sa.Table) -> Any:
