@@ -71,6 +71,11 @@ def test_batch_run_labels_metrics_and_prometheus(tmp_path: Path, serve_dir) -> N
         # The example's classifier is about 82% accurate on held-out users.
         assert 0.7 < float(accuracy) < 0.95
         assert min(float(precision), float(recall)) > 0.7
+    # Days, from the last week on, of one version.
+    days = cli("metrics", str(folder), "--window", "day", "--since", rows[-1][0],
+               "--version", "0.1.0", env=env)  # fmt: skip
+    dates = [r[0] for r in ROW.findall(days)]
+    assert 1 <= len(dates) <= 7 and min(dates) >= rows[-1][0], days
     image = matplotlib.image.imread(png)
     assert image.shape[0] > 400 and image.shape[1] > 800
     assert (

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from modelyard.quality.labels import LabelError, label_text, read_file
 from tests.quality.conftest import classifier
-from tests.support.server import MODELYARD
+from tests.support.declarations import run_cli
 
 DECLARATION = """\
 name: churn
@@ -24,9 +24,7 @@ monitoring: {task: classification, prediction: predict}
 
 
 def feedback(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MODELYARD, "feedback", "load", *args], capture_output=True, text=True, timeout=120
-    )
+    return run_cli("feedback", "load", *args)
 
 
 def labels_in(folder: Path) -> pd.DataFrame:
