@@ -9,7 +9,7 @@ from tests.support.protoshim import share_v2_protos
 
 share_v2_protos()  # before anything imports MLServer
 
-from tests.support.server import REPO, ServerProcess  # noqa: E402
+from tests.support.server import REPO, ServerProcess, running  # noqa: E402
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -32,15 +32,8 @@ def print_log_on_failure(request: pytest.FixtureRequest, server: ServerProcess) 
 def repo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`modelyard serve` on the repository's own model-settings/, shared by the session."""
     log = tmp_path_factory.mktemp("repo-server") / "serve.log"
-    server = ServerProcess(REPO / "model-settings", log, extra_args=["--no-watch"]).start()
-    try:
-        server.wait_ready()
+    with running(ServerProcess(REPO / "model-settings", log, extra_args=["--no-watch"])) as server:
         yield server
-    except BaseException:
-        print(server.log())
-        raise
-    finally:
-        server.stop()
 
 
 @pytest.fixture

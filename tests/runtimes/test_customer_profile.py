@@ -14,7 +14,7 @@ from modelyard_runtimes.predictor import PredictorPipeline
 from modelyard.folders import load_model_folder
 from tests.conftest import print_log_on_failure
 from tests.support.clients import ids, infer, make_client, texts
-from tests.support.server import REPO, ServerProcess
+from tests.support.server import REPO, ServerProcess, running
 
 EXAMPLE = REPO / "examples" / "customer-profile"
 ARTIFACTS = ("features.db", "preprocess.pkl", "model.joblib")
@@ -29,15 +29,8 @@ def example_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     folder = shutil.copytree(
         EXAMPLE, root / EXAMPLE.name, ignore=shutil.ignore_patterns("__pycache__", "predictions.db")
     )
-    server = ServerProcess(folder, root / "serve.log", extra_args=["--no-watch"]).start()
-    try:
-        server.wait_ready()
+    with running(ServerProcess(folder, root / "serve.log", extra_args=["--no-watch"])) as server:
         yield server
-    except BaseException:
-        print(server.log())
-        raise
-    finally:
-        server.stop()
 
 
 @pytest.fixture

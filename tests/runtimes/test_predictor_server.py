@@ -18,7 +18,7 @@ from tests.conftest import print_log_on_failure
 from tests.runtimes import folders
 from tests.support.clients import expect_error, ids, infer, make_client, texts
 from tests.support.postgres import PostgresServer
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, running
 
 WRONG_SKLEARN = "0.20.0"
 
@@ -62,15 +62,9 @@ def served(
         root / "serve.log",
         extra_args=["--no-watch"],
         env={"PROFILE_PG_URL": postgres.url("features_served")},
-    ).start()
-    try:
-        server.wait_ready()
+    )
+    with running(server):
         yield server, root
-    except BaseException:
-        print(server.log())
-        raise
-    finally:
-        server.stop()
 
 
 @pytest.fixture

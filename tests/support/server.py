@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,21 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    """Start ``server``, wait until it is ready, stop it afterwards; its log is printed
+    when anything goes wrong on the way (pytest shows it with the failure)."""
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    except BaseException:
+        print(server.log())
+        raise
+    finally:
+        server.stop()
 
 
 def copy_model(name: str, dest: Path) -> Path:
