@@ -70,7 +70,7 @@ clean:
 
 # Benchmarks (not part of `make test`): modelyard against plain `mlserver start`.
 bench: models
-	command -v wrk >/dev/null || apt-get install -y -q wrk
+	command -v wrk >/dev/null && command -v h2load >/dev/null || apt-get install -y -q wrk nghttp2-client
 	$(BIN)/python -m benchmarks.run
 
 # The operator and chart tests run a real kube-apiserver; this builds it once from

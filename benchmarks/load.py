@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import requests
 
 from tests.support.protoshim import share_v2_protos
 
@@ -132,6 +133,56 @@ def wrk(url: str, body: str, connections: int, duration: float) -> Load:
         p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         requests=requests_done,
+        errors=errors,
+    )
+
+
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_errors(metrics_url: str) -> int:
+    """ModelInfer calls the server answered with a gRPC status other than OK: a gRPC error
+    travels in HTTP/2 trailers of a 200 response, which an HTTP load tool counts as success."""
+    text = requests.get(metrics_url, timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        ours = line.startswith("grpc_server_handled_total{") and 'grpc_method="ModelInfer"' in line
+        if ours and 'grpc_code="OK"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def h2load_grpc(target: str, body: bytes, concurrency: int, duration: float,
+                metrics_url: str) -> Load:  # fmt: skip
+    """h2load, closed loop over HTTP/2 with gRPC framing: `concurrency` connections, one
+    call in flight on each (as wrk does for REST); latencies from its per-request log."""
+    errors_before = grpc_errors(metrics_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        framed = Path(tmp) / "body.grpc"
+        # A gRPC message: no compression, 4-byte big-endian length, the protobuf.
+        framed.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+        log = Path(tmp) / "requests.log"
+        seconds = f"{max(1, round(duration))}"
+        out = subprocess.run(
+            ["h2load", "-D", seconds, "-c", str(concurrency), "-m", "1", "-d", str(framed),
+             "-H", "content-type: application/grpc", "-H", "te: trailers",
+             f"--log-file={log}", f"http://{target}{GRPC_PATH}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        durations = (
+            np.array(
+                [int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.strip()]
+            )
+            / 1000.0
+        )
+    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    failed = sum(int(g) for g in counts.groups()[1:]) if counts else 0
+    errors = failed + grpc_errors(metrics_url) - errors_before
+    return Load(
+        rps=len(durations) / float(seconds),
+        p50_ms=float(np.percentile(durations, 50)) if len(durations) else float("nan"),
+        p99_ms=float(np.percentile(durations, 99)) if len(durations) else float("nan"),
+        requests=len(durations),
         errors=errors,
     )
 

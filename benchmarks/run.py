@@ -32,6 +32,7 @@ from benchmarks.load import (
     PlainMLServer,
     grpc_body,
     grpc_load,
+    h2load_grpc,
     plain_model_dir,
     rest_body,
     wrk,
@@ -86,7 +87,8 @@ def measure(server: ServerProcess, s: Scenario, duration: float) -> Load:
         url = f"{server.base}/v2/models/{s.model}/infer"
         return wrk(url, rest_body(s.input_name, s.array, s.datatype), s.concurrency, duration)
     body = grpc_body(s.model, s.input_name, s.array, s.datatype)
-    return grpc_load(server.grpc_url, body, s.concurrency, duration)
+    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    return h2load_grpc(server.grpc_url, body, s.concurrency, duration, metrics)
 
 
 def raw_rows_per_s(model: str, data: np.ndarray, seconds: float = 2.0) -> float:
@@ -268,8 +270,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/latest.json")
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: `apt-get install wrk` (make bench does this)")
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: `apt-get install {package}` (make bench does this)")
     report = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     print(f"machine: {report['machine']}")
     with tempfile.TemporaryDirectory() as tmp:
