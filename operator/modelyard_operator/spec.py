@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from modelyard.declaration import overlay
+
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = ("environment", "folder", "image", "secretEnv")
 # Runtimes that load an artifact and so need model.uri.
@@ -167,17 +169,6 @@ class ModelSpec(BaseModel):
             deployment = overlay(deployment, environments[environment])
         data["deployment"] = deployment
         return data
-
-
-def overlay(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """`patch` over `base`: mappings merge key by key; lists and values replace."""
-    merged = dict(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = overlay(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 @dataclass(frozen=True)
