@@ -11,13 +11,13 @@ from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from modelyard.quality.config import QualityConfig
 from modelyard.quality.labels import LABEL, OBSERVED_AT, REQUEST_ID, ROW, LabelError, label_frame
 from modelyard.quality.tables import ENTITY, REQUEST, QualityStore
 from modelyard.store import StoreError
-from modelyard_runtimes.predictor.pipeline import model_folder
+from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 
 
 class FeedbackOptions(BaseModel):
@@ -54,15 +54,7 @@ class FeedbackRuntime(MLModel):
     """
 
     async def load(self) -> bool:
-        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
-        try:
-            options = FeedbackOptions.model_validate(extra)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"parameters.extra.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise ValueError(f"model '{self.name}': {problems}") from None
+        options = extra_options(FeedbackOptions, self.settings)
         self._config = QualityConfig(
             model=options.model,
             version=self.version or "",

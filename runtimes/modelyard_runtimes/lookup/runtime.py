@@ -23,10 +23,10 @@ from mlserver.errors import MLServerError
 from mlserver.grpc.utils import STATUS_CODE_MAPPING
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.store import PREDICTED_AT_COLUMN, PredictionStore, RunInfo, StoreError, utc
-from modelyard_runtimes.predictor.pipeline import model_folder
+from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 from modelyard_runtimes.tensors import (
     MISSING_OUTPUT,
     NUMPY_DTYPES,
@@ -122,15 +122,7 @@ class LookupRuntime(MLModel):
     """
 
     async def load(self) -> bool:
-        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
-        try:
-            self._options = LookupOptions.model_validate(extra)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"parameters.extra.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise ValueError(f"model '{self.name}': {problems}") from None
+        self._options = extra_options(LookupOptions, self.settings)
         options = self._options
         self._folder = model_folder(self.settings)
         self._datatypes = {

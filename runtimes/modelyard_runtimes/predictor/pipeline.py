@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import joblib
 import numpy as np
@@ -79,15 +79,24 @@ class PredictorOptions(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PredictorOptions:
-        extra = (settings.parameters.extra if settings.parameters else None) or {}
-        try:
-            return cls.model_validate(extra)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"parameters.extra.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise ValueError(f"model '{settings.name}': {problems}") from None
+        return extra_options(cls, settings)
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def extra_options(options: type[OptionsT], settings: ModelSettings) -> OptionsT:
+    """A runtime's options, parsed once from ``parameters.extra``; every problem is named
+    by its key, for the model's status."""
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+    try:
+        return options.model_validate(extra)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"parameters.extra.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ValueError(f"model '{settings.name}': {problems}") from None
 
 
 def model_folder(settings: ModelSettings) -> Path:
