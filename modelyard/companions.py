@@ -16,8 +16,6 @@ from typing import Any
 
 from mlserver.settings import ModelSettings
 
-from modelyard.quality.feedback import feedback_settings
-
 LOOKUP_SUFFIX = "-lookup"
 LOOKUP_IMPLEMENTATION = "modelyard_runtimes.lookup.LookupRuntime"
 PREDICTOR_IMPLEMENTATION = "modelyard_runtimes.predictor.PredictorRuntime"
@@ -44,28 +42,42 @@ def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
         ("predicted_at", "BYTES"),
         ("missing", "BOOL"),
     ]
-    lookup = ModelSettings.model_validate(
+    return companion(
+        settings,
+        LOOKUP_SUFFIX,
+        LOOKUP_IMPLEMENTATION,
+        {"model": settings.name, "key": key, "columns": columns, "store": predictions["store"]},
+        inputs=[{"name": key, "datatype": key_type, "shape": [-1]}],
+        outputs=[{"name": n, "datatype": t, "shape": [-1]} for n, t in tensors],
+    )
+
+
+def companion(
+    settings: ModelSettings,
+    suffix: str,
+    implementation: str,
+    extra: dict[str, Any],
+    inputs: list[dict[str, Any]] | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+) -> ModelSettings:
+    """The settings of a model served next to ``settings``' own, named after it."""
+    model = ModelSettings.model_validate(
         {
-            "name": settings.name + LOOKUP_SUFFIX,
-            "implementation": LOOKUP_IMPLEMENTATION,
-            "parameters": {
-                "version": settings.version,
-                "extra": {
-                    "model": settings.name,
-                    "key": key,
-                    "columns": columns,
-                    "store": predictions["store"],
-                },
-            },
-            "inputs": [{"name": key, "datatype": key_type, "shape": [-1]}],
-            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in tensors],
+            "name": settings.name + suffix,
+            "implementation": implementation,
+            "parameters": {"version": settings.version, "extra": extra},
+            "inputs": inputs or [],
+            "outputs": outputs or [],
         }
     )
-    # Relative paths (a SQLite store) are the scored model's folder's.
-    lookup._source = settings._source
-    return lookup
+    # Relative paths (a SQLite store) are the served model's folder's.
+    model._source = settings._source
+    return model
 
 
 def companions(settings: ModelSettings) -> list[ModelSettings]:
     """Every model to serve next to ``settings``' own."""
+    # Imported here: the feedback model's settings are built with `companion` above.
+    from modelyard.quality.feedback import feedback_settings
+
     return [c for c in (lookup_settings(settings), feedback_settings(settings)) if c is not None]

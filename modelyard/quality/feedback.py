@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mlserver.settings import ModelSettings
 
+from modelyard.companions import companion
 from modelyard.quality.config import QualityConfig
 
 FEEDBACK_SUFFIX = "-feedback"
@@ -22,22 +23,10 @@ def feedback_settings(settings: ModelSettings) -> ModelSettings | None:
     config = QualityConfig.from_settings(settings)
     if config is None:
         return None
-    feedback = ModelSettings.model_validate(
-        {
-            "name": settings.name + FEEDBACK_SUFFIX,
-            "implementation": FEEDBACK_IMPLEMENTATION,
-            "parameters": {
-                "version": settings.version,
-                "extra": {
-                    "model": config.model,
-                    "store": config.store,
-                    "key": config.key,
-                    "task": config.task,
-                },
-            },
-            "outputs": [{"name": n, "datatype": "INT64", "shape": [1]} for n in FEEDBACK_OUTPUTS],
-        }
+    return companion(
+        settings,
+        FEEDBACK_SUFFIX,
+        FEEDBACK_IMPLEMENTATION,
+        {"model": config.model, "store": config.store, "key": config.key, "task": config.task},
+        outputs=[{"name": n, "datatype": "INT64", "shape": [1]} for n in FEEDBACK_OUTPUTS],
     )
-    # A relative SQLite store is the judged model's folder's.
-    feedback._source = settings._source
-    return feedback
