@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.load import grpc_body, grpc_load
+from modelyard.batch import DEFAULT_CHUNK_ROWS
 from tests.support.server import MODELYARD, REPO, ServerProcess
 
 EXAMPLE = REPO / "examples" / "customer-profile"
@@ -42,7 +43,6 @@ SUMMARY = re.compile(
     r"([\d,]+) rows in ([\d.]+) s \(([\d,]+) rows/s; model loaded in ([\d.]+) s\), "
     r"([\d,]+) bad rows"
 )
-CHUNK_ROWS = 10_000
 SOURCES = {
     "duckdb": "duckdb:///features.duckdb",
     "sqlite": "sqlite:///features.db",
@@ -195,7 +195,7 @@ def batch(args: argparse.Namespace, tmp: Path) -> dict:
     folder = model_folder(tmp, rows)
     print(f"\nbatch: {rows:,} generated users in {time.perf_counter() - started:.1f} s")
     load_before = os.getloadavg()[0]
-    raw = RawScoring(folder, CHUNK_ROWS)
+    raw = RawScoring(folder, DEFAULT_CHUNK_ROWS)
     runs = []
     for source in SOURCES:
         # Each run against a raw pass just before it (the machine's other work changes
@@ -203,9 +203,8 @@ def batch(args: argparse.Namespace, tmp: Path) -> dict:
         tries = []
         for i in range(2):
             raw_rows_per_s = raw.rows_per_s()
-            run = end_to_end(
-                folder, source, f"sqlite:///{tmp}/{source}-{i}.db", f"{source}-{i}", CHUNK_ROWS
-            )
+            store = f"sqlite:///{tmp}/{source}-{i}.db"
+            run = end_to_end(folder, source, store, f"{source}-{i}", DEFAULT_CHUNK_ROWS)
             run["raw_rows_per_s"] = raw_rows_per_s
             run["stream_vs_raw"] = run["stream_rows_per_s"] / raw_rows_per_s
             run["wall_vs_raw"] = run["wall_rows_per_s"] / raw_rows_per_s
@@ -214,7 +213,7 @@ def batch(args: argparse.Namespace, tmp: Path) -> dict:
     del raw
     load_after = os.getloadavg()[0]
 
-    print(f"  customer-profile model, {CHUNK_ROWS:,}-row chunks, into a SQLite store;")
+    print(f"  customer-profile model, {DEFAULT_CHUNK_ROWS:,}-row chunks, into a SQLite store;")
     print("  raw: PredictorPipeline.score in-process on the same rows held in memory")
     print(f"  {'features from':13} {'raw rows/s':>10} {'streaming':>10} {'vs raw':>7}"
           f" {'wall rows/s':>11} {'vs raw':>7} {'load s':>6} {'peak RSS':>9}")  # fmt: skip
@@ -230,5 +229,5 @@ def batch(args: argparse.Namespace, tmp: Path) -> dict:
     for r in lookups:
         print(f"  {r['ids']:4d} {r['cache']:>5} {r['concurrency']:7d} {r['rps']:8.0f}"
               f" {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}")  # fmt: skip
-    return {"rows": rows, "chunk_rows": CHUNK_ROWS, "runs": runs,
+    return {"rows": rows, "chunk_rows": DEFAULT_CHUNK_ROWS, "runs": runs,
             "lookup": lookups, "load_average": [load_before, load_after]}  # fmt: skip

@@ -25,6 +25,7 @@ import importlib
 import logging
 import queue
 import re
+import sys
 import threading
 import time
 import zlib
@@ -43,6 +44,7 @@ import sqlalchemy as sa
 from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
 
+from modelyard.batch import DEFAULT_CHUNK_ROWS
 from modelyard.batch.progress import BarReporter, count_in_background, reporter
 from modelyard.errors import ModelyardError
 from modelyard.folders import MARKER_FILENAMES, is_model_folder, load_model_folder
@@ -50,7 +52,6 @@ from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, RunStatus
 
 logger = logging.getLogger("modelyard.batch")
 
-DEFAULT_CHUNK_ROWS = 10_000
 # Scored chunks waiting for the store, and chunks read ahead of scoring: they bound
 # memory while reads and writes overlap scoring.
 WRITES_IN_FLIGHT = 2
@@ -59,6 +60,9 @@ READ_AHEAD = 1
 # they would wait for the GIL at each row while the main thread scores (the sqlite3
 # module does; DuckDB hands over whole columns, PostgreSQL whole network reads).
 GIL_PER_ROW = ("sqlite",)
+# The GIL switch interval while a run streams: the writer thread takes the GIL back
+# between its statements, and Python's default 5 ms keeps it waiting behind scoring.
+SWITCH_INTERVAL_S = 0.0005
 # Bad rows named in the log (all of them are in the store's bad-rows table).
 LOGGED_BAD_ROWS = 10
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
@@ -287,6 +291,8 @@ class _Scoring:
                 count = isinstance(report, BarReporter)
             if count:
                 count_in_background(features.count, report)
+            switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
             try:
                 with _Writer(self.store, self.table, self.job.spec, self.run_id) as writer:
                     assert features.url is not None
@@ -299,6 +305,7 @@ class _Scoring:
                         writer.submit(scores)
                         report.update(self.result.read, self.result.rows, self.result.bad_rows)
             finally:
+                sys.setswitchinterval(switch_interval)
                 report.close()
         finally:
             self.result.seconds = time.perf_counter() - started

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from modelyard.batch import DEFAULT_CHUNK_ROWS
 from modelyard.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def batch() -> None:
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
-    default=10_000,
+    default=DEFAULT_CHUNK_ROWS,
     show_default=True,
     help="Rows fetched, scored and written at a time (bounds memory).",
 )
@@ -148,7 +149,9 @@ def run(
     "--now", "fire_now", is_flag=True, help="Run once right away, then follow the schedule."
 )
 @click.option("--once", is_flag=True, help="Stop after one run.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True
+)
 @click.option("--max-bad-rows", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--debug", is_flag=True, help="Debug logging.")
 def schedule(
