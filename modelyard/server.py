@@ -28,6 +28,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 
 from modelyard import __version__, metrics
 from modelyard.fastpath import FastInfer
+from modelyard.grpcpath import FastGRPCServer
 from modelyard.processes import (
     PROMETHEUS_DIR_ENV,
     mark_ready,
@@ -154,6 +155,7 @@ class ModelyardServer(MLServer):
         self._data_plane.__class__ = _DataPlane
         self._data_plane._registry = self.registry
         super()._create_servers()
+        self._grpc_server.__class__ = FastGRPCServer
         app = self._rest_server._app
         app.add_api_route(STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse)
         self._rest_server._app = FastInfer(app, self._data_plane, self.opts.max_message_bytes)

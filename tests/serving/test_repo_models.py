@@ -151,3 +151,41 @@ def test_metrics_endpoint_counts_requests(repo_server: ServerProcess, client: Cl
     assert_still_serving(client)
     text = requests.get(f"http://127.0.0.1:{repo_server.metrics_port}/metrics", timeout=5).text
     assert 'model_infer_request_success_total{model="iris"' in text
+
+
+def grpc_handled(text: str, method: str, code: str) -> float:
+    """grpc_server_handled_total of ``method`` with ``code``, summed over processes."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{") and (
+            f'grpc_method="{method}"' in line and f'grpc_code="{code}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_grpc_calls_are_measured_by_method_and_code(repo_server: ServerProcess) -> None:
+    """ModelInfer (answered by modelyard's own servicer) and the other methods (through
+    MLServer's interceptor) land in the same gRPC metrics the dashboards read."""
+    url = f"http://127.0.0.1:{repo_server.metrics_port}/metrics"
+    before = requests.get(url, timeout=5).text
+    client = make_client("grpc", repo_server)
+    assert_still_serving(client)
+    x = np.array(IRIS_SETOSA, dtype=np.float64)
+    expect_error(
+        client, lambda: infer(client, "no-such-model", {"input-0": (x, "FP64")}),
+        404, "NOT_FOUND", "no-such-model",
+    )  # fmt: skip
+    assert client.is_server_ready()
+    after = requests.get(url, timeout=5).text
+    for method, code in (("ModelInfer", "OK"), ("ModelInfer", "NOT_FOUND"), ("ServerReady", "OK")):
+        assert grpc_handled(after, method, code) >= grpc_handled(before, method, code) + 1, (
+            method,
+            code,
+        )
+    timed = [
+        float(line.rsplit(" ", 1)[1])
+        for line in after.splitlines()
+        if line.startswith("grpc_server_handling_seconds_count{") and "ModelInfer" in line
+    ]
+    assert sum(timed) >= 2, timed
