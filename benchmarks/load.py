@@ -57,11 +57,12 @@ class PlainMLServer(ServerProcess):
         return self
 
 
-def plain_model_dir(folders: list[Path], out: Path) -> Path:
-    """Each folder as a plain MLServer model-settings.json (artifacts by absolute path),
-    so both servers load exactly the same settings."""
+def plain_model_dir(folders: list[Path], out: Path, **settings: object) -> Path:
+    """Each folder as a plain MLServer model-settings.json (artifacts by absolute path,
+    ``settings`` added), so both servers load exactly the same settings."""
     for folder in folders:
         _, data = settings_dict(folder)
+        data.update(settings)
         params = data.setdefault("parameters", {})
         if params.get("uri") and "://" not in params["uri"]:
             params["uri"] = str((folder / params["uri"]).resolve())

@@ -112,19 +112,28 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+# MLServer's adaptive batching, measured against modelyard's default (off) where
+# concurrency could make it pay: up to 16 requests in one call, waiting 0.5 ms at most.
+BATCHING = {"max_batch_size": 16, "max_batch_time": 0.0005}
+
+
 @part
 def serving(args: argparse.Namespace, tmp: Path) -> dict:
-    models = plain_model_dir([REPO / "model-settings/iris", REPO / "model-settings/breast-cancer"],
-                             tmp / "models")  # fmt: skip
+    folders = [REPO / "model-settings/iris", REPO / "model-settings/breast-cancer"]
+    models = plain_model_dir(folders, tmp / "models")
+    batched = plain_model_dir(folders, tmp / "batched", **BATCHING)
     results: dict[str, dict[str, dict]] = {}
-    for label, cls, extra in (
-        ("mlserver", PlainMLServer, ()),
-        ("modelyard", ServerProcess, ("--no-watch",)),
+    for label, cls, extra, folder, only in (
+        ("mlserver", PlainMLServer, (), models, None),
+        ("modelyard", ServerProcess, ("--no-watch",), models, None),
+        ("batching", ServerProcess, ("--no-watch",), batched, (1, 16)),
     ):
-        server = cls(models, tmp / f"{label}.log", extra_args=extra).start()
+        server = cls(folder, tmp / f"{label}.log", extra_args=extra).start()
         try:
             server.wait_ready()
             for s in scenarios():
+                if only is not None and (s.rows, s.concurrency) != only:
+                    continue
                 # Warm up connections, caches and the model before measuring.
                 measure(server, s, 1.0)
                 results.setdefault(s.label, {})[label] = measure(server, s, args.duration).as_dict()
@@ -156,6 +165,14 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
 
         print(f"{s.label:34} {cell(base):>26} {cell(ours):>26} {row['ratio_rps']:5.2f}x"
               f" {row['ratio_p99']:8.2f}x")  # fmt: skip
+    print(f"\nadaptive batching ({BATCHING}) against modelyard's default, batching off:")
+    for row in rows:
+        on = results[row["scenario"]].get("batching")
+        if on is not None:
+            row["batching"] = on
+            row["batching_vs_off"] = ratio(on["rps"], row["modelyard"]["rps"])
+            print(f"  {row['scenario']:34} {on['rps']:7.0f} req/s, p99 {on['p99_ms']:5.1f} ms"
+                  f"  {row['batching_vs_off']:.2f}x of batching off")  # fmt: skip
     print("\n1,000-row requests, served rows/s by modelyard against in-process predict rows/s:")
     for row in rows:
         if "raw_rows_per_s" in row:
