@@ -7,6 +7,10 @@ the same converters and the same errors, and records the interceptor's own metri
 (`grpc_server_started_total`, `grpc_server_handled_total`, `grpc_server_handling_seconds`)
 itself, through label values resolved once: dashboards and alerts see no difference.
 The interceptor still measures every other method.
+
+Numeric tensors sent as raw bytes (as tritonclient sends them) are read as numpy arrays
+over those bytes, where MLServer unpacks them into a Python list of floats that its
+numpy codec then packs into an array again.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc import aio
-from mlserver.errors import MLServerError
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
 from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
@@ -28,12 +33,53 @@ from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceSe
 from mlserver.grpc.server import GRPCServer
 from mlserver.grpc.servicers import InferenceServicer
 from mlserver.grpc.utils import _grpc_status_code, to_metadata
+from mlserver.raw import unpack
+from mlserver.types import InferenceRequest, TensorData
 from mlserver.utils import extract_headers, insert_headers
 
 logger = logging.getLogger("modelyard.grpcpath")
 
 SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{SERVICE}/ModelInfer"
+# V2's raw tensor contents are little-endian, row-major.
+RAW_DTYPES = {
+    name: np.dtype(code).newbyteorder("<")
+    for name, code in (
+        ("BOOL", "bool"), ("UINT8", "uint8"), ("UINT16", "uint16"), ("UINT32", "uint32"),
+        ("UINT64", "uint64"), ("INT8", "int8"), ("INT16", "int16"), ("INT32", "int32"),
+        ("INT64", "int64"), ("FP16", "float16"), ("FP32", "float32"), ("FP64", "float64"),
+    )
+}  # fmt: skip
+
+
+def request_from_pb(request: pb.ModelInferRequest) -> InferenceRequest:
+    """MLServer's converter, with raw numeric contents as numpy arrays over the bytes
+    (taken out of ``request``, which the server parsed for this call alone)."""
+    raw = list(request.raw_input_contents)
+    if raw:
+        request.ClearField("raw_input_contents")
+    payload = ModelInferRequestConverter.to_types(request)
+    remaining = iter(raw)
+    for tensor in payload.inputs if raw else ():
+        if tensor.data:  # sent in the typed contents fields, not as raw bytes
+            continue
+        content = next(remaining, None)
+        if content is None:
+            raise InferenceError(
+                f"input '{tensor.name}' has no contents: send its data in its contents or "
+                "as one of raw_input_contents, in the order of the inputs"
+            )
+        dtype = RAW_DTYPES.get(tensor.datatype)
+        if dtype is None:  # BYTES: length-prefixed elements
+            tensor.data = TensorData(unpack(tensor, content))
+            continue
+        if len(content) % dtype.itemsize:
+            raise InferenceError(
+                f"input '{tensor.name}': {len(content)} raw bytes are not a whole number of "
+                f"{tensor.datatype} values ({dtype.itemsize} bytes each)"
+            )
+        tensor.data = TensorData.model_construct(root=np.frombuffer(content, dtype))
+    return payload
 
 
 class InferMetrics:
@@ -67,7 +113,8 @@ class FastInferenceServicer(InferenceServicer):
             self.metrics.started.inc()
         code = grpc.StatusCode.OK
         try:
-            payload = ModelInferRequestConverter.to_types(request)
+            use_raw = bool(request.raw_input_contents)
+            payload = request_from_pb(request)
             metadata = context.invocation_metadata()
             if metadata:
                 insert_headers(payload, {m.key: m.value for m in metadata})
@@ -77,9 +124,7 @@ class FastInferenceServicer(InferenceServicer):
             headers = extract_headers(result)
             if headers:
                 context.set_trailing_metadata(to_metadata(headers))
-            return ModelInferResponseConverter.from_types(
-                result, use_raw=bool(request.raw_input_contents)
-            )
+            return ModelInferResponseConverter.from_types(result, use_raw=use_raw)
         except MLServerError as e:
             code = _grpc_status_code(e)
             await context.abort(code=code, details=str(e))

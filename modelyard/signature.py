@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from mlserver.types.dataplane import RequestInput, ResponseOutput
@@ -29,7 +30,10 @@ def _shape_fits(declared: Sequence[int], actual: Sequence[int]) -> bool:
 
 
 def _count(data: object) -> int | None:
-    """Number of scalars in JSON tensor data (nested lists flatten); None if unknown."""
+    """Number of scalars in tensor data (nested lists flatten, a numpy array from raw
+    gRPC contents counts its elements); None if unknown."""
+    if isinstance(data, np.ndarray):
+        return data.size
     if isinstance(data, list | tuple):
         return (
             sum((_count(d) or 0) for d in data)

@@ -189,3 +189,33 @@ def test_grpc_calls_are_measured_by_method_and_code(repo_server: ServerProcess) 
         if line.startswith("grpc_server_handling_seconds_count{") and "ModelInfer" in line
     ]
     assert sum(timed) >= 2, timed
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ([np.zeros(4, "<f8").tobytes()[:-3]], "29 raw bytes are not a whole number of FP64"),
+        ([np.zeros(3, "<f8").tobytes()], "carries 3 values, but its shape [1, 4] needs 4"),
+        ([], "input 'input-0' carries 0 values"),
+    ],
+    ids=["partial-value", "too-few-values", "no-contents"],
+)
+def test_bad_raw_grpc_contents_are_invalid_argument(
+    repo_server: ServerProcess, raw: list[bytes], fragment: str
+) -> None:
+    """Raw tensor bytes (read as numpy arrays over the bytes) that do not fill the
+    declared shape are the client's error, named, and the server goes on serving."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="iris", raw_input_contents=raw)
+    request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    with grpc.insecure_channel(repo_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert fragment in info.value.details(), info.value.details()
+        request.raw_input_contents[:] = [np.array([[5.1, 3.5, 1.4, 0.2]], "<f8").tobytes()]
+        answer = stub.ModelInfer(request, timeout=10)
+        assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == [0]
