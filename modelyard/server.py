@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,10 @@ from modelyard.signature import check_request, check_response
 logger = logging.getLogger("modelyard.server")
 
 STATUS_PATH = "/modelyard/status"
+# The model answering the current request: set where MLServer's DataPlane.infer hands
+# it over (_prepare_payload), read when the response comes back; each request is a
+# task of its own, so a context variable keeps concurrent requests apart.
+_SERVING: ContextVar[MLModel | None] = ContextVar("modelyard_serving", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class _DataPlane(DataPlane):
         return meta
 
     def _prepare_payload(self, payload: InferenceRequest, model: MLModel) -> InferenceRequest:
+        _SERVING.set(model)  # for infer() below, without a second registry lookup
         inputs, _ = getattr(model, SIGNATURE_ATTR, ((), ()))
         if inputs:
             check_request(model.name, inputs, payload)
@@ -106,7 +112,8 @@ class _DataPlane(DataPlane):
         self, payload: InferenceRequest, name: str, version: str | None = None
     ) -> InferenceResponse:
         response = await super().infer(payload, name, version)
-        model = await self._model_registry.get_model(name, version)
+        model = _SERVING.get()
+        assert model is not None, "MLServer's infer() prepares every payload"
         _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
         if outputs:
             check_response(name, outputs, payload, response)
