@@ -40,9 +40,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import sqlalchemy as sa
+from modelyard_runtimes.databases import database_message, describe, resolve_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelyard.errors import ModelyardError
 
@@ -102,11 +103,6 @@ class StoreError(ModelyardError):
 
 class IncompatibleTable(StoreError):
     """A declaration that no longer fits the table its earlier runs wrote."""
-
-
-def _database_message(e: SQLAlchemyError) -> str:
-    orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-    return " ".join(str(orig).split())
 
 
 def _slug(text: str) -> str:
@@ -292,15 +288,13 @@ class PredictionStore:
     def open(cls, text: str, folder: Path, writer: bool = True) -> PredictionStore:
         """The store of a declaration's ``predictions.store`` (``${VAR}`` expanded, a
         relative SQLite file in the model folder)."""
-        from modelyard_runtimes.databases import resolve_url
-
         try:
             return cls(resolve_url(text, folder), writer)
         except ValueError as e:
             raise StoreError(f"predictions.store: {e}") from None
 
     def describe(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        return describe(self.url)
 
     def _engine(self, writer: bool) -> sa.Engine:
         if self.dialect != "sqlite":
@@ -336,7 +330,7 @@ class PredictionStore:
         self.engine.dispose()
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def errors(self, doing: str) -> Iterator[None]:
         """Database errors as a StoreError naming the store (never its password)."""
         try:
             yield
@@ -344,7 +338,7 @@ class PredictionStore:
             raise
         except SQLAlchemyError as e:
             raise StoreError(
-                f"prediction store {self.describe()}: {doing} failed: {_database_message(e)}"
+                f"prediction store {self.describe()}: {doing} failed: {database_message(e)}"
             ) from None
 
     # -- tables ----------------------------------------------------------------------
@@ -352,7 +346,7 @@ class PredictionStore:
         """Create the bookkeeping tables and ``spec``'s predictions table if missing;
         check an existing one against ``spec`` (see the module docstring)."""
         table = predictions_table(sa.MetaData(), spec)
-        with self._errors("creating its tables"):
+        with self.errors("creating its tables"):
             self._create(self.metadata)
             if not self._exists(table.name):
                 self._create(table.metadata)
@@ -438,7 +432,7 @@ class PredictionStore:
 
     def reflect(self, name: str) -> sa.Table | None:
         """An existing table as the database has it, or None."""
-        with self._errors(f"reading table {name}"), self.engine.connect() as conn:
+        with self.errors(f"reading table {name}"), self.engine.connect() as conn:
             if not sa.inspect(conn).has_table(name):
                 return None
             return sa.Table(name, sa.MetaData(), autoload_with=conn)
@@ -462,7 +456,7 @@ class PredictionStore:
         """Record that ``shard`` of ``shards`` is being (re)written; the run is not
         complete (not the latest) until every shard finishes again."""
         started = now()
-        with self._errors(f"starting run {run_id}"), self.engine.begin() as conn:
+        with self.errors(f"starting run {run_id}"), self.engine.begin() as conn:
             conn.execute(
                 _insert(self.dialect, self.runs)
                 .values(
@@ -524,7 +518,7 @@ class PredictionStore:
         self, spec: PredictionsSpec, run_id: str, shard: int, status: RunStatus, rows: int,
         bad_rows: int, error: str | None,
     ) -> RunInfo:  # fmt: skip
-        with self._errors(f"recording the end of run {run_id}"), self.engine.begin() as conn:
+        with self.errors(f"recording the end of run {run_id}"), self.engine.begin() as conn:
             self._lock_run(conn, spec, run_id)
             conn.execute(
                 self.shards.update()
@@ -566,7 +560,7 @@ class PredictionStore:
 
     def run(self, model: str, version: str, run_id: str) -> RunInfo | None:
         r = self.runs.c
-        with self._errors("reading its runs"), self.engine.connect() as conn:
+        with self.errors("reading its runs"), self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(self.runs).where(
                     r.model == model, r.version == version, r.run_id == run_id
@@ -582,7 +576,7 @@ class PredictionStore:
         if version is not None:
             query = query.where(r.version == version)
         query = query.order_by(r.finished_at.desc(), r.run_id.desc()).limit(1)
-        with self._errors("reading its runs"), self.engine.connect() as conn:
+        with self.errors("reading its runs"), self.engine.connect() as conn:
             if not sa.inspect(conn).has_table(RUNS_TABLE):
                 return None
             row = conn.execute(query).first()
@@ -656,7 +650,7 @@ class PredictionStore:
             run_id,
             stamp(predicted_at) if stamp else predicted_at,
         )
-        with self._errors(f"writing to {table.name}"), self.engine.begin() as conn:
+        with self.errors(f"writing to {table.name}"), self.engine.begin() as conn:
             if self.dialect == "sqlite":
                 self._stage(conn, frame, spec.values)
                 keys = _json_array(frame[spec.key].to_numpy())
@@ -696,7 +690,7 @@ class PredictionStore:
             set_={"shard": insert.excluded.shard, "error": insert.excluded.error,
                   "seen_at": insert.excluded.seen_at},
         )  # fmt: skip
-        with self._errors("recording bad rows"), self.engine.begin() as conn:
+        with self.errors("recording bad rows"), self.engine.begin() as conn:
             conn.execute(stmt, rows)
 
     def read(
@@ -715,7 +709,7 @@ class PredictionStore:
                 table.c[key].in_(sa.bindparam("ids", expanding=True)),
             )
         )  # fmt: skip
-        with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
+        with self.errors(f"reading {table.name}"), self.engine.connect() as conn:
             return list(conn.execute(query, {"ids": list(ids)}).all())
 
     def count(self, table: sa.Table, run: RunInfo) -> tuple[int, int]:
@@ -726,7 +720,7 @@ class PredictionStore:
             table.c.version == run.version,
             table.c.run_id == run.run_id,
         )
-        with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
+        with self.errors(f"reading {table.name}"), self.engine.connect() as conn:
             rows, entities = conn.execute(query).one()
         return rows, entities
 

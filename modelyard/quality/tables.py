@@ -18,17 +18,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from modelyard.quality.config import QualityConfig
-from modelyard.store import TIMESTAMP, PredictionStore, StoreError, now, utc
+from modelyard.store import TIMESTAMP, PredictionStore, now, utc
 
 LABELS_TABLE = "modelyard_labels"
 PAYLOADS_TABLE = "modelyard_payloads"
@@ -161,18 +160,9 @@ class QualityStore:
     def close(self) -> None:
         self.store.close()
 
-    @contextmanager
-    def errors(self, doing: str) -> Iterator[None]:
+    def errors(self, doing: str) -> AbstractContextManager[None]:
         """Database errors as a StoreError naming the store (never its password)."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except SQLAlchemyError as e:
-            orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-            raise StoreError(
-                f"prediction store {self.describe()}: {doing} failed: {' '.join(str(orig).split())}"
-            ) from None
+        return self.store.errors(doing)
 
     def ensure(self) -> QualityStore:
         """Create the quality tables if missing (another process may race us to it)."""

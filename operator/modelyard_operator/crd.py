@@ -10,14 +10,14 @@ and the Helm chart's copy of it; a test fails when a committed file and the sche
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from modelyard.schema import declaration_schema
 
 GROUP = "modelyard.io"
 VERSION = "v1alpha1"
@@ -128,11 +128,6 @@ PRINTER_COLUMNS = [
 
 class SchemaConversionError(ValueError):
     pass
-
-
-def declaration_schema() -> dict[str, Any]:
-    text = resources.files("modelyard.schema").joinpath("declaration.schema.json").read_text()
-    return json.loads(text)
 
 
 def structural(schema: Mapping[str, Any], defs: Mapping[str, Any], where: str = "#") -> Any:

@@ -14,9 +14,16 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from modelyard.interpolate import expand
+
+
+def database_message(e: SQLAlchemyError) -> str:
+    """The driver's own message of a database error, on one line."""
+    orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    return " ".join(str(orig).split())
+
 
 # Dialects whose database is a local file named by the URL's path.
 FILE_DIALECTS = ("sqlite", "duckdb")

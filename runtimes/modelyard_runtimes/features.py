@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from modelyard_runtimes.databases import create_engine, describe, resolve_url
+from modelyard_runtimes.databases import create_engine, database_message, describe, resolve_url
 from modelyard_runtimes.errors import FeatureSourceError, ModelError
 
 logger = logging.getLogger("modelyard.runtimes.features")
@@ -45,11 +45,6 @@ class FeaturesOptions(BaseModel):
     key: str  # the entity id column, and the request input carrying the ids
     preprocess: str | None = None  # fitted transformer (joblib), relative to the folder
     preprocess_sha256: str | None = None  # verified before the transformer is unpickled
-
-
-def _database_message(e: SQLAlchemyError) -> str:
-    orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-    return " ".join(str(orig).split())
 
 
 class FeatureSource:
@@ -97,7 +92,7 @@ class FeatureSource:
             self.close()
             raise RuntimeError(
                 f"model '{self.model}': {self.options.sql} does not run on "
-                f"{describe(self.url)}: {_database_message(e)}; fix the query (it must select "
+                f"{describe(self.url)}: {database_message(e)}; fix the query (it must select "
                 f"a column {self.key!r}) or the source"
             ) from None
         if self.key not in self.columns:
@@ -128,7 +123,7 @@ class FeatureSource:
         except SQLAlchemyError as e:
             raise FeatureSourceError(
                 f"model '{self.model}': features query on {describe(self.url)} failed: "
-                f"{_database_message(e)}"
+                f"{database_message(e)}"
             ) from None
         # Plain Python over the rows: for the few rows of an online request, pandas
         # operations would cost more than the query.
@@ -180,7 +175,7 @@ class FeatureSource:
         except SQLAlchemyError as e:
             raise FeatureSourceError(
                 f"model '{self.model}': {self.options.sql} on {describe(self.url)} failed: "
-                f"{_database_message(e)}"
+                f"{database_message(e)}"
             ) from None
 
     def count(self) -> int:

@@ -233,12 +233,8 @@ def test_monitoring_assets_come_from_the_charts_files(tmp_path: Path) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
     """An API server of its own: the chart installs the Model CRD, which the operator
     tests' server has already."""
-    bin_dir = ensure_binaries()
-    started = KubeCluster(tmp_path_factory.mktemp("kube-chart"), bin_dir=bin_dir).start()
-    try:
-        yield started
-    finally:
-        started.stop()
+    with KubeCluster(tmp_path_factory.mktemp("kube-chart"), bin_dir=ensure_binaries()) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,17 @@ def labels_in(folder: Path) -> pd.DataFrame:
         engine.dispose()
 
 
-def test_a_file_loaded_twice_is_stored_once(tmp_path: Path) -> None:
+def churn_folder(tmp_path: Path) -> Path:
+    """The declaration's model folder; the labels commands never load the model."""
     folder = tmp_path / "churn"
     folder.mkdir()
     (folder / "model.yaml").write_text(DECLARATION)
     (folder / "model.joblib").write_bytes(b"never loaded")
+    return folder
+
+
+def test_a_file_loaded_twice_is_stored_once(tmp_path: Path) -> None:
+    folder = churn_folder(tmp_path)
     csv = tmp_path / "labels.csv"
     csv.write_text(
         "request_id,row,label,observed_at\n"
@@ -132,10 +138,7 @@ def test_a_regression_takes_numbers_only(tmp_path: Path) -> None:
 
 
 def test_the_command_names_the_problem_and_stores_nothing(tmp_path: Path) -> None:
-    folder = tmp_path / "churn"
-    folder.mkdir()
-    (folder / "model.yaml").write_text(DECLARATION)
-    (folder / "model.joblib").write_bytes(b"never loaded")
+    folder = churn_folder(tmp_path)
     csv = tmp_path / "labels.csv"
     csv.write_text("request_id,label,observed_at\nr1,1,2025-01-01\nr2,1,soon\n")
     result = feedback(str(folder), str(csv))

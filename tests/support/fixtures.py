@@ -31,12 +31,8 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
     `kube_cluster.kubeconfig` is an admin kubeconfig; `kube_cluster.client` an ApiClient.
     The binaries are built on first use (about 4 minutes) and cached outside the repository.
     """
-    bin_dir = ensure_binaries()
-    cluster = KubeCluster(tmp_path_factory.mktemp("kube"), bin_dir=bin_dir).start()
-    try:
+    with KubeCluster(tmp_path_factory.mktemp("kube"), bin_dir=ensure_binaries()) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
