@@ -147,10 +147,32 @@ def test_malformed_rest_body_is_bad_request(
     assert_still_serving(make_client("http", repo_server))
 
 
-def test_metrics_endpoint_counts_requests(repo_server: ServerProcess, client: Client) -> None:
-    assert_still_serving(client)
-    text = requests.get(f"http://127.0.0.1:{repo_server.metrics_port}/metrics", timeout=5).text
-    assert 'model_infer_request_success_total{model="iris"' in text
+def model_metric(text: str, name: str, model: str) -> float:
+    """``name`` for ``model``, summed over versions and processes."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and f'model="{model}"' in line
+    )
+
+
+def test_metrics_count_answered_and_failed_requests(
+    repo_server: ServerProcess, client: Client
+) -> None:
+    """MLServer's per-model request metrics (what the alert rules read) count each
+    request once: answered, or failed (here, refused by the declared signature)."""
+    url = f"http://127.0.0.1:{repo_server.metrics_port}/metrics"
+    names = ("model_infer_request_success_total", "model_infer_request_failure_total",
+             "model_infer_request_duration_count", "modelyard_requests_in_flight")  # fmt: skip
+    before = requests.get(url, timeout=5).text
+    for _ in range(3):
+        assert_still_serving(client)
+    for _ in range(2):
+        expect_error(client, lambda: iris(client, [[5.1, 3.5, 1.4]]), 400, "INVALID_ARGUMENT",
+                     "input-0")  # fmt: skip
+    after = requests.get(url, timeout=5).text
+    deltas = [model_metric(after, n, "iris") - model_metric(before, n, "iris") for n in names]
+    assert deltas == [3, 2, 5, 0]
 
 
 def grpc_handled(text: str, method: str, code: str) -> float:
