@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger("modelyard.processes")
@@ -47,6 +48,24 @@ def available_cpus() -> int:
 
 def auto_processes() -> int:
     return max(1, min(available_cpus(), MAX_AUTO_PROCESSES))
+
+
+def process_cores(count: int) -> list[int] | None:
+    """The core each of `count` server processes keeps to, when they are one per core
+    of every core the server may use (a machine of its own, or a Kubernetes pod given
+    whole cores by the static CPU manager); None when the cores are shared with other
+    work or capped by a CPU quota, where the kernel places them better.
+
+    A process kept to one core keeps its caches warm: its event loop and the gRPC
+    core's threads hand each request to one another on that core, instead of being
+    moved across cores as the client and other threads wake.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if count < 2 or count != len(cores) or available_cpus() != len(cores):
+        return None
+    return cores
 
 
 def process_index() -> int | None:
@@ -89,10 +108,12 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def supervise(child_args: list[str], count: int) -> int:
-    """Run `count` copies of `modelyard serve` with `child_args` until told to stop."""
+def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
+    """Run `count` copies of `modelyard serve` with `child_args` until told to stop,
+    each kept to a core of its own when `pin` and `process_cores` allow."""
     metrics_dir = tempfile.mkdtemp(prefix="modelyard-metrics-")
     stopping = False
+    cores = process_cores(count) if pin else None
 
     # Each process answers on its own core: native thread pools (OpenMP in XGBoost
     # and scikit-learn, PyTorch) sized for the whole machine would fight each other.
@@ -101,7 +122,11 @@ def supervise(child_args: list[str], count: int) -> int:
     def start(index: int) -> subprocess.Popen:
         env = {"OMP_NUM_THREADS": threads, **os.environ, INDEX_ENV: str(index),
                COUNT_ENV: str(count), PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
-        return subprocess.Popen([sys.executable, "-m", "modelyard", "serve", *child_args], env=env)
+        # Set before exec, so every thread the process starts inherits it.
+        affinity = partial(os.sched_setaffinity, 0, {cores[index]}) if cores else None
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "serve", *child_args], env=env, preexec_fn=affinity
+        )
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -113,7 +138,8 @@ def supervise(child_args: list[str], count: int) -> int:
     children = [start(i) for i in range(count)]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, stop)
-    logger.info("serving with %d processes (pids %s)", count, [c.pid for c in children])
+    logger.info("serving with %d processes (pids %s%s)", count, [c.pid for c in children],
+                f", one per core {cores}" if cores else "")  # fmt: skip
     restarts: list[float] = []
     try:
         while not stopping:

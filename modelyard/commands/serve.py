@@ -40,6 +40,12 @@ from modelyard.processes import auto_processes, process_index, supervise
     show_default=True,
     help="Server processes sharing the ports; auto is one per available core (at most 4).",
 )
+@click.option(
+    "--no-pin",
+    is_flag=True,
+    help="Let the kernel place server processes; by default, when they are one per core "
+    "of every core available, each keeps to its own.",
+)
 @click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
 @click.option("--debug", is_flag=True, help="Access logs and debug logging.")
 def serve(
@@ -51,6 +57,7 @@ def serve(
     workers: int,
     max_message_mb: int,
     processes: str,
+    no_pin: bool,
     no_watch: bool,
     debug: bool,
 ) -> None:
@@ -78,7 +85,7 @@ def serve(
             "--processes", str(count),
             *(["--no-watch"] if no_watch else []), *(["--debug"] if debug else []),
         ]  # fmt: skip
-        sys.exit(supervise(child, count))
+        sys.exit(supervise(child, count, pin=not no_pin))
     opts = ServeOptions(
         directory=directory.resolve(),
         host=host,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from modelyard.processes import process_cores
 from tests.serving.test_live_registry import SETOSA, wait_for, write_iris, write_slow
 from tests.support.server import ServerProcess
 
@@ -20,11 +21,28 @@ def status_from_fresh_connection(server: ServerProcess) -> dict:
                         headers={"Connection": "close"}).json()  # fmt: skip
 
 
+def threads_cores(pid: int) -> set[frozenset[int]]:
+    """The distinct CPU affinities of every thread of process `pid`."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def pids_by_process(server: ServerProcess) -> dict[int, int]:
+    pids: dict[int, int] = {}
+
+    def both_seen() -> bool:
+        status = status_from_fresh_connection(server)
+        pids[status["process"]] = status["pid"]
+        return len(pids) == 2
+
+    wait_for(both_seen, what="both processes to answer")
+    return pids
+
+
 def test_processes_share_ports_metrics_and_readiness(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_iris(models / "iris", "1")
     write_slow(models / "slow", delay=3.0)
-    server = serve_dir(models, "--processes", "2", ready=False)
+    server = serve_dir(models, "--processes", "2", "--no-pin", ready=False)
     server.wait_ready(path="/v2/health/live")
 
     # Readiness is the server's, not one process's: no process says ready while
@@ -37,6 +55,9 @@ def test_processes_share_ports_metrics_and_readiness(serve_dir, tmp_path: Path) 
 
     seen = {status_from_fresh_connection(server)["process"] for _ in range(40)}
     assert seen == {0, 1}
+    # --no-pin: the kernel may run every process on every core.
+    for pid in pids_by_process(server).values():
+        assert threads_cores(pid) == {frozenset(os.sched_getaffinity(0))}
 
     for _ in range(30):
         r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5,
@@ -52,14 +73,14 @@ def test_a_process_that_dies_is_replaced(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_iris(models / "iris", "1")
     server = serve_dir(models, "--processes", "2")
-    pids: dict[int, int] = {}
-
-    def both_seen() -> bool:
-        status = status_from_fresh_connection(server)
-        pids[status["process"]] = status["pid"]
-        return len(pids) == 2
-
-    wait_for(both_seen, what="both processes to answer")
+    # The server sees the cores and CPU quota this test does: on a machine of two
+    # cores, each process keeps to one of them, with every thread it started.
+    cores = process_cores(2)
+    expected = (
+        [{frozenset({c})} for c in cores] if cores else [{frozenset(os.sched_getaffinity(0))}] * 2
+    )
+    pids = pids_by_process(server)
+    assert [threads_cores(pids[i]) for i in (0, 1)] == expected
     os.kill(pids[1], signal.SIGKILL)
 
     def replaced() -> bool:
@@ -68,10 +89,14 @@ def test_a_process_that_dies_is_replaced(serve_dir, tmp_path: Path) -> None:
         except requests.ConnectionError:
             # Connections queued on the killed process are reset: that is the crash.
             return False
-        return s["process"] == 1 and s["pid"] != pids[1]
+        if s["process"] == 1 and s["pid"] != pids[1]:
+            pids[1] = s["pid"]
+            return True
+        return False
 
     wait_for(replaced, timeout=60, what="process 1 to be restarted")
     server.wait_ready()
+    assert threads_cores(pids[1]) == expected[1]  # the replacement keeps the same core
     r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
     assert "restarting" in server.log()
