@@ -25,7 +25,11 @@ import numpy as np
 from grpc import aio
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.grpc import dataplane_pb2 as pb
-from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
+from mlserver.grpc.converters import (
+    InferTensorContentsConverter,
+    ModelInferResponseConverter,
+    ParametersConverter,
+)
 from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from mlserver.grpc.interceptors import LoggingInterceptor, PromServerInterceptor
 from mlserver.grpc.model_repository import ModelRepositoryServicer
@@ -34,7 +38,7 @@ from mlserver.grpc.server import GRPCServer
 from mlserver.grpc.servicers import InferenceServicer
 from mlserver.grpc.utils import _grpc_status_code, to_metadata
 from mlserver.raw import unpack
-from mlserver.types import InferenceRequest, TensorData
+from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
 
 logger = logging.getLogger("modelyard.grpcpath")
@@ -53,33 +57,53 @@ RAW_DTYPES = {
 
 
 def request_from_pb(request: pb.ModelInferRequest) -> InferenceRequest:
-    """MLServer's converter, with raw numeric contents as numpy arrays over the bytes
-    (taken out of ``request``, which the server parsed for this call alone)."""
-    raw = list(request.raw_input_contents)
-    if raw:
-        request.ClearField("raw_input_contents")
-    payload = ModelInferRequestConverter.to_types(request)
-    remaining = iter(raw)
-    for tensor in payload.inputs if raw else ():
-        if tensor.data:  # sent in the typed contents fields, not as raw bytes
-            continue
-        content = next(remaining, None)
-        if content is None:
-            raise InferenceError(
-                f"input '{tensor.name}' has no contents: send its data in its contents or "
-                "as one of raw_input_contents, in the order of the inputs"
+    """MLServer's converter, built with ``model_construct`` as it does (without going
+    through pydantic's deprecated ``construct`` and its warning on every call), and
+    with raw numeric contents as numpy arrays over the bytes."""
+    raw = iter(request.raw_input_contents) if request.raw_input_contents else None
+    inputs = []
+    for tensor in request.inputs:
+        if raw is None or tensor.HasField("contents"):  # sent in the typed contents fields
+            data = InferTensorContentsConverter.to_types(tensor.contents)
+        else:
+            data = _raw_data(tensor, next(raw, None))
+        inputs.append(
+            RequestInput.model_construct(
+                name=tensor.name,
+                shape=list(tensor.shape),
+                datatype=tensor.datatype,
+                parameters=ParametersConverter.to_types(tensor.parameters),
+                data=data,
             )
-        dtype = RAW_DTYPES.get(tensor.datatype)
-        if dtype is None:  # BYTES: length-prefixed elements
-            tensor.data = TensorData(unpack(tensor, content))
-            continue
-        if len(content) % dtype.itemsize:
-            raise InferenceError(
-                f"input '{tensor.name}': {len(content)} raw bytes are not a whole number of "
-                f"{tensor.datatype} values ({dtype.itemsize} bytes each)"
+        )
+    payload = InferenceRequest.model_construct(
+        id=request.id, parameters=ParametersConverter.to_types(request.parameters), inputs=inputs
+    )
+    if request.outputs:
+        payload.outputs = [
+            RequestOutput.model_construct(
+                name=out.name, parameters=ParametersConverter.to_types(out.parameters)
             )
-        tensor.data = TensorData.model_construct(root=np.frombuffer(content, dtype))
+            for out in request.outputs
+        ]
     return payload
+
+
+def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, content: bytes | None) -> TensorData:
+    if content is None:
+        raise InferenceError(
+            f"input '{tensor.name}' has no contents: send its data in its contents or "
+            "as one of raw_input_contents, in the order of the inputs"
+        )
+    dtype = RAW_DTYPES.get(tensor.datatype)
+    if dtype is None:  # BYTES: length-prefixed elements
+        return TensorData(unpack(tensor, content))
+    if len(content) % dtype.itemsize:
+        raise InferenceError(
+            f"input '{tensor.name}': {len(content)} raw bytes are not a whole number of "
+            f"{tensor.datatype} values ({dtype.itemsize} bytes each)"
+        )
+    return TensorData.model_construct(root=np.frombuffer(content, dtype))
 
 
 class InferMetrics:

@@ -241,3 +241,23 @@ def test_bad_raw_grpc_contents_are_invalid_argument(
         request.raw_input_contents[:] = [np.array([[5.1, 3.5, 1.4, 0.2]], "<f8").tobytes()]
         answer = stub.ModelInfer(request, timeout=10)
         assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == [0]
+
+
+def test_grpc_typed_contents_and_requested_outputs(repo_server: ServerProcess) -> None:
+    """Inputs sent in the typed contents fields (as MLServer's own client and most
+    hand-written clients send them, rather than raw bytes) are read as they were sent,
+    with the outputs and parameters the request names."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="iris", id="typed-1")
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[2, 4])
+    tensor.contents.fp64_contents.extend([*IRIS_SETOSA[0], *IRIS_VIRGINICA[0]])
+    request.outputs.add(name="predict_proba")
+    with grpc.insecure_channel(repo_server.grpc_url) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert answer.id == "typed-1"
+    [output] = answer.outputs
+    assert (output.name, list(output.shape)) == ("predict_proba", [2, 3])
+    proba = np.array(output.contents.fp64_contents).reshape(2, 3)
+    assert proba.argmax(axis=1).tolist() == [0, 2]
