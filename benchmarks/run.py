@@ -115,6 +115,13 @@ def ratio(a: float, b: float) -> float:
 # MLServer's adaptive batching, measured against modelyard's default (off) with one
 # caller and with 16: up to 16 requests in one call, waiting 0.5 ms at most.
 BATCHING = {"max_batch_size": 16, "max_batch_time": 0.0005}
+# modelyard with one default switched off, on the 1-row scenarios: the rows that show
+# what that default is worth.
+VARIANTS = {
+    "batching": f"adaptive batching on ({BATCHING})",
+    "unpinned": "processes placed by the kernel (--no-pin)",
+}
+ONE_ROW = {(1, 1), (1, 16)}
 
 
 @part
@@ -126,7 +133,8 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
     for label, cls, extra, folder, only in (
         ("mlserver", PlainMLServer, (), models, None),
         ("modelyard", ServerProcess, ("--no-watch",), models, None),
-        ("batching", ServerProcess, ("--no-watch",), batched, {(1, 1), (1, 16)}),
+        ("batching", ServerProcess, ("--no-watch",), batched, ONE_ROW),
+        ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), models, ONE_ROW),
     ):
         server = cls(folder, tmp / f"{label}.log", extra_args=extra).start()
         try:
@@ -165,14 +173,16 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
 
         print(f"{s.label:34} {cell(base):>26} {cell(ours):>26} {row['ratio_rps']:5.2f}x"
               f" {row['ratio_p99']:8.2f}x")  # fmt: skip
-    print(f"\nadaptive batching ({BATCHING}) against modelyard's default, batching off:")
-    for row in rows:
-        on = results[row["scenario"]].get("batching")
-        if on is not None:
-            row["batching"] = on
-            row["batching_vs_off"] = ratio(on["rps"], row["modelyard"]["rps"])
-            print(f"  {row['scenario']:34} {on['rps']:7.0f} req/s, p99 {on['p99_ms']:5.1f} ms"
-                  f"  {row['batching_vs_off']:.2f}x of batching off")  # fmt: skip
+    for variant, what in VARIANTS.items():
+        print(f"\n{what}, against modelyard's defaults:")
+        for row in rows:
+            other = results[row["scenario"]].get(variant)
+            if other is not None:
+                row[variant] = other
+                row[f"{variant}_vs_default"] = ratio(other["rps"], row["modelyard"]["rps"])
+                print(f"  {row['scenario']:34} {other['rps']:7.0f} req/s, p99"
+                      f" {other['p99_ms']:5.1f} ms  {row[f'{variant}_vs_default']:.2f}x of the"
+                      " default")  # fmt: skip
     print("\n1,000-row requests, served rows/s by modelyard against in-process predict rows/s:")
     for row in rows:
         if "raw_rows_per_s" in row:
