@@ -9,6 +9,7 @@ served by the first. The supervisor restarts a process that dies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -123,7 +124,7 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
         env = {"OMP_NUM_THREADS": threads, **os.environ, INDEX_ENV: str(index),
                COUNT_ENV: str(count), PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
         # Set before exec, so every thread the process starts inherits it.
-        affinity = partial(os.sched_setaffinity, 0, {cores[index]}) if cores else None
+        affinity = partial(_keep_to, cores[index]) if cores else None
         return subprocess.Popen(
             [sys.executable, "-m", "modelyard", "serve", *child_args], env=env, preexec_fn=affinity
         )
@@ -168,6 +169,12 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
         return 0
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _keep_to(core: int) -> None:
+    # A core gone since the server started (hotplug, a changed cpuset): serve unpinned.
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {core})
 
 
 def _forget_process_metrics(metrics_dir: str, pid: int) -> None:

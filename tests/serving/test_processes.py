@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import requests
 
-from modelyard.processes import process_cores
+from modelyard.processes import _keep_to, process_cores
 from tests.serving.test_live_registry import SETOSA, wait_for, write_iris, write_slow
 from tests.support.server import ServerProcess
 
@@ -100,3 +103,13 @@ def test_a_process_that_dies_is_replaced(serve_dir, tmp_path: Path) -> None:
     r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
     assert "restarting" in server.log()
+
+
+def test_a_core_gone_since_start_leaves_the_process_unpinned() -> None:
+    """A restarted process whose core has gone (hotplug, a changed cpuset) still starts."""
+    gone = max(os.sched_getaffinity(0)) + 1000
+    shown = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+        preexec_fn=partial(_keep_to, gone), capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert shown.strip() == str(sorted(os.sched_getaffinity(0)))
