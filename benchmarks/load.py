@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from modelyard.folders import settings_dict  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# What a model folder may hold that neither server loads.
+NOT_MODEL_FILES = ("model.yaml", "README.md", "k8s", "predictions.db*", "__pycache__")
 
 
 @dataclass
@@ -58,8 +61,9 @@ class PlainMLServer(ServerProcess):
 
 
 def plain_model_dir(folders: list[Path], out: Path, **settings: object) -> Path:
-    """Each folder as a plain MLServer model-settings.json (artifacts by absolute path,
-    ``settings`` added), so both servers load exactly the same settings."""
+    """Each folder as a plain MLServer model-settings.json (``settings`` added), next to a
+    copy of the folder's files (the features query, the predictor...) and with the
+    artifact by absolute path, so both servers load exactly the same settings."""
     for folder in folders:
         _, data = settings_dict(folder)
         data.update(settings)
@@ -67,7 +71,7 @@ def plain_model_dir(folders: list[Path], out: Path, **settings: object) -> Path:
         if params.get("uri") and "://" not in params["uri"]:
             params["uri"] = str((folder / params["uri"]).resolve())
         target = out / folder.name
-        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(*NOT_MODEL_FILES))
         (target / "model-settings.json").write_text(json.dumps(data, indent=2))
     return out
 

@@ -56,10 +56,11 @@ class Scenario:
     input_name: str
     datatype: str
     array: np.ndarray
+    title: str = ""  # the label's name for the model, when not the model's own
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.rows}-row {self.protocol} c{self.concurrency}"
+        return f"{self.title or self.model} {self.rows}-row {self.protocol} c{self.concurrency}"
 
 
 def datasets() -> dict[str, tuple[np.ndarray, str]]:
@@ -71,6 +72,12 @@ def datasets() -> dict[str, tuple[np.ndarray, str]]:
     }
 
 
+# The customer-profile example online: each request names users by id and the model
+# reads their features from SQLite (examples/customer-profile/features.db) to answer.
+PROFILE = REPO / "examples/customer-profile"
+USERS = np.array([f"u{i:07d}" for i in range(1, 101)], dtype=object)
+
+
 def scenarios() -> list[Scenario]:
     out = []
     for model, (data, datatype) in datasets().items():
@@ -79,6 +86,20 @@ def scenarios() -> list[Scenario]:
                 out.append(
                     Scenario(model, rows, concurrency, protocol, "input-0", datatype, data[:rows])
                 )
+    for protocol in ("rest", "grpc"):
+        for concurrency in (1, 16):
+            out.append(
+                Scenario(
+                    "gender",
+                    1,
+                    concurrency,
+                    protocol,
+                    "user_id",
+                    "BYTES",
+                    USERS[:1],
+                    title="customer-profile",
+                )
+            )
     return out
 
 
@@ -126,7 +147,7 @@ ONE_ROW = {(1, 1), (1, 16)}
 
 @part
 def serving(args: argparse.Namespace, tmp: Path) -> dict:
-    folders = [REPO / "model-settings/iris", REPO / "model-settings/breast-cancer"]
+    folders = [REPO / "model-settings/iris", REPO / "model-settings/breast-cancer", PROFILE]
     models = plain_model_dir(folders, tmp / "models")
     batched = plain_model_dir(folders, tmp / "batched", **BATCHING)
     results: dict[str, dict[str, dict]] = {}
