@@ -212,6 +212,48 @@ def scorer(folder: Path, source: str, name: str = "scorer", **extra: Any) -> Pat
     )  # fmt: skip
 
 
+SLOW_SCORER = """
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class SlowScorer:
+    \"\"\"Scores a user by age, slowly, writing the size of each call it gets.\"\"\"
+
+    def load(self, artifacts_dir):
+        self.calls = Path(artifacts_dir) / "calls.log"
+
+    def predict(self, instances):
+        with self.calls.open("a") as f:
+            f.write(f"{len(instances)}\\n")
+        if (instances["age"] == 59).any():
+            raise ValueError("age 59 is refused")
+        time.sleep(0.3)
+        return instances["age"].to_numpy(dtype=float)
+
+    def postprocess(self, age):
+        return {"score": age, "band": np.where(age > 40, "high", "low")}
+"""
+
+
+def slow_scorer(folder: Path, name: str = "slow-scorer") -> Path:
+    """A features model over `profiles` in SQLite whose every call takes 0.3 s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fill_profiles(f"sqlite:///{folder}/features.db")
+    (folder / "features.sql").write_text(FEATURES_SQL)
+    return predictor_folder(
+        folder, name, SLOW_SCORER, "SlowScorer",
+        inputs=[{"name": "user_id", "datatype": "BYTES", "shape": [-1]}],
+        extra={
+            "features": {"sql": "features.sql", "source": "sqlite:///features.db",
+                         "key": "user_id"},
+            "predictions": {"columns": PREDICTIONS, "schedule": "0 3 * * *"},
+        },
+    )  # fmt: skip
+
+
 def expected_scores(ids: list[str]) -> list[float]:
     """What SumScorer answers for known ids, computed here without the runtime."""
     scaler = StandardScaler().fit(PROFILES[["age", "spend"]])

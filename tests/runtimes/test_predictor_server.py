@@ -8,6 +8,7 @@ keep answering.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def served(
     folders.faulty(models / "faulty")
     folders.fill_profiles(f"sqlite:///{models}/scorer-sqlite/features.db")
     folders.scorer(models / "scorer-sqlite", "sqlite:///features.db", name="scorer-sqlite")
+    folders.slow_scorer(models / "slow-scorer")
     folders.fill_profiles(postgres.create_database("features_served"))
     # The URL comes from the server's environment, as a secret would.
     folders.scorer(models / "scorer-pg", "${PROFILE_PG_URL}", name="scorer-pg")
@@ -135,6 +137,52 @@ def test_features_by_id_with_unknown_and_hostile_ids(client, model: str) -> None
     )
     assert np.isnan(scores[1:5]).all()
     assert texts(result, "band")[0] == "low"
+
+
+def slow_scores(server: ServerProcess, users: list[str]) -> list:
+    """Each user asked for at once, by a caller of its own: the answer or the error."""
+
+    def ask(user: str):
+        client = make_client("grpc", server)
+        try:
+            return infer(client, "slow-scorer", {"user_id": ids(user)})
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        return list(pool.map(ask, users))
+
+
+def test_requests_queued_behind_a_busy_model_share_its_next_call(
+    served: tuple[ServerProcess, Path],
+) -> None:
+    server, root = served
+    calls = root / "models" / "slow-scorer" / "calls.log"
+    calls.unlink(missing_ok=True)
+    users = [f"u{i:02d}" for i in range(10)]
+    results = slow_scores(server, users)
+    for user, result in zip(users, results, strict=True):
+        assert not isinstance(result, Exception), result
+        assert texts(result, "user_id") == [user]
+        assert result.as_numpy("score").ravel().tolist() == [20.0 + int(user[1:])]
+    # Each server process scored its first request alone and, in its next call,
+    # the requests that arrived meanwhile: fewer calls than requests, every row once.
+    sizes = [int(n) for n in calls.read_text().split()]
+    assert sum(sizes) == len(users) and len(sizes) < len(users), sizes
+
+
+def test_a_request_that_fails_fails_alone_when_scored_with_others(
+    served: tuple[ServerProcess, Path],
+) -> None:
+    server, _ = served
+    users = ["u01", "u02", "u39", "u03", "u04", "u05"]  # u39 is 59, which the model refuses
+    results = slow_scores(server, users)
+    for user, result in zip(users, results, strict=True):
+        if user == "u39":
+            assert isinstance(result, Exception) and "age 59 is refused" in str(result), result
+        else:
+            assert not isinstance(result, Exception), (user, result)
+            assert texts(result, "user_id") == [user]
 
 
 def test_features_outputs_can_be_chosen(client) -> None:
