@@ -10,6 +10,7 @@ version serving and records the error in its status.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import time
@@ -168,6 +169,20 @@ async def _drain_and_unload(single: SingleModelRegistry, model: MLModel) -> None
     while inflight(model) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     await _unload_quietly(single, model)
+    settle_heap()
+
+
+def settle_heap() -> None:
+    """Collect what loading or unloading models left behind, then keep what remains
+    (libraries and models: long-lived) out of Python's full garbage collections.
+
+    Scanned, those objects made each full collection pause requests for tens of
+    milliseconds: customer-profile's p99 at one caller was 5-54 ms over six runs, and
+    5-6 ms frozen. Unfreezing first lets the next collection free an unloaded model.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _unload_quietly(single: SingleModelRegistry, model: MLModel) -> None:
@@ -218,6 +233,7 @@ class Registry:
             *[self.sync_folder(Path(k)) for k in sorted(present | set(self.folders))]
         )
         self.synced = True
+        settle_heap()
 
     async def sync_folder(self, folder: Path) -> None:
         key = str(folder)
@@ -339,7 +355,11 @@ class Registry:
         # half-written fails validation and is looked at again once it settles.
         async for changes in awatch(self.root, stop_event=stop, debounce=200, step=50):
             for folder in sorted({f for _, p in changes if (f := self._folder_of(Path(p)))}):
-                self._spawn(self.sync_folder(folder))
+                self._spawn(self._sync_and_settle(folder))
+
+    async def _sync_and_settle(self, folder: Path) -> None:
+        await self.sync_folder(folder)
+        settle_heap()
 
     def _folder_of(self, path: Path) -> Path | None:
         """The top-level folder of ``root`` that ``path`` is in (hidden ones ignored)."""

@@ -366,3 +366,29 @@ def test_artifact_uri_placeholders_are_expanded(serve_dir, tmp_path: Path) -> No
     (models / "iris/model-settings.json").write_text(json.dumps(settings))
     server = serve_dir(models, "--processes", "1", IRIS_ARTIFACT="./model.joblib")
     assert iris_version(server) == "1"
+
+
+def test_settling_the_heap_frees_what_was_frozen_and_then_dropped() -> None:
+    """Models loaded are frozen out of full collections; once one is unloaded, the next
+    settle collects it (cycles included) instead of keeping it frozen for good."""
+    import gc
+    import weakref
+
+    from modelyard.registry import settle_heap
+
+    class Model:
+        pass
+
+    model = Model()
+    model.me = model  # type: ignore[attr-defined]  # a cycle: only a collection frees it
+    alive = weakref.ref(model)
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        del model
+        gc.collect()
+        assert alive() is not None  # frozen: full collections leave it alone
+        settle_heap()  # as after an unload
+        assert alive() is None
+    finally:
+        gc.unfreeze()
