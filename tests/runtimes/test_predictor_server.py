@@ -239,6 +239,7 @@ def test_refused_models_show_why_and_the_others_serve(
         assert answer.status_code != 200, answer.text
     ready = [n for n, m in by_name.items() if m["state"] == "ready"]
     assert sorted(ready) == [
-        "doubler", "faulty", "iris-pinned", "scorer-pg", "scorer-sqlite", "words",
+        "doubler", "faulty", "iris-pinned", "scorer-pg", "scorer-sqlite", "slow-scorer",
+        "words",
     ]  # fmt: skip
     assert_still_serving(client)
