@@ -153,8 +153,8 @@ class _DataPlane(DataPlane):
     ) -> InferenceResponse:
         # MLServer's DataPlane.infer, with the same metrics, context, middlewares and
         # response cache, in one frame: its two nested context managers and per-call
-        # label lookups cost about a quarter of a light model's request. A response
-        # that breaks the declared outputs counts as a failed request.
+        # label lookups were a fifth of the data plane's own time on a one-row request.
+        # A response that breaks the declared outputs counts as a failed request.
         cache_key = payload.model_dump_json() if self._response_cache is not None else None
         counters = self._model_counters(name, version)
         start = time.perf_counter()
@@ -201,7 +201,7 @@ class _DataPlane(DataPlane):
     ) -> AsyncIterator[MLModel]:
         # Streams (infer_stream) still go through MLServer's context manager.
         async with super()._infer_contextmanager(name, version) as model:
-            with _InFlight(model, metrics.IN_FLIGHT.labels(model=name)):
+            with _InFlight(model, self._model_counters(name, version).in_flight):
                 yield model
 
 
