@@ -8,6 +8,7 @@ Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,regi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
+from modelyard.xgbdirect import predict_directly
 from tests.support.server import REPO, ServerProcess
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {}
@@ -112,7 +114,17 @@ def measure(server: ServerProcess, s: Scenario, duration: float) -> Load:
     return h2load_grpc(server.grpc_url, body, s.concurrency, duration, metrics)
 
 
-def raw_rows_per_s(model: str, data: np.ndarray, seconds: float = 2.0) -> float:
+def calls_per_s(call: Callable[[], object], seconds: float = 2.0) -> float:
+    for _ in range(5):
+        call()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def raw_rows_per_s(model: str, data: np.ndarray) -> float:
     """In-process `predict` on the same 1,000 rows: the limit for serving that model."""
     if model == "iris":
         predict = joblib.load(REPO / "model-settings/iris/model.joblib").predict
@@ -120,13 +132,29 @@ def raw_rows_per_s(model: str, data: np.ndarray, seconds: float = 2.0) -> float:
         booster = xgb.XGBClassifier()
         booster.load_model(REPO / "model-settings/breast-cancer/model.ubj")
         predict = booster.predict
-    for _ in range(5):
-        predict(data)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        predict(data)
-        calls += 1
-    return calls * len(data) / (time.perf_counter() - start)
+    return calls_per_s(lambda: predict(data)) * len(data)
+
+
+def xgboost_direct() -> dict:
+    """One-row predictions of the XGBoost model in process, as MLServer's XGBoost
+    runtime makes them: through XGBoost's scikit-learn wrapper, and through the booster
+    directly as modelyard serves them (modelyard.xgbdirect)."""
+    from mlserver.settings import ModelParameters, ModelSettings
+    from mlserver_xgboost import XGBoostModel
+
+    settings = ModelSettings(
+        name="breast-cancer",
+        implementation=XGBoostModel,
+        parameters=ModelParameters(uri=str(REPO / "model-settings/breast-cancer/model.ubj")),
+    )
+    model = XGBoostModel(settings)
+    asyncio.run(model.load())
+    estimator, row = model._model, datasets()["breast-cancer"][0][:1]
+    wrapper = calls_per_s(lambda: type(estimator).predict(estimator, row))
+    if not predict_directly(model):
+        raise RuntimeError("breast-cancer: the direct predictions did not agree at load")
+    direct = calls_per_s(lambda: estimator.predict(row))
+    return {"wrapper_us": 1e6 / wrapper, "direct_us": 1e6 / direct, "speedup": direct / wrapper}
 
 
 def ratio(a: float, b: float) -> float:
@@ -204,12 +232,16 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
                 print(f"  {row['scenario']:34} {other['rps']:7.0f} req/s, p99"
                       f" {other['p99_ms']:5.1f} ms  {row[f'{variant}_vs_default']:.2f}x of the"
                       " default")  # fmt: skip
+    direct = xgboost_direct()
+    print(f"\nbreast-cancer (XGBoost) 1-row predict in process: {direct['wrapper_us']:.0f} us"
+          f" through the scikit-learn wrapper, {direct['direct_us']:.0f} us through the booster"
+          f" directly (modelyard's default), {direct['speedup']:.2f}x")  # fmt: skip
     print("\n1,000-row requests, served rows/s by modelyard against in-process predict rows/s:")
     for row in rows:
         if "raw_rows_per_s" in row:
             print(f"  {row['scenario']:34} {row['served_rows_per_s']:12,.0f} rows/s served"
                   f" {row['raw_rows_per_s']:12,.0f} raw  {row['served_vs_raw']:.2f}x")  # fmt: skip
-    return {"rows": rows}
+    return {"rows": rows, "xgboost_direct": direct}
 
 
 @part

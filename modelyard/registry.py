@@ -33,6 +33,7 @@ from modelyard.companions import companions
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
+from modelyard.xgbdirect import predict_directly
 
 logger = logging.getLogger("modelyard.registry")
 
@@ -131,6 +132,8 @@ class SwappingModelRegistry(MultiModelRegistry):
                     new_model = await callback(new_model)
                 await asyncio.to_thread(verify_settings, new_settings)
                 new_model.ready = await new_model.load()
+                if new_model.ready:
+                    predict_directly(new_model)
                 if warmup is not None:
                     await new_model.predict(warmup)
             except BaseException:

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import requests
+import xgboost as xgb
 from sklearn.datasets import load_breast_cancer
 
 from tests.support.clients import Client, expect_error, ids, infer, make_client, texts
-from tests.support.server import ServerProcess
+from tests.support.server import REPO, ServerProcess
 
 IRIS_SETOSA = [[5.1, 3.5, 1.4, 0.2]]
 IRIS_VIRGINICA = [[6.7, 3.0, 5.2, 2.3]]
@@ -63,6 +64,22 @@ def test_breast_cancer_xgboost_matches_labels(client: Client) -> None:
     ).as_numpy("predict_proba")
     assert proba.shape == (2, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_breast_cancer_answers_are_xgboost_own(client: Client, repo_server: ServerProcess) -> None:
+    # The server predicts through the booster directly; every answer is still exactly
+    # what XGBoost's scikit-learn wrapper gives, one row at a time and all at once.
+    assert "'breast-cancer': predicting through the XGBoost booster directly" in repo_server.log()
+    estimator = xgb.XGBClassifier()
+    estimator.load_model(REPO / "model-settings/breast-cancer/model.ubj")
+    x = load_breast_cancer().data.astype(np.float32)
+    served = infer(
+        client, "breast-cancer", {"input-0": (x, "FP32")}, outputs=["predict", "predict_proba"]
+    )
+    np.testing.assert_array_equal(served.as_numpy("predict").ravel(), estimator.predict(x))
+    np.testing.assert_array_equal(served.as_numpy("predict_proba"), estimator.predict_proba(x))
+    one = infer(client, "breast-cancer", {"input-0": (x[7:8], "FP32")}).as_numpy("predict")
+    assert one.ravel().tolist() == estimator.predict(x[7:8]).tolist()
 
 
 def sentiment(client: Client, name: str, *sentences: str) -> list[dict]:
