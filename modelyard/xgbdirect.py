@@ -67,12 +67,16 @@ class _Direct:
             return self._cls.predict_proba(self._estimator, x, **kwargs)
         return self._proba(self._estimator.n_classes_, self._values(x), np.vstack)
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The estimator's methods answered here."""
+        return ("predict", "predict_proba") if self._classifier else ("predict",)
+
     def agrees(self) -> bool:
         """The wrapper's answers and ours, equal in value, type and shape on a probe."""
         width = self._booster.num_features()
         probe = np.linspace(-3.0, 3.0, 5 * width, dtype=np.float32).reshape(5, width)
-        methods = ["predict", "predict_proba"] if self._classifier else ["predict"]
-        for method in methods:
+        for method in self.methods:
             try:
                 theirs = getattr(self._cls, method)(self._estimator, probe)
             except Exception:  # e.g. predict_proba of a multi:softmax model: theirs serves
@@ -106,8 +110,7 @@ def predict_directly(model: MLModel) -> bool:
         logger.info("model '%s': predicting through the wrapper (direct answers differ)",
                     model.name)  # fmt: skip
         return False
-    estimator.predict = direct.predict
-    if direct._classifier:
-        estimator.predict_proba = direct.predict_proba
+    for method in direct.methods:
+        setattr(estimator, method, getattr(direct, method))
     logger.info("model '%s': predicting through the XGBoost booster directly", model.name)
     return True

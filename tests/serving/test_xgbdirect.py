@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,8 +118,6 @@ async def test_models_it_does_not_know_keep_their_own_predict(tmp_path: Path) ->
     )
     assert not predict_directly(linear)
     assert "predict" not in vars(linear._model)
-
-    import joblib
 
     joblib.dump(LogisticRegression(max_iter=500).fit(*IRIS), tmp_path / "model.joblib")
     settings = ModelSettings(
