@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FRONT := $(BIN)/modelyard-grpc-front
 HOST ?= 127.0.0.1
 
 MODELS := model-settings/iris/model.joblib \
@@ -15,10 +16,11 @@ MODELS := model-settings/iris/model.joblib \
 .PHONY: serve test lint format bench generate models install clean
 .PHONY: kube kube-binaries postgres-server promtool
 
-serve: models
+serve: models $(FRONT)
 	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
 
 test: models
+test: $(FRONT)
 test: kube-binaries
 test: postgres-server
 test: promtool
@@ -42,6 +44,14 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 is the CPU build; pip finds it where the machine keeps it.
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# The gRPC front end (front/, Go), built from Debian's Go and gRPC packages (no module
+# download), next to the virtualenv's python, where `modelyard serve` finds it.
+$(FRONT): front/main.go $(STAMP)
+	@{ command -v go >/dev/null && test -d /usr/share/gocode/src/google.golang.org/grpc; } || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends golang-go golang-google-grpc-dev; }
+	cd front && GO111MODULE=off GOPATH=/usr/share/gocode go build -o $(CURDIR)/$@ .
 
 # Files made from the declaration schema; a test fails when they drift from it.
 generate: $(STAMP)
@@ -69,7 +79,7 @@ clean:
 	rm -f examples/customer-profile/features.db examples/customer-profile/preprocess.pkl
 
 # Benchmarks (not part of `make test`): modelyard against plain `mlserver start`.
-bench: models
+bench: models $(FRONT)
 	command -v wrk >/dev/null && command -v h2load >/dev/null || apt-get install -y -q wrk nghttp2-client
 	$(BIN)/python -m benchmarks.run
 

@@ -15,10 +15,11 @@ numpy codec then packs into an array again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -40,6 +41,9 @@ from mlserver.grpc.utils import _grpc_status_code, to_metadata
 from mlserver.raw import unpack
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
+
+if TYPE_CHECKING:
+    from modelyard.grpcfront import GRPCFront
 
 logger = logging.getLogger("modelyard.grpcpath")
 
@@ -126,40 +130,60 @@ class InferMetrics:
         self.seconds.observe(seconds)
 
 
+class Answer(NamedTuple):
+    """One ModelInfer call's outcome: a response, or a status code and its message."""
+
+    code: grpc.StatusCode
+    message: str
+    response: pb.ModelInferResponse | None
+    trailing: tuple[tuple[str, str], ...]
+
+
 class FastInferenceServicer(InferenceServicer):
     metrics: InferMetrics | None = None
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: aio.ServicerContext
-    ) -> pb.ModelInferResponse:
+    async def answer(
+        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str]]
+    ) -> Answer:
+        """ModelInfer for any transport: this server's, or the Go front end's socket."""
         start = time.perf_counter()
         if self.metrics is not None:
             self.metrics.started.inc()
         code = grpc.StatusCode.OK
         try:
-            use_raw = bool(request.raw_input_contents)
             payload = request_from_pb(request)
-            metadata = context.invocation_metadata()
-            if metadata:
-                insert_headers(payload, {m.key: m.value for m in metadata})
+            headers = dict(metadata)
+            if headers:
+                insert_headers(payload, headers)
             result = await self._data_plane.infer(
                 payload=payload, name=request.model_name, version=request.model_version
             )
-            headers = extract_headers(result)
-            if headers:
-                context.set_trailing_metadata(to_metadata(headers))
-            return ModelInferResponseConverter.from_types(result, use_raw=use_raw)
+            trailing = extract_headers(result)
+            response = ModelInferResponseConverter.from_types(
+                result, use_raw=bool(request.raw_input_contents)
+            )
+            return Answer(code, "", response, to_metadata(trailing) if trailing else ())
         except MLServerError as e:
             code = _grpc_status_code(e)
-            await context.abort(code=code, details=str(e))
+            return Answer(code, str(e), None, ())
         except Exception as e:
             logger.exception("model '%s': inference failed", request.model_name)
             code = grpc.StatusCode.INTERNAL
-            await context.abort(code=code, details=f"{type(e).__name__}: {e}")
+            return Answer(code, f"{type(e).__name__}: {e}", None, ())
         finally:
             if self.metrics is not None:
                 self.metrics.handled(code, time.perf_counter() - start)
-        raise AssertionError("unreachable: context.abort raises")
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        answer = await self.answer(request, context.invocation_metadata() or ())
+        if answer.trailing:
+            context.set_trailing_metadata(answer.trailing)
+        if answer.response is None:
+            await context.abort(code=answer.code, details=answer.message)
+            raise AssertionError("unreachable: context.abort raises")
+        return answer.response
 
 
 class _AllButModelInfer(aio.ServerInterceptor):
@@ -179,7 +203,10 @@ class _AllButModelInfer(aio.ServerInterceptor):
 
 
 class FastGRPCServer(GRPCServer):
-    """MLServer's gRPC server with `FastInferenceServicer` (same options and services)."""
+    """MLServer's gRPC server with `FastInferenceServicer` (same options and services),
+    on the gRPC port or, behind the Go front end (`front`), on a Unix socket."""
+
+    front: GRPCFront | None = None
 
     def _create_server(self) -> aio.Server:
         servicer = FastInferenceServicer(self._data_plane, self._model_repository_handlers)
@@ -195,5 +222,22 @@ class FastGRPCServer(GRPCServer):
         self._server = aio.server(interceptors=self._interceptors, options=self._get_options())
         add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         add_ModelRepositoryServiceServicer_to_server(self._model_repository_servicer, self._server)
-        self._server.add_insecure_port(f"{self._settings.host}:{self._settings.grpc_port}")
+        listen = f"{self._settings.host}:{self._settings.grpc_port}"
+        self._server.add_insecure_port(self.front.backend_address if self.front else listen)
         return self._server
+
+    async def start(self) -> None:
+        if self.front is None:
+            return await super().start()
+        # Started before gRPC's own threads, whose fork handlers would log a warning.
+        await self.front.start(lambda: self._inference_servicer)
+        self._create_server()
+        await self._server.start()
+        await self.front.open()
+        await asyncio.gather(self._server.wait_for_termination(), self.front.supervise())
+
+    async def stop(self, sig: int | None = None) -> None:
+        if self.front is not None:  # the port first: no new call reaches a closing server
+            await self.front.stop()
+        if hasattr(self, "_server"):  # not when stopped while it started
+            await super().stop(sig)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +29,9 @@ logger = logging.getLogger("modelyard.processes")
 INDEX_ENV = "MODELYARD_PROCESS_INDEX"
 COUNT_ENV = "MODELYARD_PROCESSES"
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set when each process keeps to one core: all of them, for the helpers it starts
+# (the gRPC front end) that serve it from any core.
+CORES_ENV = "MODELYARD_CORES"
 # Light models answer fastest with one process per core; beyond this many the
 # memory of one copy of every model per process outweighs the gain.
 MAX_AUTO_PROCESSES = 4
@@ -123,6 +127,8 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
     def start(index: int) -> subprocess.Popen:
         env = {"OMP_NUM_THREADS": threads, **os.environ, INDEX_ENV: str(index),
                COUNT_ENV: str(count), PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
+        if cores:
+            env[CORES_ENV] = ",".join(map(str, cores))
         # Set before exec, so every thread the process starts inherits it.
         affinity = partial(_keep_to, cores[index]) if cores else None
         return subprocess.Popen(
@@ -171,10 +177,17 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _keep_to(core: int) -> None:
+def _keep_to(*cores: int) -> None:
     # A core gone since the server started (hotplug, a changed cpuset): serve unpinned.
     with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, cores)
+
+
+def unpinned() -> Callable[[], None] | None:
+    """For a helper process started by a server process kept to one core: run it on
+    all the server's cores instead (before it starts, so all its threads do)."""
+    cores = os.environ.get(CORES_ENV)
+    return partial(_keep_to, *map(int, cores.split(","))) if cores else None
 
 
 def _forget_process_metrics(metrics_dir: str, pid: int) -> None:

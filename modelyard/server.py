@@ -33,6 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from modelyard import __version__, metrics
 from modelyard.fastpath import FastInfer
+from modelyard.grpcfront import GRPCFront, front_binary
 from modelyard.grpcpath import FastGRPCServer
 from modelyard.processes import (
     PROMETHEUS_DIR_ENV,
@@ -231,6 +232,10 @@ class ModelyardServer(MLServer):
         self._data_plane._counters = {}
         super()._create_servers()
         self._grpc_server.__class__ = FastGRPCServer
+        binary = front_binary()
+        if binary is not None:
+            listen = f"{self.opts.host}:{self.opts.grpc_port}"
+            self._grpc_server.front = GRPCFront(binary, listen, self.opts.max_message_bytes)
         app = self._rest_server._app
         app.add_api_route(STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse)
         self._rest_server._app = FastInfer(app, self._data_plane, self.opts.max_message_bytes)

@@ -1,0 +1,301 @@
+// modelyard-grpc-front answers V2 gRPC for one `modelyard serve` process.
+//
+// Python's gRPC server spends more time per call than a light model's prediction
+// takes. This front end does the HTTP/2 and gRPC work in Go and hands each ModelInfer
+// request, as its protobuf bytes, to the Python process over a Unix socket (the
+// "infer" socket); the reply comes back the same way. Every other method (metadata,
+// readiness, the model repository, streams) is proxied unchanged to the process's own
+// gRPC server on a second Unix socket, so one port serves the whole V2 API.
+//
+// Infer socket frames, little-endian:
+//
+//	request: u32 length | u32 metadata length | metadata | ModelInferRequest bytes
+//	reply:   u32 length | u8 gRPC code | u32 metadata length | trailing metadata |
+//	         ModelInferResponse bytes (code 0) or the error's message
+//	metadata: repeated (u16 key length | key | u32 value length | value)
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+const modelInfer = "/inference.GRPCInferenceService/ModelInfer"
+
+// rawCodec passes messages through as bytes: the front end never decodes them.
+// Registered as "proto", it serves both the listener and the proxy's client.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v interface{}) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v interface{}) error {
+	*(v.(*[]byte)) = data
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// inferConn is one Unix connection to the process, carrying one call at a time.
+type inferConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+type front struct {
+	inferPath string
+	idle      chan *inferConn
+	backend   *grpc.ClientConn
+}
+
+func (f *front) take() (*inferConn, error) {
+	select {
+	case c := <-f.idle:
+		return c, nil
+	default:
+		conn, err := net.Dial("unix", f.inferPath)
+		if err != nil {
+			return nil, err
+		}
+		return &inferConn{conn, bufio.NewReaderSize(conn, 64*1024)}, nil
+	}
+}
+
+func (f *front) give(c *inferConn) {
+	select {
+	case f.idle <- c:
+	default: // more idle connections than calls in flight recently
+		c.conn.Close()
+	}
+}
+
+func appendMetadata(buf []byte, md metadata.MD) []byte {
+	for key, values := range md {
+		if strings.HasPrefix(key, ":") {
+			continue
+		}
+		for _, v := range values {
+			buf = binary.LittleEndian.AppendUint16(buf, uint16(len(key)))
+			buf = append(buf, key...)
+			buf = binary.LittleEndian.AppendUint32(buf, uint32(len(v)))
+			buf = append(buf, v...)
+		}
+	}
+	return buf
+}
+
+func parseMetadata(b []byte) (metadata.MD, error) {
+	md := metadata.MD{}
+	for len(b) > 0 {
+		if len(b) < 2 {
+			return nil, errors.New("truncated metadata")
+		}
+		kl := int(binary.LittleEndian.Uint16(b))
+		if len(b) < 2+kl+4 {
+			return nil, errors.New("truncated metadata")
+		}
+		key := string(b[2 : 2+kl])
+		vl := int(binary.LittleEndian.Uint32(b[2+kl:]))
+		b = b[2+kl+4:]
+		if len(b) < vl {
+			return nil, errors.New("truncated metadata")
+		}
+		md.Append(key, string(b[:vl]))
+		b = b[vl:]
+	}
+	return md, nil
+}
+
+// call hands one request to the process and reads its reply.
+func (f *front) call(md metadata.MD, request []byte) (byte, metadata.MD, []byte, error) {
+	c, err := f.take()
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	frame := make([]byte, 8, 8+len(request)+256)
+	frame = appendMetadata(frame, md)
+	binary.LittleEndian.PutUint32(frame[4:], uint32(len(frame)-8))
+	frame = append(frame, request...)
+	binary.LittleEndian.PutUint32(frame, uint32(len(frame)-4))
+	if _, err := c.conn.Write(frame); err != nil {
+		c.conn.Close()
+		return 0, nil, nil, err
+	}
+	var head [9]byte
+	if _, err := io.ReadFull(c.r, head[:]); err != nil {
+		c.conn.Close()
+		return 0, nil, nil, err
+	}
+	reply := make([]byte, binary.LittleEndian.Uint32(head[:4])-5)
+	if _, err := io.ReadFull(c.r, reply); err != nil {
+		c.conn.Close()
+		return 0, nil, nil, err
+	}
+	f.give(c)
+	mdLen := binary.LittleEndian.Uint32(head[5:])
+	if int(mdLen) > len(reply) {
+		return 0, nil, nil, errors.New("reply metadata longer than the reply")
+	}
+	trailer, err := parseMetadata(reply[:mdLen])
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	return head[4], trailer, reply[mdLen:], nil
+}
+
+func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(stream)
+	if method != modelInfer {
+		return f.proxy(method, stream)
+	}
+	var request []byte
+	if err := stream.RecvMsg(&request); err != nil {
+		return err
+	}
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	code, trailer, body, err := f.call(md, request)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "modelyard: the server process did not answer: %v", err)
+	}
+	stream.SetTrailer(trailer)
+	if code != 0 {
+		return status.Error(codes.Code(code), string(body))
+	}
+	return stream.SendMsg(&body)
+}
+
+// proxy relays any other call, streams included, to the process's gRPC server.
+func (f *front) proxy(method string, stream grpc.ServerStream) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	out := metadata.MD{}
+	for key, values := range md {
+		if !strings.HasPrefix(key, ":") {
+			out[key] = values
+		}
+	}
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(stream.Context(), out))
+	defer cancel()
+	desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+	client, err := f.backend.NewStream(ctx, desc, method)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			var msg []byte
+			if err := stream.RecvMsg(&msg); err != nil {
+				if err == io.EOF {
+					client.CloseSend()
+				} else {
+					cancel()
+				}
+				return
+			}
+			if err := client.SendMsg(&msg); err != nil {
+				return
+			}
+		}
+	}()
+	header, err := client.Header()
+	if err == nil {
+		stream.SendHeader(header)
+	}
+	for {
+		var msg []byte
+		if err := client.RecvMsg(&msg); err != nil {
+			stream.SetTrailer(client.Trailer())
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		if err := stream.SendMsg(&msg); err != nil {
+			return err
+		}
+	}
+}
+
+func listen(address string) (net.Listener, error) {
+	// Several server processes share the port; the kernel spreads connections.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var opErr error
+		err := c.Control(func(fd uintptr) {
+			opErr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return opErr
+	}}
+	return lc.Listen(context.Background(), "tcp", address)
+}
+
+func main() {
+	address := flag.String("listen", "127.0.0.1:8081", "address the gRPC port listens on")
+	inferPath := flag.String("infer", "", "Unix socket of the process's ModelInfer handler")
+	backendPath := flag.String("backend", "", "Unix socket of the process's gRPC server")
+	maxBytes := flag.Int("max-message-bytes", 64<<20, "largest request or response")
+	flag.Parse()
+	log.SetPrefix("modelyard-grpc-front: ")
+	if *inferPath == "" || *backendPath == "" {
+		log.Fatal("--infer and --backend name the process's Unix sockets")
+	}
+	encoding.RegisterCodec(rawCodec{})
+	// The process that started this one says when its sockets are up: a line on stdin.
+	stdin := bufio.NewReader(os.Stdin)
+	if _, err := stdin.ReadString('\n'); err != nil {
+		return
+	}
+	backend, err := grpc.Dial("unix://"+*backendPath, grpc.WithInsecure(),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true),
+			grpc.MaxCallRecvMsgSize(*maxBytes), grpc.MaxCallSendMsgSize(*maxBytes)))
+	if err != nil {
+		log.Fatal(err)
+	}
+	f := &front{inferPath: *inferPath, idle: make(chan *inferConn, 256), backend: backend}
+	lis, err := listen(*address)
+	if err != nil {
+		log.Fatalf("cannot listen on %s: %v", *address, err)
+	}
+	server := grpc.NewServer(
+		grpc.UnknownServiceHandler(f.handle),
+		grpc.MaxRecvMsgSize(*maxBytes),
+		grpc.MaxSendMsgSize(*maxBytes),
+	)
+	stop := func() {
+		done := make(chan struct{})
+		go func() { server.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			server.Stop()
+		}
+		os.Exit(0)
+	}
+	// Its lifetime is that of the process that started it, which holds its stdin and
+	// closes it to stop it. A Ctrl-C or SIGTERM sent to the whole process group must
+	// not close the port while that process still drains its calls.
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		io.Copy(io.Discard, stdin)
+		stop()
+	}()
+	// The process that started this one waits for this line.
+	fmt.Printf("listening on %s\n", lis.Addr())
+	log.Fatal(server.Serve(lis))
+}
