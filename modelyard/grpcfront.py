@@ -127,8 +127,15 @@ class InferSocket(asyncio.Protocol):
             )
         else:
             answer = await self.servicer.answer(request, metadata)
+        try:
+            reply = reply_frame(answer)
+        except Exception as e:  # a reply that cannot be framed still gets an answer
+            logger.exception("model '%s': the reply could not be sent", request.model_name)
+            reply = reply_frame(
+                Answer(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}", None, ())
+            )
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(reply_frame(answer))
+            self.transport.write(reply)
 
 
 class GRPCFront:
