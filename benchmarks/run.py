@@ -169,8 +169,16 @@ BATCHING = {"max_batch_size": 16, "max_batch_time": 0.0005}
 VARIANTS = {
     "batching": f"adaptive batching on ({BATCHING})",
     "unpinned": "processes placed by the kernel (--no-pin)",
+    "python_grpc": "gRPC served by MLServer's gRPC server, without the Go front end",
 }
-ONE_ROW = {(1, 1), (1, 16)}
+
+
+def one_row(s: Scenario) -> bool:
+    return s.rows == 1 and s.concurrency in (1, 16)
+
+
+def one_row_grpc(s: Scenario) -> bool:
+    return one_row(s) and s.protocol == "grpc"
 
 
 @part
@@ -179,17 +187,19 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
     models = plain_model_dir(folders, tmp / "models")
     batched = plain_model_dir(folders, tmp / "batched", **BATCHING)
     results: dict[str, dict[str, dict]] = {}
-    for label, cls, extra, folder, only in (
-        ("mlserver", PlainMLServer, (), models, None),
-        ("modelyard", ServerProcess, ("--no-watch",), models, None),
-        ("batching", ServerProcess, ("--no-watch",), batched, ONE_ROW),
-        ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), models, ONE_ROW),
+    no_front = {"MODELYARD_GRPC_FRONT": "off"}
+    for label, cls, extra, env, folder, only in (
+        ("mlserver", PlainMLServer, (), {}, models, None),
+        ("modelyard", ServerProcess, ("--no-watch",), {}, models, None),
+        ("batching", ServerProcess, ("--no-watch",), {}, batched, one_row),
+        ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), {}, models, one_row),
+        ("python_grpc", ServerProcess, ("--no-watch",), no_front, models, one_row_grpc),
     ):
-        server = cls(folder, tmp / f"{label}.log", extra_args=extra).start()
+        server = cls(folder, tmp / f"{label}.log", extra_args=extra, env=env).start()
         try:
             server.wait_ready()
             for s in scenarios():
-                if only is not None and (s.rows, s.concurrency) not in only:
+                if only is not None and not only(s):
                     continue
                 # Warm up connections, caches and the model before measuring.
                 measure(server, s, 1.0)
