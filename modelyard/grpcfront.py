@@ -50,7 +50,7 @@ def front_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _pack_metadata(pairs: tuple[tuple[str, str], ...]) -> bytes:
+def _pack_metadata(pairs: tuple[tuple[str, str | bytes], ...]) -> bytes:
     out = bytearray()
     for key, value in pairs:
         k, v = key.encode(), value.encode() if isinstance(value, str) else value
@@ -58,7 +58,7 @@ def _pack_metadata(pairs: tuple[tuple[str, str], ...]) -> bytes:
     return bytes(out)
 
 
-def _unpack_metadata(data: memoryview) -> list[tuple[str, str]]:
+def _unpack_metadata(data: memoryview) -> list[tuple[str, str | bytes]]:
     pairs, at = [], 0
     while at < len(data):
         klen = int.from_bytes(data[at : at + 2], "little")
@@ -130,7 +130,7 @@ class InferSocket(asyncio.Protocol):
         try:
             reply = reply_frame(answer)
         except Exception as e:  # a reply that cannot be framed still gets an answer
-            logger.exception("model '%s': the reply could not be sent", request.model_name)
+            logger.exception("a ModelInfer reply could not be framed")
             reply = reply_frame(
                 Answer(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}", None, ())
             )
@@ -145,12 +145,20 @@ class GRPCFront:
         self.binary = binary
         self.listen = listen
         self.max_message_bytes = max_message_bytes
-        self.directory = Path(tempfile.mkdtemp(prefix="modelyard-grpc-"))
-        self.infer_path = self.directory / "infer.sock"
-        self.backend_path = self.directory / "grpc.sock"
+        self.directory: Path | None = None  # made by `start`, removed by `stop`
         self._server: asyncio.AbstractServer | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
+
+    @property
+    def infer_path(self) -> Path:
+        assert self.directory is not None, "started"
+        return self.directory / "infer.sock"
+
+    @property
+    def backend_path(self) -> Path:
+        assert self.directory is not None, "started"
+        return self.directory / "grpc.sock"
 
     @property
     def backend_address(self) -> str:
@@ -160,6 +168,7 @@ class GRPCFront:
     async def start(self, servicer: Callable[[], FastInferenceServicer]) -> None:
         """Listen on the infer socket (with the servicer of the moment: the gRPC server
         makes its own when it starts) and start the front end, which waits for `open`."""
+        self.directory = Path(tempfile.mkdtemp(prefix="modelyard-grpc-"))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
             lambda: InferSocket(servicer()), str(self.infer_path)
@@ -219,4 +228,5 @@ class GRPCFront:
                 self._process.kill()
         if self._server is not None:
             self._server.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -136,14 +136,14 @@ class Answer(NamedTuple):
     code: grpc.StatusCode
     message: str
     response: pb.ModelInferResponse | None
-    trailing: tuple[tuple[str, str], ...]
+    trailing: tuple[tuple[str, str | bytes], ...]
 
 
 class FastInferenceServicer(InferenceServicer):
     metrics: InferMetrics | None = None
 
     async def answer(
-        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str]]
+        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str | bytes]]
     ) -> Answer:
         """ModelInfer for any transport: this server's, or the Go front end's socket."""
         start = time.perf_counter()

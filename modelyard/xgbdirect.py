@@ -37,6 +37,9 @@ class _Direct:
         self._range = estimator._get_iteration_range(None)
         self._missing = estimator.missing
         self._classifier = isinstance(estimator, xgb.XGBClassifier)
+        # Fixed at load, like the arguments: the wrapper's decision rule for this model.
+        self._softmax = estimator.objective == "multi:softmax"
+        self._n_classes = getattr(estimator, "n_classes_", 0)
         self._proba = _cls_predict_proba
 
     def _values(self, x: np.ndarray) -> np.ndarray:
@@ -50,22 +53,22 @@ class _Direct:
         values = self._values(x)
         if not self._classifier:
             return values
-        if values.ndim > 1 and self._estimator.n_classes_ != 2:  # class probabilities
+        if values.ndim > 1 and self._n_classes != 2:  # class probabilities
             return np.argmax(values, axis=1)
         if values.ndim > 1 and values.shape[1] != 1:  # multi-label
             labels = np.zeros(values.shape)
             labels[values > 0.5] = 1
             return labels
-        if self._estimator.objective == "multi:softmax":  # the booster gives classes
+        if self._softmax:  # the booster gives classes
             return values.astype(np.int32)
         labels = np.repeat(0, values.shape[0])
         labels[values > 0.5] = 1
         return labels
 
     def predict_proba(self, x: Any, **kwargs: Any) -> Any:
-        if kwargs or not isinstance(x, np.ndarray) or self._estimator.objective == "multi:softmax":
+        if kwargs or not isinstance(x, np.ndarray) or self._softmax:
             return self._cls.predict_proba(self._estimator, x, **kwargs)
-        return self._proba(self._estimator.n_classes_, self._values(x), np.vstack)
+        return self._proba(self._n_classes, self._values(x), np.vstack)
 
     @property
     def methods(self) -> tuple[str, ...]:
