@@ -38,7 +38,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
-from modelyard.xgbdirect import predict_directly
+from modelyard.direct import DIRECT_ENV, predict_directly
 from tests.support.server import REPO, ServerProcess
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {}
@@ -135,26 +135,33 @@ def raw_rows_per_s(model: str, data: np.ndarray) -> float:
     return calls_per_s(lambda: predict(data)) * len(data)
 
 
-def xgboost_direct() -> dict:
-    """One-row predictions of the XGBoost model in process, as MLServer's XGBoost
-    runtime makes them: through XGBoost's scikit-learn wrapper, and through the booster
-    directly as modelyard serves them (modelyard.xgbdirect)."""
-    from mlserver.settings import ModelParameters, ModelSettings
+def direct_predict() -> dict[str, dict]:
+    """One-row predictions of each model in process, as MLServer's runtime makes them:
+    through the library's own ``predict``, and directly as modelyard serves them
+    (modelyard.direct)."""
+    from mlserver_sklearn import SKLearnModel
     from mlserver_xgboost import XGBoostModel
 
-    settings = ModelSettings(
-        name="breast-cancer",
-        implementation=XGBoostModel,
-        parameters=ModelParameters(uri=str(REPO / "model-settings/breast-cancer/model.ubj")),
+    return {
+        "iris": _direct_one("iris", SKLearnModel, "model.joblib"),
+        "breast-cancer": _direct_one("breast-cancer", XGBoostModel, "model.ubj"),
+    }
+
+
+def _direct_one(name: str, runtime: type, artifact: str) -> dict:
+    from mlserver.settings import ModelParameters, ModelSettings
+
+    uri = str(REPO / "model-settings" / name / artifact)
+    model = runtime(
+        ModelSettings(name=name, implementation=runtime, parameters=ModelParameters(uri=uri))
     )
-    model = XGBoostModel(settings)
     asyncio.run(model.load())
-    estimator, row = model._model, datasets()["breast-cancer"][0][:1]
-    wrapper = calls_per_s(lambda: type(estimator).predict(estimator, row))
+    estimator, row = model._model, datasets()[name][0][:1]
+    library = calls_per_s(lambda: type(estimator).predict(estimator, row))
     if not predict_directly(model):
-        raise RuntimeError("breast-cancer: the direct predictions did not agree at load")
+        raise RuntimeError(f"{name}: the direct predictions did not agree at load")
     direct = calls_per_s(lambda: estimator.predict(row))
-    return {"wrapper_us": 1e6 / wrapper, "direct_us": 1e6 / direct, "speedup": direct / wrapper}
+    return {"library_us": 1e6 / library, "direct_us": 1e6 / direct, "speedup": direct / library}
 
 
 def ratio(a: float, b: float) -> float:
@@ -170,6 +177,7 @@ VARIANTS = {
     "batching": f"adaptive batching on ({BATCHING})",
     "unpinned": "processes placed by the kernel (--no-pin)",
     "python_grpc": "gRPC served by MLServer's gRPC server, without the Go front end",
+    "library_predict": f"models predicted through their libraries' own predict ({DIRECT_ENV}=off)",
 }
 
 
@@ -181,6 +189,10 @@ def one_row_grpc(s: Scenario) -> bool:
     return one_row(s) and s.protocol == "grpc"
 
 
+def one_row_direct(s: Scenario) -> bool:
+    return one_row(s) and s.model in ("iris", "breast-cancer")
+
+
 @part
 def serving(args: argparse.Namespace, tmp: Path) -> dict:
     folders = [REPO / "model-settings/iris", REPO / "model-settings/breast-cancer", PROFILE]
@@ -188,12 +200,14 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
     batched = plain_model_dir(folders, tmp / "batched", **BATCHING)
     results: dict[str, dict[str, dict]] = {}
     no_front = {"MODELYARD_GRPC_FRONT": "off"}
+    library = {DIRECT_ENV: "off"}
     for label, cls, extra, env, folder, only in (
         ("mlserver", PlainMLServer, (), {}, models, None),
         ("modelyard", ServerProcess, ("--no-watch",), {}, models, None),
         ("batching", ServerProcess, ("--no-watch",), {}, batched, one_row),
         ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), {}, models, one_row),
         ("python_grpc", ServerProcess, ("--no-watch",), no_front, models, one_row_grpc),
+        ("library_predict", ServerProcess, ("--no-watch",), library, models, one_row_direct),
     ):
         server = cls(folder, tmp / f"{label}.log", extra_args=extra, env=env).start()
         try:
@@ -242,16 +256,17 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
                 print(f"  {row['scenario']:34} {other['rps']:7.0f} req/s, p99"
                       f" {other['p99_ms']:5.1f} ms  {row[f'{variant}_vs_default']:.2f}x of the"
                       " default")  # fmt: skip
-    direct = xgboost_direct()
-    print(f"\nbreast-cancer (XGBoost) 1-row predict in process: {direct['wrapper_us']:.0f} us"
-          f" through the scikit-learn wrapper, {direct['direct_us']:.0f} us through the booster"
-          f" directly (modelyard's default), {direct['speedup']:.2f}x")  # fmt: skip
+    direct = direct_predict()
+    print("\n1-row predict in process, the library's own against modelyard's direct one:")
+    for name, d in direct.items():
+        print(f"  {name:34} {d['library_us']:5.0f} us library {d['direct_us']:5.0f} us direct"
+              f"  {d['speedup']:.2f}x")  # fmt: skip
     print("\n1,000-row requests, served rows/s by modelyard against in-process predict rows/s:")
     for row in rows:
         if "raw_rows_per_s" in row:
             print(f"  {row['scenario']:34} {row['served_rows_per_s']:12,.0f} rows/s served"
                   f" {row['raw_rows_per_s']:12,.0f} raw  {row['served_vs_raw']:.2f}x")  # fmt: skip
-    return {"rows": rows, "xgboost_direct": direct}
+    return {"rows": rows, "direct_predict": direct}
 
 
 @part

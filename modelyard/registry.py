@@ -30,10 +30,10 @@ from mlserver.types import InferenceRequest
 
 from modelyard import metrics
 from modelyard.companions import companions
+from modelyard.direct import predict_directly
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
-from modelyard.xgbdirect import predict_directly
 
 logger = logging.getLogger("modelyard.registry")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import joblib
 import numpy as np
 import pytest
 import requests
 import xgboost as xgb
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_iris
 
 from tests.support.clients import Client, expect_error, ids, infer, make_client, texts
 from tests.support.server import REPO, ServerProcess
@@ -69,7 +70,7 @@ def test_breast_cancer_xgboost_matches_labels(client: Client) -> None:
 def test_breast_cancer_answers_are_xgboost_own(client: Client, repo_server: ServerProcess) -> None:
     # The server predicts through the booster directly; every answer is still exactly
     # what XGBoost's scikit-learn wrapper gives, one row at a time and all at once.
-    assert "'breast-cancer': predicting through the XGBoost booster directly" in repo_server.log()
+    assert "'breast-cancer': predicting directly (XGBClassifier)" in repo_server.log()
     estimator = xgb.XGBClassifier()
     estimator.load_model(REPO / "model-settings/breast-cancer/model.ubj")
     x = load_breast_cancer().data.astype(np.float32)
@@ -80,6 +81,27 @@ def test_breast_cancer_answers_are_xgboost_own(client: Client, repo_server: Serv
     np.testing.assert_array_equal(served.as_numpy("predict_proba"), estimator.predict_proba(x))
     one = infer(client, "breast-cancer", {"input-0": (x[7:8], "FP32")}).as_numpy("predict")
     assert one.ravel().tolist() == estimator.predict(x[7:8]).tolist()
+
+
+def test_iris_answers_are_scikit_learns_own(client: Client, repo_server: ServerProcess) -> None:
+    # The server makes the logistic regression's product itself; every answer is still
+    # exactly scikit-learn's.
+    assert "'iris': predicting directly (LogisticRegression)" in repo_server.log()
+    estimator = joblib.load(REPO / "model-settings/iris/model.joblib")
+    x = load_iris().data
+    served = infer(client, "iris", {"input-0": (x, "FP64")}).as_numpy("predict")
+    np.testing.assert_array_equal(served.ravel(), estimator.predict(x))
+    for row in x[::7]:
+        one = iris(client, [row.tolist()]).as_numpy("predict")
+        assert one.ravel().tolist() == estimator.predict(row[None]).tolist()
+
+
+def test_iris_nan_gets_scikit_learns_error(repo_server: ServerProcess) -> None:
+    # gRPC only: JSON has no NaN. The error is scikit-learn's, as plain MLServer gives it.
+    client = make_client("grpc", repo_server)
+    nan = [[5.1, float("nan"), 1.4, 0.2]]
+    expect_error(client, lambda: iris(client, nan), 500, "INTERNAL", "Input X contains NaN")
+    assert_still_serving(client)
 
 
 def sentiment(client: Client, name: str, *sentences: str) -> list[dict]:
