@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,6 @@ class _Direct:
     """Direct methods for one estimator; calls they do not cover go to its class's."""
 
     methods: tuple[str, ...] = ("predict",)
-    dtypes: tuple[np.dtype, ...] = FLOATS  # of the probes
 
     def __init__(self, estimator: Any, width: int):
         self._estimator = estimator
@@ -71,7 +71,7 @@ class _Direct:
 
     def agrees(self) -> bool:
         """The library's answers and ours, equal in value, type and shape on probes."""
-        for dtype in self.dtypes:
+        for dtype in FLOATS:
             probe = np.linspace(-3.0, 3.0, 5 * self._width, dtype=dtype)
             for x in (probe.reshape(5, self._width), probe[: self._width].reshape(1, -1)):
                 for method in self.methods:
@@ -86,11 +86,9 @@ class _Direct:
 
 
 class _XGBoost(_Direct):
-    dtypes = (np.dtype("<f4"),)
-
     def __init__(self, estimator: Any):
         import xgboost as xgb
-        from xgboost.core import _LIB, _check_call, c_bst_ulong
+        from xgboost.core import _LIB, _check_call, _ProxyDMatrix, c_bst_ulong
         from xgboost.sklearn import _cls_predict_proba
 
         self._booster = estimator.get_booster()
@@ -107,6 +105,10 @@ class _XGBoost(_Direct):
         self._predict_dense = _LIB.XGBoosterPredictFromDense
         self._check_call = _check_call
         self._ulong = c_bst_ulong
+        # The C call wraps the input in a proxy matrix, a new one per call unless given
+        # one, and each new one reads the cgroup's CPU quota from files: one per thread.
+        self._new_proxy = _ProxyDMatrix
+        self._proxies = threading.local()
         self._config = json.dumps(
             {
                 "type": 0,  # values, not margins
@@ -122,6 +124,9 @@ class _XGBoost(_Direct):
     def _values(self, x: np.ndarray) -> np.ndarray:
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
+        proxy = getattr(self._proxies, "proxy", None)
+        if proxy is None:
+            proxy = self._proxies.proxy = self._new_proxy()
         shape = ctypes.POINTER(self._ulong)()
         dims = self._ulong()
         values = ctypes.POINTER(ctypes.c_float)()
@@ -130,7 +135,7 @@ class _XGBoost(_Direct):
                 self._booster.handle,
                 DENSE % (x.ctypes.data, x.shape[0], x.shape[1], x.dtype.str.encode()),
                 self._config,
-                None,  # no proxy: no base margin
+                proxy.handle,  # holding no base margin
                 ctypes.byref(shape),
                 ctypes.byref(dims),
                 ctypes.byref(values),

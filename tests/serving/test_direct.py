@@ -4,6 +4,7 @@ for every kind of model they serve, and the libraries' errors for what they reje
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import joblib
@@ -88,7 +89,7 @@ async def test_direct_answers_are_the_wrappers(kind: str, tmp_path: Path) -> Non
     x = x.astype(np.float32)
     assert predict_directly(model)
     assert estimator.predict.__func__ is not cls.predict  # the direct one answers
-    for rows in (x, x[:1], x[17:18], np.asfortranarray(x[:9])):
+    for rows in (x, x[:1], x[17:18], np.asfortranarray(x[:9]), x[:5].astype(np.float64)):
         ours, theirs = estimator.predict(rows), cls.predict(estimator, rows)
         assert ours.dtype == theirs.dtype
         np.testing.assert_array_equal(ours, theirs)
@@ -100,6 +101,20 @@ async def test_direct_answers_are_the_wrappers(kind: str, tmp_path: Path) -> Non
     response = await model.predict(request(x, "predict"))
     (out,) = response.outputs
     np.testing.assert_array_equal(np.ravel(out.data.root), np.ravel(cls.predict(estimator, x)))
+
+
+async def test_threads_predicting_at_once_get_their_own_answers(tmp_path: Path) -> None:
+    # Each thread wraps its input in a matrix of its own: none sees another's rows.
+    trained, x = MODELS["multiclass"]()
+    model = await loaded(trained, tmp_path)
+    assert predict_directly(model)
+    estimator = model._model
+    x = x.astype(np.float32)
+    batches = [x[i : i + 1 + i % 7] for i in range(0, len(x) - 8)] * 20
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(estimator.predict_proba, batches))
+    for rows, ours in zip(batches, answers, strict=True):
+        np.testing.assert_array_equal(ours, type(estimator).predict_proba(estimator, rows))
 
 
 async def test_the_runtime_checks_still_see_the_estimator(tmp_path: Path) -> None:
