@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 from mlserver.errors import InferenceError
+from mlserver.model import MLModel
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput
 from mlserver_sklearn import SKLearnModel
@@ -80,27 +82,39 @@ def request(x: np.ndarray, *outputs: str) -> InferenceRequest:
     )
 
 
+def assert_library_answers(estimator: Any, x: np.ndarray, *methods: str) -> None:
+    """The direct methods answer, as the library would, every row, one row, a Fortran-
+    ordered slice and the rows in the other float width."""
+    cls = type(estimator)
+    assert estimator.predict.__func__ is not cls.predict  # the direct one answers
+    other = np.float64 if x.dtype == np.float32 else np.float32
+    for rows in (x, x[:1], x[17:18], np.asfortranarray(x[:9]), x[:5].astype(other)):
+        for method in methods:
+            ours = getattr(estimator, method)(rows)
+            theirs = getattr(cls, method)(estimator, rows)
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            np.testing.assert_array_equal(ours, theirs)
+
+
+async def assert_served_as_library(model: MLModel, x: np.ndarray, *methods: str) -> None:
+    """Given the direct methods, the model answers as its library, called directly and
+    through its runtime, as requests reach it."""
+    assert predict_directly(model)
+    estimator = model._model
+    assert_library_answers(estimator, x, *methods)
+    datatype = "FP32" if x.dtype == np.float32 else "FP64"
+    payload = RequestInput(name="x", datatype=datatype, shape=list(x.shape), data=x.ravel())
+    (out,) = (await model.predict(InferenceRequest(inputs=[payload]))).outputs
+    served = [v.decode() if isinstance(v, bytes) else v for v in np.ravel(out.data.root)]
+    assert served == np.ravel(type(estimator).predict(estimator, x)).tolist()
+
+
 @pytest.mark.parametrize("kind", MODELS)
 async def test_direct_answers_are_the_wrappers(kind: str, tmp_path: Path) -> None:
     trained, x = MODELS[kind]()
-    model = await loaded(trained, tmp_path)
-    estimator = model._model
-    cls = type(estimator)
-    x = x.astype(np.float32)
-    assert predict_directly(model)
-    assert estimator.predict.__func__ is not cls.predict  # the direct one answers
-    for rows in (x, x[:1], x[17:18], np.asfortranarray(x[:9]), x[:5].astype(np.float64)):
-        ours, theirs = estimator.predict(rows), cls.predict(estimator, rows)
-        assert ours.dtype == theirs.dtype
-        np.testing.assert_array_equal(ours, theirs)
-        if kind != "regressor":  # multi:softmax's probabilities come from the wrapper
-            np.testing.assert_array_equal(
-                estimator.predict_proba(rows), cls.predict_proba(estimator, rows)
-            )
-    # Through the runtime, as requests reach it.
-    response = await model.predict(request(x, "predict"))
-    (out,) = response.outputs
-    np.testing.assert_array_equal(np.ravel(out.data.root), np.ravel(cls.predict(estimator, x)))
+    # multi:softmax's probabilities come from the wrapper, through the same method.
+    methods = ("predict",) if kind == "regressor" else ("predict", "predict_proba")
+    await assert_served_as_library(await loaded(trained, tmp_path), x.astype(np.float32), *methods)
 
 
 async def test_threads_predicting_at_once_get_their_own_answers(tmp_path: Path) -> None:
@@ -181,23 +195,7 @@ async def sklearn_loaded(estimator: object, tmp_path: Path) -> SKLearnModel:
 @pytest.mark.parametrize("kind", LINEAR)
 async def test_linear_answers_are_scikit_learns(kind: str, tmp_path: Path) -> None:
     trained, x = LINEAR[kind]()
-    model = await sklearn_loaded(trained, tmp_path)
-    estimator = model._model
-    cls = type(estimator)
-    assert predict_directly(model)
-    assert estimator.predict.__func__ is not cls.predict
-    for rows in (x, x[:1], x[17:18], x.astype(np.float32), np.asfortranarray(x[:9])):
-        ours, theirs = estimator.predict(rows), cls.predict(estimator, rows)
-        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-        np.testing.assert_array_equal(ours, theirs)
-    response = await model.predict(
-        InferenceRequest(
-            inputs=[RequestInput(name="x", datatype="FP64", shape=list(x.shape), data=x.ravel())]
-        )
-    )
-    (out,) = response.outputs
-    served = [v.decode() if isinstance(v, bytes) else v for v in np.ravel(out.data.root)]
-    assert served == np.ravel(cls.predict(estimator, x)).tolist()
+    await assert_served_as_library(await sklearn_loaded(trained, tmp_path), x, "predict")
 
 
 async def test_what_scikit_learn_rejects_it_still_rejects(tmp_path: Path) -> None:

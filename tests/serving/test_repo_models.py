@@ -68,7 +68,7 @@ def test_breast_cancer_xgboost_matches_labels(client: Client) -> None:
 
 
 def test_breast_cancer_answers_are_xgboost_own(client: Client, repo_server: ServerProcess) -> None:
-    # The server predicts through the booster directly; every answer is still exactly
+    # The server makes the booster's C call directly; every answer is still exactly
     # what XGBoost's scikit-learn wrapper gives, one row at a time and all at once.
     assert "'breast-cancer': predicting directly (XGBClassifier)" in repo_server.log()
     estimator = xgb.XGBClassifier()
