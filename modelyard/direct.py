@@ -218,6 +218,8 @@ def _linear(model: MLModel) -> _Direct | None:
     cls = type(estimator)
     if hasattr(estimator, "feature_names_in_"):
         return None  # fitted on a data frame: scikit-learn checks the names it is given
+    if not isinstance(getattr(estimator, "coef_", None), np.ndarray):
+        return None  # e.g. sparsified: scikit-learn's sparse product
     # Only where predict is the one-product predict these classes define (the other two
     # override LinearModel's for their docstrings alone).
     if (

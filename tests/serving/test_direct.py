@@ -225,6 +225,7 @@ async def test_scikit_learn_models_it_does_not_know_keep_their_own_predict(
         LogisticRegression(max_iter=500).fit(frame, y),  # checks the names it is given
         make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y),
         RidgeClassifier().fit(x, y),  # a predict of its own
+        LogisticRegression(max_iter=500).fit(x, y).sparsify(),  # a sparse product
         xgb.XGBClassifier(n_estimators=5).fit(x, y),  # through scikit-learn's runtime
     ):
         model = await sklearn_loaded(estimator, tmp_path)
