@@ -93,8 +93,6 @@ class _XGBoost(_Direct):
 
         self._booster = estimator.get_booster()
         super().__init__(estimator, self._booster.num_features())
-        self._range = estimator._get_iteration_range(None)
-        self._missing = estimator.missing
         self._classifier = isinstance(estimator, xgb.XGBClassifier)
         self.methods = ("predict", "predict_proba") if self._classifier else ("predict",)
         # Fixed at load, like the arguments: the wrapper's decision rule for this model.
@@ -109,13 +107,14 @@ class _XGBoost(_Direct):
         # one, and each new one reads the cgroup's CPU quota from files: one per thread.
         self._new_proxy = _ProxyDMatrix
         self._proxies = threading.local()
+        begin, end = estimator._get_iteration_range(None)
         self._config = json.dumps(
             {
                 "type": 0,  # values, not margins
                 "training": False,
-                "iteration_begin": int(self._range[0]),
-                "iteration_end": int(self._range[1]),
-                "missing": self._missing,
+                "iteration_begin": int(begin),
+                "iteration_end": int(end),
+                "missing": estimator.missing,
                 "strict_shape": False,
                 "cache_id": 0,
             }

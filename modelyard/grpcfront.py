@@ -141,10 +141,11 @@ class InferSocket(asyncio.Protocol):
 class GRPCFront:
     """This process's front end, its two Unix sockets and its restarts."""
 
-    def __init__(self, binary: Path, listen: str, max_message_bytes: int):
+    def __init__(self, binary: Path):
         self.binary = binary
-        self.listen = listen
-        self.max_message_bytes = max_message_bytes
+        # The gRPC server's settings, given to `start`.
+        self.listen = ""
+        self.max_message_bytes = 0
         self.directory: Path | None = None  # made by `start`, removed by `stop`
         self._server: asyncio.AbstractServer | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -165,9 +166,14 @@ class GRPCFront:
         """Where MLServer's gRPC server listens instead of the port."""
         return f"unix:{self.backend_path}"
 
-    async def start(self, servicer: Callable[[], FastInferenceServicer]) -> None:
+    async def start(
+        self, listen: str, max_message_bytes: int, servicer: Callable[[], FastInferenceServicer]
+    ) -> None:
         """Listen on the infer socket (with the servicer of the moment: the gRPC server
-        makes its own when it starts) and start the front end, which waits for `open`."""
+        makes its own when it starts) and start the front end for the gRPC port
+        ``listen``, which waits for `open`."""
+        self.listen = listen
+        self.max_message_bytes = max_message_bytes
         self.directory = Path(tempfile.mkdtemp(prefix="modelyard-grpc-"))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
@@ -198,7 +204,7 @@ class GRPCFront:
             code = await self._process.wait()
             raise RuntimeError(
                 f"{self.binary} exited with code {code} at start: is {self.listen} free? "
-                "Set MODELYARD_GRPC_FRONT=off to serve gRPC from Python instead."
+                f"Set {FRONT_ENV}=off to serve gRPC from Python instead."
             )
         logger.info("gRPC on %s through %s", self.listen, self.binary)
 

@@ -222,15 +222,21 @@ class FastGRPCServer(GRPCServer):
         self._server = aio.server(interceptors=self._interceptors, options=self._get_options())
         add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         add_ModelRepositoryServiceServicer_to_server(self._model_repository_servicer, self._server)
-        listen = f"{self._settings.host}:{self._settings.grpc_port}"
-        self._server.add_insecure_port(self.front.backend_address if self.front else listen)
+        self._server.add_insecure_port(self.front.backend_address if self.front else self.listen)
         return self._server
+
+    @property
+    def listen(self) -> str:
+        """The gRPC port's address."""
+        return f"{self._settings.host}:{self._settings.grpc_port}"
 
     async def start(self) -> None:
         if self.front is None:
             return await super().start()
         # Started before gRPC's own threads, whose fork handlers would log a warning.
-        await self.front.start(lambda: self._inference_servicer)
+        max_bytes = self._settings.grpc_max_message_length
+        assert max_bytes is not None, "modelyard's settings always bound it"
+        await self.front.start(self.listen, max_bytes, lambda: self._inference_servicer)
         self._create_server()
         await self._server.start()
         await self.front.open()

@@ -234,8 +234,7 @@ class ModelyardServer(MLServer):
         self._grpc_server.__class__ = FastGRPCServer
         binary = front_binary()
         if binary is not None:
-            listen = f"{self.opts.host}:{self.opts.grpc_port}"
-            self._grpc_server.front = GRPCFront(binary, listen, self.opts.max_message_bytes)
+            self._grpc_server.front = GRPCFront(binary)
         app = self._rest_server._app
         app.add_api_route(STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse)
         self._rest_server._app = FastInfer(app, self._data_plane, self.opts.max_message_bytes)

@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import requests
 import tritonclient.grpc as grpcclient
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.dataplane_pb2_grpc import GRPCInferenceServiceStub
 
+from tests.quality.served import scrape
 from tests.serving.test_live_registry import SETOSA, wait_for, write_iris
 from tests.support.server import ServerProcess
 
@@ -43,12 +43,12 @@ def outcome(stub: GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> tu
 
 
 def model_infer_handled(server: ServerProcess) -> dict[str, float]:
-    text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
+    """grpc_server_handled_total of ModelInfer, by code."""
     counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{") and 'grpc_method="ModelInfer"' in line:
-            code = line.split('grpc_code="')[1].split('"')[0]
-            counts[code] = float(line.rsplit(" ", 1)[1])
+    for (name, labels), value in scrape(server).items():
+        tags = dict(labels)
+        if name == "grpc_server_handled_total" and tags["grpc_method"] == "ModelInfer":
+            counts[tags["grpc_code"]] = counts.get(tags["grpc_code"], 0.0) + value
     return counts
 
 
