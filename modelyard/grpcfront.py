@@ -33,6 +33,8 @@ logger = logging.getLogger("modelyard.grpcfront")
 
 BINARY = "modelyard-grpc-front"
 FRONT_ENV = "MODELYARD_GRPC_FRONT"
+RESTART_DELAY = 0.5  # seconds before a front end that died is started again
+MAX_RESTART_DELAY = 8.0
 
 
 def front_binary() -> Path | None:
@@ -150,6 +152,7 @@ class GRPCFront:
         self._server: asyncio.AbstractServer | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self.listening = False  # the port takes calls: set by `open`, cleared by an exit
 
     @property
     def infer_path(self) -> Path:
@@ -206,22 +209,27 @@ class GRPCFront:
                 f"{self.binary} exited with code {code} at start: is {self.listen} free? "
                 f"Set {FRONT_ENV}=off to serve gRPC from Python instead."
             )
+        self.listening = True
         logger.info("gRPC on %s through %s", self.listen, self.binary)
 
     async def supervise(self) -> None:
         """Restart the front end if it dies, so the gRPC port comes back."""
+        delay = RESTART_DELAY
         while not self._stopping:
             assert self._process is not None
             code = await self._process.wait()
+            self.listening = False
             if self._stopping:
                 return
             logger.error("the gRPC front end exited with code %s; restarting it", code)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(delay)
             try:
                 await self._spawn()
                 await self.open()
+                delay = RESTART_DELAY
             except RuntimeError as e:
                 logger.error("%s", e)
+                delay = min(delay * 2, MAX_RESTART_DELAY)  # a port held elsewhere: ask less often
 
     async def stop(self) -> None:
         self._stopping = True

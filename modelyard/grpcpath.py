@@ -207,6 +207,7 @@ class FastGRPCServer(GRPCServer):
     on the gRPC port or, behind the Go front end (`front`), on a Unix socket."""
 
     front: GRPCFront | None = None
+    _listening = False
 
     def _create_server(self) -> aio.Server:
         servicer = FastInferenceServicer(self._data_plane, self._model_repository_handlers)
@@ -230,9 +231,18 @@ class FastGRPCServer(GRPCServer):
         """The gRPC port's address."""
         return f"{self._settings.host}:{self._settings.grpc_port}"
 
+    @property
+    def listening(self) -> bool:
+        """Whether the gRPC port takes calls: readiness waits for it."""
+        return self.front.listening if self.front is not None else self._listening
+
     async def start(self) -> None:
         if self.front is None:
-            return await super().start()
+            self._create_server()
+            await self._server.start()
+            self._listening = True
+            logger.info("gRPC on %s", self.listen)
+            return await self._server.wait_for_termination()
         # Started before gRPC's own threads, whose fork handlers would log a warning.
         max_bytes = self._settings.grpc_max_message_length
         assert max_bytes is not None, "modelyard's settings always bound it"

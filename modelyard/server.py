@@ -3,7 +3,8 @@
 MLServer runs in this process with inference inline (no worker pool: light models
 answer faster without the inter-process hop) and the registry loads models through
 its model registry. Readiness is honest: `/v2/health/ready` stays false until every
-model folder has been tried, where MLServer alone says ready with nothing loaded.
+model folder has been tried and the gRPC port takes calls, where MLServer alone says
+ready with nothing loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,11 +119,16 @@ class _Counters(NamedTuple):
 
 
 class _DataPlane(DataPlane):
-    _registry: Registry
+    _process_ready: Callable[[], bool]
+    _grpc_listening: Callable[[], bool]
     _counters: dict[tuple[str, str | None], _Counters]
 
     async def ready(self) -> bool:
-        return self._registry.ready() and await super().ready() and siblings_ready()
+        return self._process_ready() and await super().ready() and siblings_ready()
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        # A pod's readiness probe: ready for traffic on both of its ports.
+        return self._grpc_listening() and await super().model_ready(name, version)
 
     async def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
         # V2 lists the model versions a client may ask for; MLServer puts the
@@ -228,7 +234,8 @@ class ModelyardServer(MLServer):
         # MLServer has built its DataPlane (and registered its Prometheus metrics,
         # which cannot be registered twice): extend that object rather than make another.
         self._data_plane.__class__ = _DataPlane
-        self._data_plane._registry = self.registry
+        self._data_plane._process_ready = self._process_ready
+        self._data_plane._grpc_listening = lambda: self._grpc_server.listening
         self._data_plane._counters = {}
         super()._create_servers()
         self._grpc_server.__class__ = FastGRPCServer
@@ -239,9 +246,14 @@ class ModelyardServer(MLServer):
         app.add_api_route(STATUS_PATH, self._status, methods=["GET"], response_class=ORJSONResponse)
         self._rest_server._app = FastInfer(app, self._data_plane, self.opts.max_message_bytes)
 
+    def _process_ready(self) -> bool:
+        """Every folder of this process has been tried and its gRPC port takes calls
+        (its HTTP port does, or nobody could ask)."""
+        return self.registry.ready() and self._grpc_server.listening
+
     async def _status(self) -> dict:
         return {
-            "ready": self.registry.ready() and siblings_ready(),
+            "ready": self._process_ready() and siblings_ready(),
             "process": process_index() or 0,
             "pid": os.getpid(),
             "directory": str(self.opts.directory),
@@ -286,7 +298,7 @@ class ModelyardServer(MLServer):
     async def _publish_readiness(self) -> None:
         published = None
         while not self._stop_watch.is_set():
-            ready = self.registry.ready()
+            ready = self._process_ready()
             if ready != published:
                 mark_ready(ready)
                 published = ready

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.dataplane_pb2_grpc import GRPCInferenceServiceStub
@@ -113,16 +115,52 @@ def test_front_refuses_garbage_and_keeps_serving(serve_dir, tmp_path: Path) -> N
     assert client.infer("iris", [x]).as_numpy("predict").ravel().tolist() == [0]
 
 
-def test_front_that_dies_is_restarted(serve_dir, tmp_path: Path) -> None:
+def hold_port(port: int, timeout: float = 10.0) -> socket.socket:
+    """Bind ``port`` as soon as its listeners have gone, without SO_REUSEPORT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+            continue
+        sock.listen()
+        return sock
+
+
+def http_ready(server: ServerProcess, path: str = "/v2/health/ready") -> bool:
+    return requests.get(server.base + path, timeout=5).status_code == 200
+
+
+def test_front_that_dies_is_restarted_and_readiness_waits_for_it(serve_dir, tmp_path: Path) -> None:
     write_iris(tmp_path / "models" / "iris", "1")
     server = serve_dir(tmp_path / "models", "--no-watch")
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    # Ready means the gRPC port takes calls in both processes, not only HTTP's.
+    listens = f"gRPC on 127.0.0.1:{server.grpc_port} {THROUGH_FRONT}"
+    assert server.log().count(listens) == 2
     before = front_pids(server)
     assert len(before) == 2  # one per server process
     for pid in before:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: len(set(front_pids(server)) - set(before)) == 2, what="new front ends")
-    wait_for(client.is_server_ready, what="gRPC to answer again")
+    # With the port taken meanwhile, the new front ends cannot listen: not ready.
+    taken = hold_port(server.grpc_port)
+    try:
+        wait_for(lambda: not http_ready(server), what="readiness to drop")
+        wait_for(lambda: f"is 127.0.0.1:{server.grpc_port} free?" in server.log(), what="why")
+        assert not server.status()["ready"]
+        # A pod's readiness probe too: its model answers over HTTP, but gRPC is down.
+        assert not http_ready(server, "/v2/models/iris/ready")
+    finally:
+        taken.close()
+    wait_for(lambda: http_ready(server), what="readiness once the port is free")
+    assert http_ready(server, "/v2/models/iris/ready")
+    assert server.log().count(listens) == 4
+    assert set(front_pids(server)).isdisjoint(before) and len(front_pids(server)) == 2
+    assert grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
     assert server.log().count("the gRPC front end exited with code -9; restarting it") == 2
 
 
