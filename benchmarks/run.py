@@ -178,6 +178,7 @@ VARIANTS = {
     "unpinned": "processes placed by the kernel (--no-pin)",
     "python_grpc": "gRPC served by MLServer's gRPC server, without the Go front end",
     "library_predict": f"models predicted through their libraries' own predict ({DIRECT_ENV}=off)",
+    "front_go_gc": "the Go front end with Go's default garbage collection (GOGC=100)",
 }
 
 
@@ -193,6 +194,10 @@ def one_row_direct(s: Scenario) -> bool:
     return one_row(s) and s.model in ("iris", "breast-cancer")
 
 
+def grpc_direct(s: Scenario) -> bool:
+    return s.protocol == "grpc" and s.model in ("iris", "breast-cancer")
+
+
 @part
 def serving(args: argparse.Namespace, tmp: Path) -> dict:
     folders = [REPO / "model-settings/iris", REPO / "model-settings/breast-cancer", PROFILE]
@@ -201,6 +206,7 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
     results: dict[str, dict[str, dict]] = {}
     no_front = {"MODELYARD_GRPC_FRONT": "off"}
     library = {DIRECT_ENV: "off"}
+    go_gc = {"GOGC": "100", "GOMEMLIMIT": "off"}
     for label, cls, extra, env, folder, only in (
         ("mlserver", PlainMLServer, (), {}, models, None),
         ("modelyard", ServerProcess, ("--no-watch",), {}, models, None),
@@ -208,6 +214,7 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
         ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), {}, models, one_row),
         ("python_grpc", ServerProcess, ("--no-watch",), no_front, models, one_row_grpc),
         ("library_predict", ServerProcess, ("--no-watch",), library, models, one_row_direct),
+        ("front_go_gc", ServerProcess, ("--no-watch",), go_gc, models, grpc_direct),
     ):
         server = cls(folder, tmp / f"{label}.log", extra_args=extra, env=env).start()
         try:
