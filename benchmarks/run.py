@@ -177,7 +177,9 @@ VARIANTS = {
     "batching": f"adaptive batching on ({BATCHING})",
     "unpinned": "processes placed by the kernel (--no-pin)",
     "python_grpc": "gRPC served by MLServer's gRPC server, without the Go front end",
-    "library_predict": f"models predicted through their libraries' own predict ({DIRECT_ENV}=off)",
+    "library_predict": (
+        f"models predicted through their libraries and MLServer's runtimes ({DIRECT_ENV}=off)"
+    ),
     "front_go_gc": "the Go front end with Go's default garbage collection (GOGC=100)",
 }
 
@@ -190,8 +192,9 @@ def one_row_grpc(s: Scenario) -> bool:
     return one_row(s) and s.protocol == "grpc"
 
 
-def one_row_direct(s: Scenario) -> bool:
-    return one_row(s) and s.model in ("iris", "breast-cancer")
+def predicted_directly(s: Scenario) -> bool:
+    """The models predicted directly: one-row calls, and 1,000-row ones over gRPC."""
+    return s.model in ("iris", "breast-cancer") and (one_row(s) or s.protocol == "grpc")
 
 
 def grpc_direct(s: Scenario) -> bool:
@@ -213,7 +216,7 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict:
         ("batching", ServerProcess, ("--no-watch",), {}, batched, one_row),
         ("unpinned", ServerProcess, ("--no-watch", "--no-pin"), {}, models, one_row),
         ("python_grpc", ServerProcess, ("--no-watch",), no_front, models, one_row_grpc),
-        ("library_predict", ServerProcess, ("--no-watch",), library, models, one_row_direct),
+        ("library_predict", ServerProcess, ("--no-watch",), library, models, predicted_directly),
         ("front_go_gc", ServerProcess, ("--no-watch",), go_gc, models, grpc_direct),
     ):
         server = cls(folder, tmp / f"{label}.log", extra_args=extra, env=env).start()

@@ -151,6 +151,10 @@ class FastInferenceServicer(InferenceServicer):
             self.metrics.started.inc()
         code = grpc.StatusCode.OK
         try:
+            laned = await self._data_plane.infer_lane(request)
+            if laned is not None:
+                response, trailing = laned
+                return Answer(code, "", response, to_metadata(trailing) if trailing else ())
             payload = request_from_pb(request)
             headers = dict(metadata)
             if headers:

@@ -34,6 +34,7 @@ from modelyard.direct import predict_directly
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
+from modelyard.lane import give_lane
 
 logger = logging.getLogger("modelyard.registry")
 
@@ -132,8 +133,8 @@ class SwappingModelRegistry(MultiModelRegistry):
                     new_model = await callback(new_model)
                 await asyncio.to_thread(verify_settings, new_settings)
                 new_model.ready = await new_model.load()
-                if new_model.ready:
-                    predict_directly(new_model)
+                if new_model.ready and predict_directly(new_model):
+                    give_lane(new_model)
                 if warmup is not None:
                     await new_model.predict(warmup)
             except BaseException:

@@ -14,16 +14,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from fastapi.responses import ORJSONResponse
 from mlserver import MLServer
 from mlserver.context import model_context
-from mlserver.errors import ModelNotReady
+from mlserver.errors import MLServerError, ModelNotReady
+from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.handlers import DataPlane
 from mlserver.metrics import MetricsServer
 from mlserver.model import MLModel
@@ -36,6 +37,7 @@ from modelyard import __version__, metrics
 from modelyard.fastpath import FastInfer
 from modelyard.grpcfront import GRPCFront, front_binary
 from modelyard.grpcpath import FastGRPCServer
+from modelyard.lane import LANE_ATTR, Lane, takes
 from modelyard.processes import (
     PROMETHEUS_DIR_ENV,
     mark_ready,
@@ -49,6 +51,7 @@ from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, Swapping
 from modelyard.signature import check_request, check_response
 
 logger = logging.getLogger("modelyard.server")
+_T = TypeVar("_T")
 
 STATUS_PATH = "/modelyard/status"
 
@@ -159,27 +162,67 @@ class _DataPlane(DataPlane):
         self, payload: InferenceRequest, name: str, version: str | None = None
     ) -> InferenceResponse:
         # MLServer's DataPlane.infer, with the same metrics, context, middlewares and
-        # response cache, in one frame: its two nested context managers and per-call
-        # label lookups were a fifth of the data plane's own time on a one-row request.
-        # A response that breaks the declared outputs counts as a failed request.
+        # response cache; its two nested context managers and per-call label lookups
+        # were a fifth of the data plane's own time on a one-row request.
         cache_key = payload.model_dump_json() if self._response_cache is not None else None
+
+        async def answer(model: MLModel) -> InferenceResponse:
+            prepared = self._prepare_payload(payload, model)
+            if cache_key is not None and model.settings.cache_enabled is not False:
+                response = await self._cached_predict(model, prepared, cache_key)
+            else:
+                response = await model.predict(prepared)
+            response.id = prepared.id
+            self._inference_middleware.response_middleware(response, model.settings)
+            _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
+            if outputs:
+                check_response(name, outputs, prepared, response)
+            PAYLOADS.record(model, prepared, response)  # sampled, queued: never waits
+            return response
+
+        return await self._counted(name, version, answer)
+
+    async def infer_lane(
+        self, request: pb.ModelInferRequest
+    ) -> tuple[pb.ModelInferResponse, dict[str, str] | None] | None:
+        """A gRPC call answered by its model's lane (`modelyard.lane`), counted as
+        `infer` counts; None when the call or the model has none."""
+        if not takes(request):
+            return None
+        name, version = request.model_name, request.model_version  # as the servicer passes them
+        try:
+            model = await self._model_registry.get_model(name, version)
+        except MLServerError:
+            return None  # `infer` gives the error, and counts it
+        lane: Lane | None = getattr(model, LANE_ATTR, None)
+        if lane is None or not model.ready or PAYLOADS.samples(model):
+            return None
+        if self._response_cache is not None and model.settings.cache_enabled is not False:
+            return None
+
+        async def answer(_: MLModel) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
+            return lane.answer(request, self._inference_middleware)
+
+        return await self._counted(name, version, answer, model)
+
+    async def _counted(
+        self,
+        name: str,
+        version: str | None,
+        answer: Callable[[MLModel], Awaitable[_T]],
+        model: MLModel | None = None,
+    ) -> _T:
+        """``answer(model)`` with the model's request metrics and its requests in
+        flight; a response that breaks the declared outputs counts as a failure."""
         counters = self._model_counters(name, version)
         start = time.perf_counter()
         try:
-            model = await self._model_registry.get_model(name, version)
+            if model is None:
+                model = await self._model_registry.get_model(name, version)
             if not model.ready:
                 raise ModelNotReady(name, version)
             with model_context(model.settings), _InFlight(model, counters.in_flight):
-                payload = self._prepare_payload(payload, model)
-                if cache_key is not None and model.settings.cache_enabled is not False:
-                    response = await self._cached_predict(model, payload, cache_key)
-                else:
-                    response = await model.predict(payload)
-                response.id = payload.id
-                self._inference_middleware.response_middleware(response, model.settings)
-            _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
-            if outputs:
-                check_response(name, outputs, payload, response)
+                result = await answer(model)
         except Exception:
             counters.failure.inc()
             raise
@@ -187,8 +230,7 @@ class _DataPlane(DataPlane):
             counters.success.inc()
         finally:
             counters.duration.observe(time.perf_counter() - start)
-        PAYLOADS.record(model, payload, response)  # sampled, queued: never waits
-        return response
+        return result
 
     async def _cached_predict(
         self, model: MLModel, payload: InferenceRequest, cache_key: str

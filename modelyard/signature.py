@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from mlserver.types.dataplane import RequestInput, ResponseOutput
+
+
+class Tensor(Protocol):
+    """What the checks read of a tensor: MLServer's types, or gRPC's messages."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
 
 
 class OutputSignatureError(MLServerError):
@@ -49,7 +58,7 @@ def _describe(shape: Sequence[int]) -> str:
     return "[" + ", ".join("-1" if d < 0 else str(d) for d in shape) + "]"
 
 
-def check_input(model: str, declared: MetadataTensor, given: RequestInput) -> None:
+def check_input(model: str, declared: MetadataTensor, given: RequestInput | Tensor) -> None:
     where = f"model '{model}': input '{given.name}'"
     if given.datatype != declared.datatype:
         raise InferenceError(f"{where} has datatype {given.datatype}; expected {declared.datatype}")
@@ -58,8 +67,8 @@ def check_input(model: str, declared: MetadataTensor, given: RequestInput) -> No
             f"{where} has shape {list(given.shape)}; expected {_describe(declared.shape)} "
             "(-1 is any size)"
         )
-    data = given.data.root if hasattr(given.data, "root") else given.data
-    n = _count(data)
+    data = getattr(given, "data", None)  # a gRPC tensor's raw contents are counted apart
+    n = _count(data.root if hasattr(data, "root") else data)
     expected = math.prod(given.shape)
     if n is not None and given.datatype != "BYTES" and n != expected:
         raise InferenceError(
@@ -68,8 +77,14 @@ def check_input(model: str, declared: MetadataTensor, given: RequestInput) -> No
 
 
 def check_request(model: str, inputs: Sequence[MetadataTensor], payload: InferenceRequest) -> None:
+    check_inputs(model, inputs, payload.inputs)
+
+
+def check_inputs(
+    model: str, inputs: Sequence[MetadataTensor], tensors: Sequence[RequestInput | Tensor]
+) -> None:
     declared = {t.name: t for t in inputs}
-    given = {i.name: i for i in payload.inputs}
+    given = {i.name: i for i in tensors}
     unknown = [n for n in given if n not in declared]
     if unknown:
         raise InferenceError(
@@ -92,9 +107,20 @@ def check_response(
     payload: InferenceRequest,
     response: InferenceResponse,
 ) -> None:
+    check_outputs(model, outputs, response.outputs, every=not payload.outputs)
+
+
+def check_outputs(
+    model: str,
+    outputs: Sequence[MetadataTensor],
+    tensors: Sequence[ResponseOutput | Tensor],
+    every: bool,
+) -> None:
+    """The outputs against their declarations; ``every`` declared one must be there
+    when the request named none."""
     declared = {t.name: t for t in outputs}
-    got: dict[str, ResponseOutput] = {o.name: o for o in response.outputs}
-    if not payload.outputs:
+    got = {o.name: o for o in tensors}
+    if every:
         missing = [n for n in declared if n not in got]
         if missing:
             raise OutputSignatureError(

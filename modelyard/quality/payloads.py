@@ -78,12 +78,7 @@ class PayloadLog:
         self, model: MLModel, request: InferenceRequest, response: InferenceResponse
     ) -> None:
         """Queue the request and response for logging if the model samples this one."""
-        config = getattr(model, SAMPLING_ATTR, _UNSET)
-        if config is _UNSET:
-            config = QualityConfig.from_settings(model.settings)
-            if config is not None and config.sample_rate <= 0:
-                config = None
-            setattr(model, SAMPLING_ATTR, config)
+        config = self._sampling(model)
         if config is None or random.random() >= config.sample_rate:
             return
         if not response.id:
@@ -97,6 +92,20 @@ class PayloadLog:
             self.queue.put_nowait(_Entry(config, _copy(request), _copy(response), now()))
         except queue.Full:
             metrics.PAYLOAD_DROPS.labels(model=config.model, reason="queue_full").inc()
+
+    def samples(self, model: MLModel) -> bool:
+        """Whether the model logs a sample of its payloads."""
+        return self._sampling(model) is not None
+
+    @staticmethod
+    def _sampling(model: MLModel) -> QualityConfig | None:
+        config = getattr(model, SAMPLING_ATTR, _UNSET)
+        if config is _UNSET:
+            config = QualityConfig.from_settings(model.settings)
+            if config is not None and config.sample_rate <= 0:
+                config = None
+            setattr(model, SAMPLING_ATTR, config)
+        return config
 
     # -- the writer --------------------------------------------------------------------
     def _start(self) -> None:
