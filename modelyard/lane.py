@@ -10,9 +10,10 @@ same response: the data plane still counts it, checks it against the signature a
 runs MLServer's response middleware on it (`_DataPlane.infer_lane`).
 
 A model gets a lane only when nothing in its settings changes how the runtime decodes
-or encodes (content types, ``predict_fn``); a call takes it only when it is one raw
-numeric input with no parameters and no requested outputs. Everything else, and every
-model when ``MODELYARD_DIRECT_PREDICT=off``, goes MLServer's way.
+or encodes (content types, ``predict_fn``) or batches its calls (adaptive batching); a
+call takes it only when it is one raw numeric input with no parameters and no requested
+outputs. Everything else, and every model when ``MODELYARD_DIRECT_PREDICT=off``, goes
+MLServer's way.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def give_lane(model: MLModel) -> bool:
     if type(model) not in _runtime_classes():
         return False  # a subclass may decode, predict or encode its own way
     settings = model.settings
+    if settings.max_batch_size > 1 and settings.max_batch_time > 0:
+        return False  # adaptive batching, asked for, batches calls into one predict
     parameters = settings.parameters
     if parameters is not None:
         if parameters.extra and "predict_fn" in parameters.extra:

@@ -209,8 +209,9 @@ def test_calls_it_takes() -> None:
                 )
             ]
         },
+        {"max_batch_size": 16, "max_batch_time": 0.0005},
     ],
-    ids=["predict_fn", "request content type", "input content type"],
+    ids=["predict_fn", "request content type", "input content type", "adaptive batching"],
 )
 async def test_models_whose_settings_change_the_codecs_get_no_lane(
     settings: dict, tmp_path: Path
