@@ -85,9 +85,13 @@ func (f *front) give(c *inferConn) {
 	}
 }
 
+// pseudoHeader tells HTTP/2's pseudo-headers (":authority"), which gRPC puts among
+// the client's metadata, from the metadata the client sent: they are not passed on.
+func pseudoHeader(key string) bool { return strings.HasPrefix(key, ":") }
+
 func appendMetadata(buf []byte, md metadata.MD) []byte {
 	for key, values := range md {
-		if strings.HasPrefix(key, ":") {
+		if pseudoHeader(key) {
 			continue
 		}
 		for _, v := range values {
@@ -186,7 +190,7 @@ func (f *front) proxy(method string, stream grpc.ServerStream) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	out := metadata.MD{}
 	for key, values := range md {
-		if !strings.HasPrefix(key, ":") {
+		if !pseudoHeader(key) {
 			out[key] = values
 		}
 	}
@@ -256,9 +260,9 @@ func main() {
 	log.SetPrefix("modelyard-grpc-front: ")
 	// The front end's live heap is a few MB, and with Go's default GC target the
 	// garbage of 1,000-row requests starts a collection every few calls; a higher
-	// target gives about 1.1-1.15x the requests/s at 1,000 rows (make bench), and the
-	// soft limit keeps a run of large messages from growing the heap 9-fold. GOGC and
-	// GOMEMLIMIT in the environment still decide.
+	// target gives 1.03-1.10x the requests/s at 1,000 rows (make bench's GOGC=100
+	// row), and the soft limit keeps a run of large messages from growing the heap
+	// 9-fold. GOGC and GOMEMLIMIT in the environment still decide.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(800)
 	}
@@ -288,8 +292,8 @@ func main() {
 		grpc.MaxSendMsgSize(*maxBytes),
 		// Fixed flow-control windows large enough for a 1,000-row request: with the
 		// default 64 KB and its estimate of the link, a request waited for window
-		// updates, and every request cost a ping (make bench: about 1.08x the
-		// requests/s at 1,000 rows, 1.05x at one row).
+		// updates, and every request cost a ping (with the writev in call: about 1.08x
+		// the requests/s at 1,000 rows, 1.05x at one row).
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(4<<20),
 	)

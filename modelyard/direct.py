@@ -41,6 +41,8 @@ logger = logging.getLogger("modelyard.direct")
 
 DIRECT_ENV = "MODELYARD_DIRECT_PREDICT"
 
+SKLEARN_RUNTIME = ("mlserver_sklearn", "SKLearnModel")
+XGBOOST_RUNTIME = ("mlserver_xgboost", "XGBoostModel")
 FLOATS = (np.dtype("<f4"), np.dtype("<f8"))
 # A C-contiguous matrix as XGBoost's C API takes it (NumPy's array interface, in JSON).
 DENSE = b'{"data":[%d,true],"shape":[%d,%d],"strides":null,"typestr":"%s","version":3}'
@@ -188,10 +190,26 @@ class _Linear(_Direct):
         return self._classes.take(indices, axis=0)
 
 
+def _runtime(spec: tuple[str, str]) -> type[MLModel] | None:
+    # The runtime's class if its module is imported: a model of it has imported it, and
+    # no other model needs it imported to tell.
+    module = sys.modules.get(spec[0])
+    return getattr(module, spec[1]) if module is not None else None
+
+
+def runtime_classes() -> tuple[type[MLModel], ...]:
+    """MLServer's scikit-learn and XGBoost runtime classes, those imported."""
+    return tuple(c for c in map(_runtime, (SKLEARN_RUNTIME, XGBOOST_RUNTIME)) if c is not None)
+
+
+def _of_runtime(model: MLModel, spec: tuple[str, str]) -> bool:
+    cls = _runtime(spec)
+    return cls is not None and isinstance(model, cls)
+
+
 def _xgboost(model: MLModel) -> _Direct | None:
-    runtime = sys.modules.get("mlserver_xgboost")
-    if runtime is None or not isinstance(model, runtime.XGBoostModel):
-        return None  # not an XGBoost model (and no need to import XGBoost to tell)
+    if not _of_runtime(model, XGBOOST_RUNTIME):
+        return None  # not an XGBoost model
     import xgboost as xgb
 
     estimator = getattr(model, "_model", None)
@@ -203,8 +221,7 @@ def _xgboost(model: MLModel) -> _Direct | None:
 
 
 def _linear(model: MLModel) -> _Direct | None:
-    runtime = sys.modules.get("mlserver_sklearn")
-    if runtime is None or not isinstance(model, runtime.SKLearnModel):
+    if not _of_runtime(model, SKLEARN_RUNTIME):
         return None
     from sklearn.linear_model import Ridge
     from sklearn.linear_model._base import (

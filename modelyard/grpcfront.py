@@ -108,7 +108,8 @@ class InferSocket(asyncio.Protocol):
             size = int.from_bytes(self.buffer[:4], "little")
             if len(self.buffer) < 4 + size:
                 return
-            frame = bytes(self.buffer[4 : 4 + size])
+            with memoryview(self.buffer) as view:  # one copy of the frame, not two
+                frame = bytes(view[4 : 4 + size])
             del self.buffer[: 4 + size]
             call = asyncio.ensure_future(self.answer(frame))
             self.calls.add(call)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -34,8 +33,9 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceResponse, MetadataTensor
 from mlserver.utils import extract_headers
 
+from modelyard.direct import runtime_classes
 from modelyard.grpcpath import RAW_DTYPES
-from modelyard.signature import check_inputs, check_outputs
+from modelyard.signature import check_inputs, check_outputs, declared
 
 logger = logging.getLogger("modelyard.lane")
 
@@ -50,20 +50,10 @@ def _content_type(tensor: MetadataTensor) -> str | None:
     return tensor.parameters.content_type if tensor.parameters is not None else None
 
 
-def _runtime_classes() -> tuple[type, ...]:
-    # Only the runtimes already imported: a model of another kind needs neither.
-    found = []
-    if (sklearn := sys.modules.get("mlserver_sklearn")) is not None:
-        found.append(sklearn.SKLearnModel)
-    if (xgboost := sys.modules.get("mlserver_xgboost")) is not None:
-        found.append(xgboost.XGBoostModel)
-    return tuple(found)
-
-
 def give_lane(model: MLModel) -> bool:
     """Give a model predicted directly its lane, where its settings leave the
     runtime's decoding and encoding at NumPy's; True when it has one."""
-    if type(model) not in _runtime_classes():
+    if type(model) not in runtime_classes():
         return False  # a subclass may decode, predict or encode its own way
     settings = model.settings
     if settings.max_batch_size > 1 and settings.max_batch_time > 0:
@@ -117,9 +107,7 @@ class Lane:
 
     def __init__(self, model: MLModel):
         self.model = model
-        # The signature the data plane checks (the registry's, from the same settings).
-        self.inputs = list(model.settings.inputs)
-        self.outputs = list(model.settings.outputs)
+        self.inputs, self.outputs = declared(model)  # what the data plane checks
         self._no_id_headers: dict[str, str] | None = None
 
     def answer(

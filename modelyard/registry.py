@@ -35,6 +35,7 @@ from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
 from modelyard.lane import give_lane
+from modelyard.signature import SIGNATURE_ATTR
 
 logger = logging.getLogger("modelyard.registry")
 
@@ -44,9 +45,6 @@ INFLIGHT_ATTR = "_modelyard_inflight"
 # A folder that fails validation within this long of its last write is looked at
 # again rather than reported: an editor or a copy may still be writing it.
 SETTLE_S = 1.0
-# The signature as declared, kept before load(): some runtimes (Hugging Face)
-# append their own metadata to the settings' inputs while loading.
-SIGNATURE_ATTR = "_modelyard_signature"
 
 
 class State(StrEnum):

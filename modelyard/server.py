@@ -47,8 +47,8 @@ from modelyard.processes import (
 )
 from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
-from modelyard.registry import INFLIGHT_ATTR, SIGNATURE_ATTR, Registry, SwappingModelRegistry
-from modelyard.signature import check_request, check_response
+from modelyard.registry import INFLIGHT_ATTR, Registry, SwappingModelRegistry
+from modelyard.signature import check_request, check_response, declared
 
 logger = logging.getLogger("modelyard.server")
 _T = TypeVar("_T")
@@ -142,7 +142,7 @@ class _DataPlane(DataPlane):
         return meta
 
     def _prepare_payload(self, payload: InferenceRequest, model: MLModel) -> InferenceRequest:
-        inputs, _ = getattr(model, SIGNATURE_ATTR, ((), ()))
+        inputs, _ = declared(model)
         if inputs:
             check_request(model.name, inputs, payload)
         return super()._prepare_payload(payload, model)
@@ -174,7 +174,7 @@ class _DataPlane(DataPlane):
                 response = await model.predict(prepared)
             response.id = prepared.id
             self._inference_middleware.response_middleware(response, model.settings)
-            _, outputs = getattr(model, SIGNATURE_ATTR, ((), ()))
+            _, outputs = declared(model)
             if outputs:
                 check_response(name, outputs, prepared, response)
             PAYLOADS.record(model, prepared, response)  # sampled, queued: never waits
@@ -195,7 +195,7 @@ class _DataPlane(DataPlane):
         except MLServerError:
             return None  # `infer` gives the error, and counts it
         lane: Lane | None = getattr(model, LANE_ATTR, None)
-        if lane is None or not model.ready or PAYLOADS.samples(model):
+        if lane is None or PAYLOADS.samples(model):
             return None
         if self._response_cache is not None and model.settings.cache_enabled is not False:
             return None

@@ -16,6 +16,15 @@ from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from mlserver.types.dataplane import RequestInput, ResponseOutput
 
+# The signature as declared, kept before load(): some runtimes (Hugging Face) append
+# their own metadata to the settings' inputs while loading.
+SIGNATURE_ATTR = "_modelyard_signature"
+
+
+def declared(model: object) -> tuple[Sequence[MetadataTensor], Sequence[MetadataTensor]]:
+    """A loaded model's declared inputs and outputs (none for a model loaded elsewhere)."""
+    return getattr(model, SIGNATURE_ATTR, ((), ()))
+
 
 class Tensor(Protocol):
     """What the checks read of a tensor: MLServer's types, or gRPC's messages."""
