@@ -38,7 +38,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
-from modelyard.direct import DIRECT_ENV, predict_directly
+from modelyard.serving.direct import DIRECT_ENV, predict_directly
 from tests.support.server import REPO, ServerProcess
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {}
@@ -138,7 +138,7 @@ def raw_rows_per_s(model: str, data: np.ndarray) -> float:
 def direct_predict() -> dict[str, dict]:
     """One-row predictions of each model in process, as MLServer's runtime makes them:
     through the library's own ``predict``, and directly as modelyard serves them
-    (modelyard.direct)."""
+    (modelyard.serving.direct)."""
     from mlserver_sklearn import SKLearnModel
     from mlserver_xgboost import XGBoostModel
 

@@ -370,7 +370,7 @@ class _Checks:
         from mlserver.types import InferenceRequest, MetadataTensor
         from pydantic import ValidationError
 
-        from modelyard.signature import check_request
+        from modelyard.serving.signature import check_request
 
         try:
             request = InferenceRequest.model_validate(example)

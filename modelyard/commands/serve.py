@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from modelyard.logs import configure_logging
-from modelyard.processes import auto_processes, process_index, supervise
+from modelyard.serving.processes import auto_processes, process_index, supervise
 
 
 @click.command()
@@ -68,7 +68,7 @@ def serve(
     """
     from mlserver.utils import install_uvloop_event_loop
 
-    from modelyard.server import ServeOptions, serve
+    from modelyard.serving.server import ServeOptions, serve
 
     configure_logging(debug)
     if not directory.is_dir():

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from mlserver.registry import MultiModelRegistry
 from mlserver.settings import ModelSettings
 
-from modelyard import metrics
+from modelyard.serving import metrics
 from modelyard.quality.config import QualityConfig
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.tables import QualityStore

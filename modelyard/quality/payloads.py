@@ -29,7 +29,7 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import generate_uuid
 
-from modelyard import metrics
+from modelyard.serving import metrics
 from modelyard.quality.config import QualityConfig
 from modelyard.quality.tables import QualityStore
 from modelyard.store import now
@@ -205,5 +205,5 @@ def _jsonable(value: Any) -> Any:
 
 _UNSET: Any = object()
 
-# The server's one payload log (see modelyard.server).
+# The server's one payload log (see modelyard.serving.server).
 PAYLOADS = PayloadLog()

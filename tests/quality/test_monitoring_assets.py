@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from modelyard import metrics
+from modelyard.serving import metrics
 from tests.support.server import REPO
 
 CHART = REPO / "charts" / "modelyard"

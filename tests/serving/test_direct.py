@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from modelyard.direct import DIRECT_ENV, predict_directly
+from modelyard.serving.direct import DIRECT_ENV, predict_directly
 
 BREAST = load_breast_cancer(return_X_y=True)
 IRIS = load_iris(return_X_y=True)

@@ -21,8 +21,8 @@ from mlserver_sklearn import SKLearnModel
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression
 
-from modelyard.direct import DIRECT_ENV, predict_directly
-from modelyard.lane import LANE_ATTR, give_lane, takes
+from modelyard.serving.direct import DIRECT_ENV, predict_directly
+from modelyard.serving.lanes import LANE_ATTR, give_lane, takes
 from tests.quality.served import scrape
 from tests.serving.test_direct import sklearn_loaded
 from tests.support.server import ServerProcess

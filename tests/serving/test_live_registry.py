@@ -374,7 +374,7 @@ def test_settling_the_heap_frees_what_was_frozen_and_then_dropped() -> None:
     import gc
     import weakref
 
-    from modelyard.registry import settle_heap
+    from modelyard.serving.registry import settle_heap
 
     class Model:
         pass

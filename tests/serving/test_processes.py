@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from modelyard.processes import _keep_to, process_cores
+from modelyard.serving.processes import _keep_to, process_cores
 from tests.serving.test_live_registry import SETOSA, wait_for, write_iris, write_slow
 from tests.support.server import ServerProcess
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-logger = logging.getLogger("modelyard.processes")
+logger = logging.getLogger("modelyard.serving.processes")
 
 INDEX_ENV = "MODELYARD_PROCESS_INDEX"
 COUNT_ENV = "MODELYARD_PROCESSES"

@@ -1,4 +1,4 @@
-"""V2 gRPC inference without MLServer's per-call layers, as `fastpath` does for REST.
+"""V2 gRPC inference without MLServer's per-call layers, as `rest` does for REST.
 
 MLServer wraps every call in a Prometheus interceptor (a coroutine around the
 handler and a metrics wrapper per call) and an error decorator that logs each bad
@@ -43,9 +43,9 @@ from mlserver.types import InferenceRequest, RequestInput, RequestOutput, Tensor
 from mlserver.utils import extract_headers, insert_headers
 
 if TYPE_CHECKING:
-    from modelyard.grpcfront import GRPCFront
+    from modelyard.serving.grpc_front import GRPCFront
 
-logger = logging.getLogger("modelyard.grpcpath")
+logger = logging.getLogger("modelyard.serving.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{SERVICE}/ModelInfer"

@@ -33,12 +33,13 @@ from mlserver.settings import Settings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 from prometheus_client import Counter, Gauge, Histogram
 
-from modelyard import __version__, metrics
-from modelyard.fastpath import FastInfer
-from modelyard.grpcfront import GRPCFront, front_binary
-from modelyard.grpcpath import FastGRPCServer
-from modelyard.lane import LANE_ATTR, Lane, takes
-from modelyard.processes import (
+from modelyard import __version__
+from modelyard.serving import metrics
+from modelyard.serving.rest import FastInfer
+from modelyard.serving.grpc_front import GRPCFront, front_binary
+from modelyard.serving.grpc import FastGRPCServer
+from modelyard.serving.lanes import LANE_ATTR, Lane, takes
+from modelyard.serving.processes import (
     PROMETHEUS_DIR_ENV,
     mark_ready,
     process_index,
@@ -47,10 +48,10 @@ from modelyard.processes import (
 )
 from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
-from modelyard.registry import INFLIGHT_ATTR, Registry, SwappingModelRegistry
-from modelyard.signature import check_request, check_response, declared
+from modelyard.serving.registry import INFLIGHT_ATTR, Registry, SwappingModelRegistry
+from modelyard.serving.signature import check_request, check_response, declared
 
-logger = logging.getLogger("modelyard.server")
+logger = logging.getLogger("modelyard.serving.server")
 _T = TypeVar("_T")
 
 STATUS_PATH = "/modelyard/status"
@@ -88,7 +89,7 @@ def mlserver_settings(opts: ServeOptions) -> Settings:
         server_name="modelyard",
         server_version=__version__,
         grpc_max_message_length=opts.max_message_bytes,
-        model_repository_implementation="modelyard.registry.FolderRepository",
+        model_repository_implementation="modelyard.serving.registry.FolderRepository",
     )
 
 
@@ -185,7 +186,7 @@ class _DataPlane(DataPlane):
     async def infer_lane(
         self, request: pb.ModelInferRequest
     ) -> tuple[pb.ModelInferResponse, dict[str, str] | None] | None:
-        """A gRPC call answered by its model's lane (`modelyard.lane`), counted as
+        """A gRPC call answered by its model's lane (`modelyard.serving.lanes`), counted as
         `infer` counts; None when the call or the model has none."""
         if not takes(request):
             return None

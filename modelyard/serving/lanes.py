@@ -4,7 +4,7 @@ For a call MLServer's scikit-learn and XGBoost runtimes answer with their defaul
 output, MLServer builds pydantic request and response objects, decodes the input
 through its codecs into the array it could have read from the raw bytes, encodes the
 prediction into a list and packs the list back into bytes: for a directly predicted
-model (`modelyard.direct`), several times the prediction's own time. A lane reads the
+model (`modelyard.serving.direct`), several times the prediction's own time. A lane reads the
 input from the raw bytes, calls the same ``predict`` the runtime would and writes the
 same response: the data plane still counts it, checks it against the signature and
 runs MLServer's response middleware on it (`_DataPlane.infer_lane`).
@@ -33,11 +33,11 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceResponse, MetadataTensor
 from mlserver.utils import extract_headers
 
-from modelyard.direct import runtime_classes
-from modelyard.grpcpath import RAW_DTYPES
-from modelyard.signature import check_inputs, check_outputs, declared
+from modelyard.serving.direct import runtime_classes
+from modelyard.serving.grpc import RAW_DTYPES
+from modelyard.serving.signature import check_inputs, check_outputs, declared
 
-logger = logging.getLogger("modelyard.lane")
+logger = logging.getLogger("modelyard.serving.lanes")
 
 LANE_ATTR = "_modelyard_lane"
 OUTPUT = "predict"  # both runtimes' default output

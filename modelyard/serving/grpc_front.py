@@ -26,10 +26,10 @@ import grpc
 from google.protobuf.message import DecodeError
 from mlserver.grpc import dataplane_pb2 as pb
 
-from modelyard.grpcpath import Answer, FastInferenceServicer
-from modelyard.processes import unpinned
+from modelyard.serving.grpc import Answer, FastInferenceServicer
+from modelyard.serving.processes import unpinned
 
-logger = logging.getLogger("modelyard.grpcfront")
+logger = logging.getLogger("modelyard.serving.grpc_front")
 
 BINARY = "modelyard-grpc-front"
 FRONT_ENV = "MODELYARD_GRPC_FRONT"

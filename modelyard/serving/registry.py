@@ -28,16 +28,16 @@ from mlserver.repository import ModelRepository
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
-from modelyard import metrics
+from modelyard.serving import metrics
 from modelyard.companions import companions
-from modelyard.direct import predict_directly
+from modelyard.serving.direct import predict_directly
 from modelyard.errors import InvalidModelFolder
 from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.integrity import verify_settings
-from modelyard.lane import give_lane
-from modelyard.signature import SIGNATURE_ATTR
+from modelyard.serving.lanes import give_lane
+from modelyard.serving.signature import SIGNATURE_ATTR
 
-logger = logging.getLogger("modelyard.registry")
+logger = logging.getLogger("modelyard.serving.registry")
 
 # A model still answering requests is unloaded once they finish, or after this.
 DRAIN_TIMEOUT_S = 30.0

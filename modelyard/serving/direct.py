@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from mlserver.model import MLModel
 
-logger = logging.getLogger("modelyard.direct")
+logger = logging.getLogger("modelyard.serving.direct")
 
 DIRECT_ENV = "MODELYARD_DIRECT_PREDICT"
 

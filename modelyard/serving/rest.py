@@ -24,9 +24,9 @@ from mlserver.types import InferenceRequest
 from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 
-from modelyard import metrics
+from modelyard.serving import metrics
 
-logger = logging.getLogger("modelyard.fastpath")
+logger = logging.getLogger("modelyard.serving.rest")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
