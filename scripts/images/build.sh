@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Builds the container images (`make images`) on a machine that reaches Debian's archive
+# and PyPI but no container registry:
+#
+#   1. base images from Debian's packages: a debootstrap root filesystem imported with
+#      `docker import` (modelyard-local/debian:bookworm), and Debian's python3.11 on it
+#      (images/base/Dockerfile -> modelyard-local/python:3.11-bookworm); both saved to
+#      $CACHE/images/ and loaded from there next time;
+#   2. a wheelhouse of everything the images install, made once per pyproject.toml and
+#      operator requirements by the host's pip (cached in $CACHE/wheels/) and served to
+#      the builds on loopback;
+#   3. images/{serving,operator,examples}/Dockerfile with those as build arguments
+#      (BASE_IMAGE, DEBIAN_IMAGE, WHEELS_URL): the same Dockerfiles build from
+#      python:3.11-slim-bookworm elsewhere.
+#
+# A Docker daemon of its own is started when none answers on $DOCKER_HOST (and stopped
+# at exit): data in /var/lib/modelyard-docker, no bridge, no firewall rules.
+#
+# Usage: scripts/images/build.sh [serving|operator|examples|base ...]   (as root)
+# Env:   REGISTRY (ghcr.io/modelyard), VERSION (0.1.0), MODELYARD_CACHE (~/.cache/modelyard)
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+REGISTRY=${REGISTRY:-ghcr.io/modelyard}
+VERSION=${VERSION:-0.1.0}
+CACHE=${MODELYARD_CACHE:-$HOME/.cache/modelyard}
+SUITE=bookworm
+DEBIAN_IMAGE=modelyard-local/debian:$SUITE
+PYTHON_IMAGE=modelyard-local/python:3.11-$SUITE
+BASE_TARBALL=$CACHE/images/base-$SUITE.tar
+DOCKER_RUN=/run/modelyard-docker
+export DOCKER_HOST=${DOCKER_HOST:-unix://$DOCKER_RUN/docker.sock}
+# The classic builder: `--network host` for apt and the wheelhouse, no buildx needed.
+export DOCKER_BUILDKIT=0
+TARGETS=("$@")
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(serving operator examples)
+
+START=$SECONDS
+say() { printf '[images %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+die() { say "error: $*" >&2; exit 1; }
+[[ $EUID -eq 0 ]] || die "run as root: it starts dockerd and runs debootstrap"
+
+CLEANUP=()
+cleanup() {
+  local i
+  for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[i]}" || true; done
+}
+trap cleanup EXIT
+
+missing=()
+for pair in dockerd:docker.io debootstrap:debootstrap; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  say "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's client: the engine it ships speaks its API version.
+DOCKER=/usr/bin/docker
+[[ -x $DOCKER ]] || DOCKER=$(command -v docker)
+
+# -- the daemon ---------------------------------------------------------------------------
+if ! "$DOCKER" version >/dev/null 2>&1; then
+  [[ $DOCKER_HOST == "unix://$DOCKER_RUN/docker.sock" ]] || die "no Docker daemon answers on $DOCKER_HOST"
+  mkdir -p "$DOCKER_RUN"
+  say "starting dockerd (log $DOCKER_RUN/dockerd-images.log)"
+  # Under nice: image builds must not take the machine from other work. No bridge and
+  # no iptables: builds use the host's network (--network host) and touch no rules.
+  nice -n 19 dockerd \
+    --host "$DOCKER_HOST" \
+    --exec-root "$DOCKER_RUN/exec" \
+    --pidfile "$DOCKER_RUN/docker.pid" \
+    --data-root /var/lib/modelyard-docker \
+    --bridge=none --iptables=false --ip-masq=false \
+    --oom-score-adjust=0 \
+    >"$DOCKER_RUN/dockerd-images.log" 2>&1 &
+  DOCKERD_PID=$!
+  CLEANUP+=("say 'stopping dockerd'; kill $DOCKERD_PID; wait $DOCKERD_PID")
+  for _ in $(seq 300); do
+    "$DOCKER" version >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -n 30 "$DOCKER_RUN/dockerd-images.log" >&2; die "dockerd exited"; }
+    sleep 0.1
+  done
+  "$DOCKER" version >/dev/null 2>&1 || die "dockerd did not answer within 30 s"
+fi
+
+build() {
+  local tag=$1 dockerfile=$2 context=$3
+  shift 3
+  local began=$SECONDS
+  local log
+  log=$(mktemp /tmp/modelyard-docker-build.XXXXXX)
+  CLEANUP+=("rm -f '$log'")
+  say "docker build -f $dockerfile -t $tag"
+  "$DOCKER" build --network host --pull=false -f "$dockerfile" -t "$tag" "$@" "$context" >"$log" 2>&1 ||
+    { tail -n 40 "$log" >&2; die "docker build of $tag failed"; }
+  say "built $tag in $((SECONDS - began)) s: $(size "$tag")"
+}
+size() { "$DOCKER" image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}'; }
+
+# -- 1. base images -----------------------------------------------------------------------
+base_images() {
+  if "$DOCKER" image inspect "$DEBIAN_IMAGE" "$PYTHON_IMAGE" >/dev/null 2>&1; then
+    return
+  fi
+  if [[ -s $BASE_TARBALL ]]; then
+    say "docker load < $BASE_TARBALL"
+    "$DOCKER" load -q -i "$BASE_TARBALL" >/dev/null
+    return
+  fi
+  local root mirror
+  root=$(mktemp -d /var/tmp/modelyard-rootfs.XXXXXX)
+  CLEANUP+=("rm -rf '$root'")
+  # The machine's own mirror, so that a CI mirror configured there serves this too.
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  say "debootstrap --variant=minbase $SUITE from $mirror"
+  nice -n 19 debootstrap --variant=minbase "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
+    { tail -n 30 "$root.log" >&2; die "debootstrap failed"; }
+  rm -f "$root.log"
+  # What debian:bookworm-slim leaves out: package lists, caches, documentation.
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
+    "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log
+  printf 'path-exclude /usr/share/doc/*\npath-exclude /usr/share/man/*\npath-exclude /usr/share/info/*\n' \
+    >"$root/etc/dpkg/dpkg.cfg.d/docker-slim"
+  printf 'APT::Install-Recommends "false";\nAcquire::Languages "none";\n' >"$root/etc/apt/apt.conf.d/docker-slim"
+  say "docker import -> $DEBIAN_IMAGE"
+  tar -C "$root" --numeric-owner -c . |
+    "$DOCKER" import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      -c 'CMD ["bash"]' - "$DEBIAN_IMAGE" >/dev/null
+  build "$PYTHON_IMAGE" images/base/Dockerfile images/base --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE"
+  mkdir -p "$(dirname "$BASE_TARBALL")"
+  "$DOCKER" save -o "$BASE_TARBALL.tmp" "$DEBIAN_IMAGE" "$PYTHON_IMAGE"
+  mv "$BASE_TARBALL.tmp" "$BASE_TARBALL"
+  say "cached the base images in $BASE_TARBALL ($(du -h "$BASE_TARBALL" | cut -f1))"
+}
+
+# -- 2. the wheelhouse --------------------------------------------------------------------
+WHEELS_URL=""
+wheelhouse() {
+  local key dir venv pip
+  key=$(cat pyproject.toml images/operator/requirements.txt | sha256sum | cut -c1-16)
+  dir=$CACHE/wheels/$key
+  if [[ ! -f $dir/.complete ]]; then
+    say "pip wheel -> $dir (once per pyproject.toml)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    venv=$REPO/.venv
+    pip=$venv/bin/pip
+    [[ -x $pip ]] || die "no $pip: run make install first"
+    # The images' Python is 3.11 on bookworm's glibc, as the host's: the same wheels.
+    nice -n 19 "$pip" wheel --quiet --wheel-dir "$dir" \
+      "torch==2.13.0" "$REPO[postgres,storage]" -r images/operator/requirements.txt \
+      "setuptools>=69" wheel pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    # The project itself is built in the image from the context, never from the cache.
+    rm -f "$dir"/modelyard-*.whl
+    ls "$dir"/torch-2.13.0*.whl >/dev/null 2>&1 || die "the wheelhouse has no torch 2.13.0 wheel"
+    touch "$dir/.complete"
+  fi
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
+  local pid=$!
+  CLEANUP+=("kill $pid")
+  for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+    sleep 0.1
+  done
+  WHEELS_URL=http://127.0.0.1:$port/
+  say "wheelhouse: $(find "$dir" -name '*.whl' | wc -l) wheels served at $WHEELS_URL"
+}
+
+base_images
+ARGS=(--build-arg "BASE_IMAGE=$PYTHON_IMAGE" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE")
+for target in "${TARGETS[@]}"; do
+  case $target in
+    base) ;;
+    serving | operator)
+      [[ -n $WHEELS_URL ]] || wheelhouse
+      name=modelyard
+      [[ $target == operator ]] && name=modelyard-operator
+      build "$REGISTRY/$name:$VERSION" "images/$target/Dockerfile" . "${ARGS[@]}" \
+        --build-arg "WHEELS_URL=$WHEELS_URL"
+      ;;
+    examples)
+      build "$REGISTRY/modelyard-examples:$VERSION" images/examples/Dockerfile . "${ARGS[@]}"
+      ;;
+    *) die "unknown image '$target' (serving, operator, examples, base)" ;;
+  esac
+done
+say "done: $("$DOCKER" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "^($REGISTRY|modelyard-local)/" | tr '\n' ';')"
