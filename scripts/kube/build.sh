@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's
-# `kubernetes` source package, for the operator and Helm tests.
+# Builds Kubernetes v1.20.2 from Debian bookworm's `kubernetes` source package: the
+# control plane (kube-apiserver, kube-controller-manager) for the operator and Helm
+# tests, and a node (kube-scheduler, kubelet, kube-proxy, the pause binary of the
+# sandbox image) for the cluster tests (`make test-cluster`).
 #
-# No registry reachable from CI ships a Kubernetes control plane, but Debian ships
-# its full upstream source tree (vendor/ included) and Go. The two binaries land in
+# No registry reachable from CI ships Kubernetes, but Debian ships its full upstream
+# source tree (vendor/ included) and Go. The binaries land in
 # $MODELYARD_KUBE_CACHE/bin (outside the repository); a rerun with them in place
 # takes a second. Only bin/ needs to be kept between CI runs; work/ is scratch and
 # is removed after a successful build unless MODELYARD_KUBE_KEEP_WORK is set.
@@ -17,9 +19,10 @@ BIN=$CACHE/bin
 WORK=$CACHE/work
 GOPATH_DIR=$WORK/gopath
 TREE_LINK=$GOPATH_DIR/src/k8s.io/kubernetes
-BINARIES=(kube-apiserver kube-controller-manager)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 # Needed to build (golang-go, dpkg-dev, reflect2) and to run the tests (etcd-server, openssl).
-BUILD_PACKAGES=(golang-go etcd-server dpkg-dev openssl golang-github-modern-go-reflect2-dev)
+# libc6-dev: the static libc the pause binary links.
+BUILD_PACKAGES=(golang-go etcd-server dpkg-dev openssl golang-github-modern-go-reflect2-dev gcc libc6-dev)
 RUN_PACKAGES=(etcd-server openssl)
 SOURCES_FILE=/etc/apt/sources.list.d/modelyard-deb-src.sources
 
@@ -39,6 +42,7 @@ binaries_ok() {
   for b in "${BINARIES[@]}"; do
     [[ -x $BIN/$b ]] && "$BIN/$b" --version >/dev/null 2>&1 || return 1
   done
+  [[ -x $BIN/pause ]]
 }
 
 missing_packages() {
@@ -186,6 +190,12 @@ for b in "${BINARIES[@]}"; do
   go build -ldflags "$LDFLAGS" -o "$BIN/$b.tmp" "./cmd/$b"
   mv "$BIN/$b.tmp" "$BIN/$b"
 done
+
+# The sandbox ("pause") container's binary, as upstream builds it for k8s.gcr.io/pause.
+say "gcc build/pause/linux/pause.c"
+gcc -Os -Wall -Werror -static -DVERSION=v3.2 -o "$BIN/pause.tmp" build/pause/linux/pause.c
+strip "$BIN/pause.tmp"
+mv "$BIN/pause.tmp" "$BIN/pause"
 
 binaries_ok || die "built binaries do not run"
 # The tree and Go's build cache take ~2 GB; the binaries are all that is reused.
