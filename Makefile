@@ -55,7 +55,7 @@ $(FRONT): front/main.go $(STAMP)
 
 # Files made from the declaration schema; a test fails when they drift from it.
 generate: $(STAMP)
-	$(BIN)/python -m modelyard.schema.docs docs/declaration.md
+	$(BIN)/python -m modelyard.declarations.schema.docs docs/declaration.md
 
 models: $(MODELS)
 

@@ -92,7 +92,7 @@ class RawScoring:
     def __init__(self, folder: Path, chunk_rows: int):
         from modelyard_runtimes.predictor import PredictorPipeline
 
-        from modelyard.folders import load_model_folder
+        from modelyard.declarations.folders import load_model_folder
 
         os.environ["FEATURES_DB_URL"] = SOURCES["duckdb"]
         try:

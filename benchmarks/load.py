@@ -21,7 +21,7 @@ share_v2_protos()  # before anything imports MLServer
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
-from modelyard.folders import settings_dict  # noqa: E402
+from modelyard.declarations.folders import settings_dict  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -26,3 +26,7 @@ class InvalidModelFolder(ModelyardError):
         self.folder = folder
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class QualityError(ModelyardError):
+    """Quality metrics cannot be computed as asked; the message says what to change."""

@@ -13,7 +13,7 @@ class ClassSpecError(ValueError):
     """The spec cannot be resolved; the message says why and how to fix it."""
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
     except ValueError:
@@ -35,7 +35,7 @@ def load_class(spec: str, folder: Path | None = None) -> type:
         if folder is None:
             raise ClassSpecError(f"{spec!r}: a file path needs the model folder")
         path = folder / module_part
-        if not _inside(path, folder):
+        if not is_inside(path, folder):
             raise ClassSpecError(f"{spec!r}: {module_part} is outside the model folder {folder}")
         if not path.is_file():
             raise ClassSpecError(f"{spec!r}: no file {module_part} in {folder}")

@@ -14,8 +14,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from modelyard.declarations.schema import declaration_schema
 from modelyard.errors import ModelyardError
-from modelyard.schema import declaration_schema
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # The library a no-code model is trained with, pinned in its model.versions.

@@ -47,8 +47,12 @@ from mlserver.settings import ModelSettings
 
 from modelyard.batch import DEFAULT_CHUNK_ROWS
 from modelyard.batch.progress import BarReporter, count_in_background, reporter
+from modelyard.declarations.folders import (
+    MARKER_FILENAMES,
+    load_model_folder,
+    resolve_model_folder,
+)
 from modelyard.errors import ModelyardError
-from modelyard.folders import MARKER_FILENAMES, is_model_folder, load_model_folder
 from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, RunStatus, StoreError, now
 
 logger = logging.getLogger("modelyard.batch")
@@ -158,18 +162,6 @@ class RunResult:
         return f"{head}; run {run.status} ({run.shards_done}/{run.shards} shards complete)"
 
 
-def model_folder(target: Path) -> Path:
-    """The model folder of ``target``: the folder itself, or the folder of its model.yaml."""
-    if target.is_file() and target.name in MARKER_FILENAMES:
-        return target.parent
-    if target.is_dir() and is_model_folder(target):
-        return target
-    raise BatchError(
-        f"{target} is not a model folder or its declaration; name a folder holding a "
-        f"{' or '.join(MARKER_FILENAMES)}"
-    )
-
-
 class BatchJob:
     """The batch scoring of one model folder (a ``runtime: predictor`` declaration
     with ``features`` and ``predictions``)."""
@@ -177,7 +169,13 @@ class BatchJob:
     def __init__(self, target: Path):
         from modelyard_runtimes.predictor import PredictorOptions
 
-        self.folder = model_folder(target)
+        folder = resolve_model_folder(target)
+        if folder is None:
+            raise BatchError(
+                f"{target} is not a model folder or its declaration; name a folder holding a "
+                f"{' or '.join(MARKER_FILENAMES)}"
+            )
+        self.folder = folder
         self.settings: ModelSettings = load_model_folder(self.folder)
         name = self.settings.name
         if not _is_predictor(self.settings):

@@ -22,10 +22,14 @@ def build(directory: Path, out: Path | None) -> None:
     DIRECTORY is a model folder or a folder of model folders. Nothing is written
     unless every declaration is valid; `${VAR}` placeholders are kept as written.
     """
-    from modelyard import declaration
-    from modelyard.folders import DECLARATION_FILENAME, find_model_folders
-    from modelyard.generate import build as build_folder
-    from modelyard.generate import unrelocatable
+    from modelyard.declarations.folders import find_model_folders
+    from modelyard.declarations.load import (
+        DECLARATION_FILENAME,
+        declaration_problems,
+        read_declaration,
+    )
+    from modelyard.declarations.settings import build as build_folder
+    from modelyard.declarations.settings import unrelocatable
 
     folders = [f for f in find_model_folders(directory) if (f / DECLARATION_FILENAME).is_file()]
     if not folders:
@@ -33,11 +37,11 @@ def build(directory: Path, out: Path | None) -> None:
             f"no {DECLARATION_FILENAME} in {directory} or its folders; "
             "`modelyard new` makes a model folder with one"
         )
-    problems = {f: declaration.problems(f / DECLARATION_FILENAME) for f in folders}
+    problems = {f: declaration_problems(f / DECLARATION_FILENAME) for f in folders}
     if out is not None:
         for folder, found in problems.items():
             if not found:
-                found += unrelocatable(declaration.read(folder / DECLARATION_FILENAME), folder)
+                found += unrelocatable(read_declaration(folder / DECLARATION_FILENAME), folder)
     invalid = [p for found in problems.values() for p in found]
     if invalid:
         report(invalid)

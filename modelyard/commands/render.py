@@ -62,8 +62,12 @@ def declared_models(
     them); exits with every problem listed when one is invalid."""
     from modelyard_operator.crd import GROUP, KIND, VERSION
 
-    from modelyard import declaration
-    from modelyard.folders import DECLARATION_FILENAME, find_model_folders
+    from modelyard.declarations.folders import find_model_folders
+    from modelyard.declarations.load import (
+        DECLARATION_FILENAME,
+        declaration_problems,
+        read_declaration,
+    )
 
     folders = [f for f in find_model_folders(directory) if (f / DECLARATION_FILENAME).is_file()]
     if not folders:
@@ -71,14 +75,14 @@ def declared_models(
             f"no {DECLARATION_FILENAME} in {directory} or its folders; the operator runs "
             "declarations (`modelyard new` makes a model folder with one)"
         )
-    problems = [p for f in folders for p in declaration.problems(f / DECLARATION_FILENAME)]
+    problems = [p for f in folders for p in declaration_problems(f / DECLARATION_FILENAME)]
     if problems:
         report(problems)
         sys.exit(EXIT_INVALID)
     single = folders == [directory]
     resources = []
     for folder in folders:
-        spec = declaration.read(folder / DECLARATION_FILENAME)
+        spec = read_declaration(folder / DECLARATION_FILENAME)
         if environment is not None:
             spec["environment"] = environment
         if folder_uri is not None:

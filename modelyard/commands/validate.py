@@ -13,16 +13,16 @@ EXIT_INVALID = 2
 def file_problems(path: Path) -> list[Problem]:
     """Every problem of one declaration (.yaml) or model-settings (.json) file."""
     if path.suffix == ".json":
-        from modelyard.folders import read_model_settings_json
-        from modelyard.validation import check_model_settings
+        from modelyard.declarations.folders import read_model_settings_json
+        from modelyard.declarations.validate import check_model_settings
 
         try:
             return check_model_settings(read_model_settings_json(path), path)
         except InvalidModelFolder as e:
             return e.problems
-    from modelyard import declaration
+    from modelyard.declarations.load import declaration_problems
 
-    return declaration.problems(path)
+    return declaration_problems(path)
 
 
 def targets(path: Path) -> list[Path] | Problem:
@@ -30,7 +30,7 @@ def targets(path: Path) -> list[Path] | Problem:
     marker file, or those of every model folder in a directory."""
     if path.is_file():
         return [path]
-    from modelyard.folders import find_model_folders, marker_file
+    from modelyard.declarations.folders import find_model_folders, marker_file
 
     folders = find_model_folders(path)
     if not folders:

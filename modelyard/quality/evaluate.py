@@ -31,8 +31,9 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 
+from modelyard.declarations.monitoring import CLASSIFICATION, QualityConfig
+from modelyard.errors import QualityError
 from modelyard.quality import scoring
-from modelyard.quality.config import CLASSIFICATION, QualityConfig, QualityError
 from modelyard.quality.labels import label_text
 from modelyard.quality.tables import ENTITY, REQUEST, QualityStore, insert, upsert
 from modelyard.store import RUNS_TABLE, RunStatus, now, utc

@@ -25,10 +25,10 @@ import sqlalchemy as sa
 from mlserver.registry import MultiModelRegistry
 from mlserver.settings import ModelSettings
 
-from modelyard.serving import metrics
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.tables import QualityStore
+from modelyard.serving import metrics
 from modelyard.store import RUNS_TABLE, RunStatus, utc
 
 logger = logging.getLogger("modelyard.quality")

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelyard.quality.config import REGRESSION, QualityConfig, QualityError
+from modelyard.declarations.monitoring import REGRESSION, QualityConfig
+from modelyard.errors import QualityError
 from modelyard.quality.tables import ENTITY, REQUEST, LoadResult, QualityStore
 
 REQUEST_ID, ROW, LABEL, OBSERVED_AT = "request_id", "row", "label", "observed_at"

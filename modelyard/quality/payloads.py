@@ -29,9 +29,9 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import generate_uuid
 
-from modelyard.serving import metrics
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.tables import QualityStore
+from modelyard.serving import metrics
 from modelyard.store import now
 
 logger = logging.getLogger("modelyard.quality")

@@ -14,7 +14,7 @@ import pandas as pd
 from rich import box
 from rich.table import Table
 
-from modelyard.quality.config import CLASSIFICATION
+from modelyard.declarations.monitoring import CLASSIFICATION
 from modelyard.quality.scoring import OVERALL
 
 # The headline metrics of each task, in the order they are shown.

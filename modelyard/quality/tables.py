@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.store import TIMESTAMP, PredictionStore, now, utc
 
 LABELS_TABLE = "modelyard_labels"

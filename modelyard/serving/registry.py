@@ -29,11 +29,11 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
 from modelyard.serving import metrics
-from modelyard.companions import companions
+from modelyard.declarations.companions import companions
 from modelyard.serving.direct import predict_directly
 from modelyard.errors import InvalidModelFolder
-from modelyard.folders import find_model_folders, is_model_folder, load_model_folder
-from modelyard.integrity import verify_settings
+from modelyard.declarations.folders import find_model_folders, is_model_folder, load_model_folder
+from modelyard.declarations.integrity import verify_settings
 from modelyard.serving.lanes import give_lane
 from modelyard.serving.signature import SIGNATURE_ATTR
 
@@ -412,12 +412,12 @@ class FolderRepository(ModelRepository):
 
 def warmup_request(folder: Path) -> InferenceRequest | None:
     """The declaration's example request, if it gives one."""
-    from modelyard.folders import DECLARATION_FILENAME
+    from modelyard.declarations.load import DECLARATION_FILENAME
 
     if not (folder / DECLARATION_FILENAME).is_file():
         return None
     try:
-        from modelyard.declaration import example_request
+        from modelyard.declarations.load import example_request
     except ImportError:
         return None
     return example_request(folder)

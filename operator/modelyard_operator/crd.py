@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from modelyard.schema import declaration_schema
+from modelyard.declarations.schema import declaration_schema
 
 GROUP = "modelyard.io"
 VERSION = "v1alpha1"
@@ -30,7 +30,10 @@ CHART_CRD_FILE = (
     Path(__file__).resolve().parents[2] / "charts" / "modelyard" / "templates" / "crds"
     / f"{CRD_NAME}.yaml"
 )  # fmt: skip
-HEADER = "# Generated from modelyard/schema/declaration.schema.json by `make generate`.\n"
+HEADER = (
+    "# Generated from modelyard/declarations/schema/declaration.schema.json "
+    "by `make generate`.\n"
+)
 # Helm never upgrades files in a chart's crds/ folder, so the chart templates the CRD,
 # and keeps it on uninstall: deleting a CRD deletes every Model, and so every model.
 KEEP = {"helm.sh/resource-policy": "keep"}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from modelyard.declaration import overlay
+from modelyard.declarations.load import overlay
 
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = ("environment", "folder", "image", "secretEnv")

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from modelyard.interpolate import expand
+from modelyard.declarations.interpolate import expand
 
 
 def database_message(e: SQLAlchemyError) -> str:

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from modelyard_runtimes.predictor import PredictorPipeline
 
-from modelyard.folders import load_model_folder
+from modelyard.declarations.folders import load_model_folder
 from modelyard.store import PredictionStore, RunInfo, table_name
 from tests.support.server import MODELYARD, REPO
 

@@ -14,8 +14,8 @@ import pytest
 from mlserver.types import InferenceRequest
 from modelyard_runtimes.lookup import LookupRuntime, NoPredictions
 
-from modelyard.companions import lookup_settings
-from modelyard.folders import load_model_folder
+from modelyard.declarations.companions import lookup_settings
+from modelyard.declarations.folders import load_model_folder
 from tests.batch.conftest import EXAMPLE, VALUES, batch, direct_scores, ok, stored
 from tests.support.clients import expect_error, ids, infer, make_client, texts
 

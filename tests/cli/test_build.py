@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelyard import declaration
-from modelyard.folders import load_model_folder
-from modelyard.generate import model_settings, server_settings
+from modelyard.declarations.folders import load_model_folder
+from modelyard.declarations.load import load_declaration
+from modelyard.declarations.settings import model_settings, server_settings
 from tests.support.declarations import model_folder, run_cli
 from tests.support.server import copy_model
 
@@ -25,7 +25,7 @@ def test_build_in_place_is_deterministic(tmp_path: Path) -> None:
     first = {p: p.read_bytes() for p in written}
 
     for folder in (iris, scorer):
-        decl = declaration.load(folder / "model.yaml")
+        decl = load_declaration(folder / "model.yaml")
         assert json.loads((folder / "model-settings.json").read_text()) == model_settings(decl)
         assert json.loads((folder / "settings.json").read_text()) == server_settings(decl)
 

@@ -12,9 +12,14 @@ from typing import Any
 
 import pytest
 
-from modelyard import declaration
-from modelyard.generate import dumps, model_settings, model_settings_for_folder, server_settings
-from modelyard.validation import check_model_settings
+from modelyard.declarations.load import load_declaration
+from modelyard.declarations.settings import (
+    dumps,
+    model_settings,
+    model_settings_for_folder,
+    server_settings,
+)
+from modelyard.declarations.validate import check_model_settings
 from tests.support.declarations import BASE, base
 from tests.support.server import REPO
 
@@ -189,7 +194,7 @@ def test_generated_settings_load_in_mlserver_in_a_scrubbed_environment(tmp_path:
         out = tmp_path / "generated" / folder.name
         out.mkdir(parents=True)
         (out / "model-settings.json").write_text(dumps(settings))
-        decl = declaration.load(folder / "model.yaml")
+        decl = load_declaration(folder / "model.yaml")
         (out / "settings.json").write_text(dumps(server_settings(decl)))
         pairs.append([str(out / "model-settings.json"), str(out / "settings.json")])
         expected.append(settings)

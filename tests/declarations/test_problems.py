@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from modelyard import declaration
+from modelyard.declarations.load import declaration_problems
+from modelyard.declarations.settings import model_settings_for_folder
 from modelyard.errors import InvalidModelFolder
-from modelyard.generate import model_settings_for_folder
 from tests.support.declarations import (
     BASE,
     SEVERAL,
@@ -348,7 +348,7 @@ def validate_output(broken: Path) -> tuple[int, list[str]]:
 
 def test_the_base_declaration_is_valid(tmp_path: Path) -> None:
     folder = model_folder(tmp_path / "scorer")
-    assert declaration.problems(folder / "model.yaml") == []
+    assert declaration_problems(folder / "model.yaml") == []
     result = run_cli("validate", str(folder))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "1 file checked: all valid"
@@ -357,7 +357,7 @@ def test_the_base_declaration_is_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_one_problem_at_its_pointer(broken: Path, case: Case) -> None:
     path = broken / case.id / "model.yaml"
-    problems = declaration.problems(path)
+    problems = declaration_problems(path)
     assert len(problems) == 1, "\n".join(map(str, problems))
     (problem,) = problems
     assert problem.file == str(path)
@@ -404,7 +404,7 @@ def test_several_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_huggingface_needs_a_task_and_a_model_in_the_folder(tmp_path: Path) -> None:
     decl = {"name": "hf", "version": "1", "runtime": "huggingface", "model": {"uri": "./"}}
     folder = model_folder(tmp_path / "hf", decl)
-    found = {p.pointer: p.message for p in declaration.problems(folder / "model.yaml")}
+    found = {p.pointer: p.message for p in declaration_problems(folder / "model.yaml")}
     assert set(found) == {"/model/parameters/task", "/model/uri"}
     assert "text-classification" in found["/model/parameters/task"]
     assert "no config.json" in found["/model/uri"]
@@ -415,8 +415,8 @@ def test_a_set_variable_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     decl["model"]["uri"] = "${MODEL_FILE}"
     folder = model_folder(tmp_path / "scorer", decl)
     monkeypatch.setenv("MODEL_FILE", "elsewhere.bin")
-    (problem,) = declaration.problems(folder / "model.yaml")
+    (problem,) = declaration_problems(folder / "model.yaml")
     assert problem.pointer == "/model/uri"
     assert "elsewhere.bin does not exist" in problem.message
     monkeypatch.setenv("MODEL_FILE", "model.bin")
-    assert declaration.problems(folder / "model.yaml") == []
+    assert declaration_problems(folder / "model.yaml") == []

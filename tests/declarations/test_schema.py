@@ -10,13 +10,13 @@ import pytest
 from jsonschema import Draft202012Validator
 from mlserver.settings import ModelParameters, ModelSettings
 
-from modelyard.schema import (
+from modelyard.declarations.schema import (
     declaration_schema,
     declaration_schema_inlined,
     inlined,
     model_settings_schema,
 )
-from modelyard.schema.docs import render
+from modelyard.declarations.schema.docs import render
 from tests.support.declarations import base
 from tests.support.server import REPO
 

@@ -27,7 +27,7 @@ from modelyard_operator.render import manifests
 from modelyard_operator.render.config import render_configmap
 from modelyard_operator.spec import OPERATOR_KEYS, Model
 
-from modelyard.folders import settings_dict
+from modelyard.declarations.folders import settings_dict
 from tests.operator.cases import CURRENT, V1_20
 from tests.operator.conftest import Models
 from tests.support.kube import KubeCluster

@@ -21,7 +21,7 @@ from modelyard_operator.render import manifests, render_all
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
 from modelyard_operator.spec import Model, SpecError
 
-from modelyard.generate import model_settings, server_settings
+from modelyard.declarations.settings import model_settings, server_settings
 from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, V1_20
 
 GOLDEN_DIR = Path(__file__).parent / "golden"

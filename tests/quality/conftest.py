@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.labels import label_frame
 from modelyard.quality.tables import ENTITY, QualityStore
 from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, now

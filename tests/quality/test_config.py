@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelyard import declaration
+from modelyard.declarations.load import declaration_problems
 from tests.support.declarations import base, model_folder, run_cli
 
 CASES: dict[str, tuple[dict[str, Any], str, str]] = {
@@ -47,7 +47,7 @@ def test_validate_names_the_monitoring_mistake(
     data = base()
     data["monitoring"] = {"payload_sample_rate": 0.1, **monitoring}
     folder = model_folder(tmp_path / "scorer", data)
-    problems = declaration.problems(folder / "model.yaml")
+    problems = declaration_problems(folder / "model.yaml")
     assert [(p.pointer, message in p.message) for p in problems] == [(pointer, True)], problems
 
 
@@ -55,7 +55,7 @@ def test_a_complete_monitoring_block_is_valid(tmp_path: Path) -> None:
     data = base()
     data["monitoring"] = {"task": "regression", "prediction": "score", "payload_sample_rate": 1}
     folder = model_folder(tmp_path / "scorer", data)
-    assert declaration.problems(folder / "model.yaml") == []
+    assert declaration_problems(folder / "model.yaml") == []
 
 
 def test_metrics_says_what_is_missing(tmp_path: Path) -> None:

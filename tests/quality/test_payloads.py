@@ -19,7 +19,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from prometheus_client import REGISTRY
 from sklearn import metrics as sk
 
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.payloads import PayloadLog
 from modelyard.quality.tables import REQUEST, QualityStore

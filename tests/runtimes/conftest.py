@@ -9,7 +9,7 @@ import pytest
 from mlserver.types import InferenceRequest, InferenceResponse
 from modelyard_runtimes.predictor import PredictorRuntime
 
-from modelyard.folders import load_model_folder
+from modelyard.declarations.folders import load_model_folder
 
 Loader = Callable[[Path], Awaitable[PredictorRuntime]]
 

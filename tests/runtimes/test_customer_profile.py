@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from modelyard_runtimes.predictor import PredictorPipeline
 
-from modelyard.folders import load_model_folder
+from modelyard.declarations.folders import load_model_folder
 from tests.conftest import print_log_on_failure
 from tests.support.clients import ids, infer, make_client, texts
 from tests.support.server import REPO, ServerProcess, running

@@ -13,8 +13,8 @@ from mlserver.errors import InferenceError
 from modelyard_runtimes.errors import FeatureSourceError
 from modelyard_runtimes.predictor import PredictorPipeline
 
-from modelyard.folders import load_model_folder
-from modelyard.integrity import IntegrityError
+from modelyard.declarations.folders import load_model_folder
+from modelyard.declarations.integrity import IntegrityError
 from tests.runtimes import folders
 from tests.runtimes.conftest import ids_input, is_nan, output, v2_request
 from tests.support.postgres import PostgresServer

@@ -11,8 +11,8 @@ from mlserver.errors import InferenceError, MLServerError
 from modelyard_runtimes.errors import ModelError
 from modelyard_runtimes.predictor import PredictorPipeline
 
-from modelyard.folders import load_model_folder
-from modelyard.integrity import IntegrityError, verify_settings
+from modelyard.declarations.folders import load_model_folder
+from modelyard.declarations.integrity import IntegrityError, verify_settings
 from tests.runtimes import folders
 from tests.runtimes.conftest import output, v2_request
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from modelyard.folders import DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME
-from modelyard.generate import SERVER_SETTINGS_FILENAME
+from modelyard.declarations.load import DECLARATION_FILENAME
+from modelyard.declarations.settings import MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME
 from modelyard_operator.spec import CRONJOB_SUFFIX, Model, fetched_as_folder, is_remote
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8080, 8081, 8082

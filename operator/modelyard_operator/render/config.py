@@ -9,8 +9,14 @@ from typing import Any
 
 import yaml
 
-from modelyard.folders import DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME
-from modelyard.generate import SERVER_SETTINGS_FILENAME, dumps, model_settings, server_settings
+from modelyard.declarations.load import DECLARATION_FILENAME
+from modelyard.declarations.settings import (
+    MODEL_SETTINGS_FILENAME,
+    SERVER_SETTINGS_FILENAME,
+    dumps,
+    model_settings,
+    server_settings,
+)
 from modelyard_operator.render.common import RenderOptions, config_name, metadata, pod_uri
 from modelyard_operator.spec import Model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelyard.generate import server_settings
+from modelyard.declarations.settings import server_settings
 from modelyard_operator.render.common import (
     CONFIG_HASH_ANNOTATION,
     GRPC_PORT,

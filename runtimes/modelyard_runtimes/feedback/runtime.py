@@ -13,7 +13,7 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
 from pydantic import BaseModel, ConfigDict
 
-from modelyard.quality.config import QualityConfig
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.labels import LABEL, OBSERVED_AT, REQUEST_ID, ROW, LabelError, label_frame
 from modelyard.quality.tables import ENTITY, REQUEST, QualityStore
 from modelyard.store import StoreError

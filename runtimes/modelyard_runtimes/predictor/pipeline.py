@@ -23,8 +23,8 @@ from mlserver.settings import ModelSettings
 from mlserver.types import MetadataTensor
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from modelyard.declarations.integrity import verify_settings, verify_sha256
 from modelyard.imports import load_class
-from modelyard.integrity import verify_settings, verify_sha256
 from modelyard_runtimes.errors import ModelError, call_user
 from modelyard_runtimes.features import FeaturesOptions, FeatureSource
 from modelyard_runtimes.tensors import (
@@ -75,7 +75,7 @@ class PredictorOptions(BaseModel):
     features: FeaturesOptions | None = None
     predictions: PredictionsOptions = PredictionsOptions()
     parameters: dict[str, Any] = {}  # keyword arguments of the predictor class
-    modelyard: dict[str, Any] = {}  # sha256 and versions: see modelyard.integrity
+    modelyard: dict[str, Any] = {}  # sha256 and versions: see modelyard.declarations.integrity
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PredictorOptions:
@@ -104,7 +104,7 @@ def model_folder(settings: ModelSettings) -> Path:
     if not settings._source:
         raise ValueError(
             f"model '{settings.name}': its settings have no source file, so relative paths "
-            "cannot be resolved; load them with modelyard.folders.load_model_folder"
+            "cannot be resolved; load them with modelyard.declarations.folders.load_model_folder"
         )
     return Path(settings._source).resolve().parent
 

@@ -4,8 +4,8 @@ declaration's example with the declared outputs. Run `pytest` in this folder."""
 import asyncio
 from pathlib import Path
 
-from modelyard.declaration import example_request
-from modelyard.folders import load_model_folder
+from modelyard.declarations.load import example_request
+from modelyard.declarations.folders import load_model_folder
 
 HERE = Path(__file__).resolve().parent
 

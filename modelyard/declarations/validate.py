@@ -12,8 +12,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from modelyard.declarations.schema import declaration_schema, model_settings_schema
 from modelyard.errors import Problem
-from modelyard.schema import declaration_schema, model_settings_schema
 
 # What people write for a V2 datatype, mapped to what they mean.
 DATATYPE_ALIASES = {

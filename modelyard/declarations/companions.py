@@ -6,8 +6,10 @@ batch runs write, answering by entity id with the latest complete run's predicti
 Nothing to declare: whatever ``modelyard batch run`` writes, the lookup model reads.
 
 A model with a store (``predictions.store`` or a ``monitoring`` block) gets
-``<name>-feedback``, taking the labels that judge its predictions (see
-``modelyard.quality.feedback``).
+``<name>-feedback``, taking the labels that judge its predictions. Services already
+speak V2 to the model, with the same client; sending the truth back to
+``<name>-feedback`` needs nothing else (no second API, no second port, the same gRPC
+and REST, the same metrics). See ``modelyard_runtimes.feedback``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from typing import Any
 
 from mlserver.settings import ModelSettings
 
+from modelyard.declarations.monitoring import QualityConfig
+from modelyard.declarations.settings import IMPLEMENTATIONS
+
 LOOKUP_SUFFIX = "-lookup"
 LOOKUP_IMPLEMENTATION = "modelyard_runtimes.lookup.LookupRuntime"
-PREDICTOR_IMPLEMENTATION = "modelyard_runtimes.predictor.PredictorRuntime"
+FEEDBACK_SUFFIX = "-feedback"
+FEEDBACK_IMPLEMENTATION = "modelyard_runtimes.feedback.FeedbackRuntime"
+FEEDBACK_OUTPUTS = ("received", "changed")
 
 
 def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
@@ -27,7 +34,7 @@ def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
     predictions = extra.get("predictions") or {}
     features = extra.get("features") or {}
     if (
-        settings.implementation_ != PREDICTOR_IMPLEMENTATION
+        settings.implementation_ != IMPLEMENTATIONS["predictor"]
         or not predictions.get("store")
         or not predictions.get("columns")
         or not features.get("key")
@@ -49,6 +56,20 @@ def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
         {"model": settings.name, "key": key, "columns": columns, "store": predictions["store"]},
         inputs=[{"name": key, "datatype": key_type, "shape": [-1]}],
         outputs=[{"name": n, "datatype": t, "shape": [-1]} for n, t in tensors],
+    )
+
+
+def feedback_settings(settings: ModelSettings) -> ModelSettings | None:
+    """The ``<name>-feedback`` model of a model with a store, else None."""
+    config = QualityConfig.from_settings(settings)
+    if config is None:
+        return None
+    return companion(
+        settings,
+        FEEDBACK_SUFFIX,
+        FEEDBACK_IMPLEMENTATION,
+        {"model": config.model, "store": config.store, "key": config.key, "task": config.task},
+        outputs=[{"name": n, "datatype": "INT64", "shape": [1]} for n in FEEDBACK_OUTPUTS],
     )
 
 
@@ -77,7 +98,4 @@ def companion(
 
 def companions(settings: ModelSettings) -> list[ModelSettings]:
     """Every model to serve next to ``settings``' own."""
-    # Imported here: the feedback model's settings are built with `companion` above.
-    from modelyard.quality.feedback import feedback_settings
-
     return [c for c in (lookup_settings(settings), feedback_settings(settings)) if c is not None]

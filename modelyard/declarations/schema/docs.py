@@ -1,5 +1,6 @@
-"""docs/declaration.md from the declaration schema: ``python -m modelyard.schema.docs OUT``
-(``make generate``). A test fails when the committed file and the schema drift."""
+"""docs/declaration.md from the declaration schema:
+``python -m modelyard.declarations.schema.docs OUT`` (``make generate``). A test fails
+when the committed file and the schema drift."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelyard.schema import DECLARATION, declaration_schema_inlined
+from modelyard.declarations.schema import DECLARATION, declaration_schema_inlined
 
 # How map keys and list items read in a dotted key path.
 MAP_KEY_NAMES = {
@@ -79,8 +80,8 @@ def render() -> str:
     lines = [
         "# The model declaration (`model.yaml`)",
         "",
-        f"Generated from `modelyard/schema/{DECLARATION}` by `make generate`; edit the schema,",
-        "not this file.",
+        f"Generated from `modelyard/declarations/schema/{DECLARATION}` by `make generate`;",
+        "edit the schema, not this file.",
         "",
         schema["description"],
         "",
@@ -108,7 +109,7 @@ def render() -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m modelyard.schema.docs OUT.md", file=sys.stderr)
+        print("usage: python -m modelyard.declarations.schema.docs OUT.md", file=sys.stderr)
         return 2
     Path(argv[0]).parent.mkdir(parents=True, exist_ok=True)
     Path(argv[0]).write_text(render())

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from modelyard import declaration
+from modelyard.declarations.integrity import EXTRA_KEY
+from modelyard.declarations.load import DECLARATION_FILENAME, load_declaration
 from modelyard.errors import Problem
-from modelyard.folders import DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME
 
+MODEL_SETTINGS_FILENAME = "model-settings.json"
 SERVER_SETTINGS_FILENAME = "settings.json"
 
 IMPLEMENTATIONS = {
@@ -27,9 +28,6 @@ IMPLEMENTATIONS = {
     "huggingface": "mlserver_huggingface.HuggingFaceRuntime",
     "predictor": "modelyard_runtimes.predictor.PredictorRuntime",
 }
-# Where a declaration's sha256 and versions go in parameters.extra (read by
-# modelyard.integrity before any runtime loads the artifact), and its monitoring.
-INTEGRITY_KEY = "modelyard"
 # `modelyard serve` answers in the server process unless told otherwise.
 DEFAULT_WORKERS = 0
 
@@ -53,11 +51,12 @@ def _extra(decl: dict[str, Any]) -> dict[str, Any]:
             extra["parameters"] = model["parameters"]
     elif runtime in ("huggingface", "custom"):
         extra.update(model.get("parameters") or {})
-    integrity: dict[str, Any] = {k: model[k] for k in ("sha256", "versions") if k in model}
+    # sha256 and versions, checked before any runtime loads the artifact, and monitoring.
+    carried: dict[str, Any] = {k: model[k] for k in ("sha256", "versions") if k in model}
     if decl.get("monitoring"):
-        integrity["monitoring"] = decl["monitoring"]  # read by modelyard.quality
-    if integrity:
-        extra[INTEGRITY_KEY] = integrity
+        carried["monitoring"] = decl["monitoring"]  # see modelyard.declarations.monitoring
+    if carried:
+        extra[EXTRA_KEY] = carried
     return extra
 
 
@@ -102,7 +101,7 @@ def dumps(data: dict[str, Any]) -> str:
 
 def model_settings_for_folder(folder: Path) -> dict[str, Any]:
     """The model settings of a declaration folder; InvalidModelFolder lists every problem."""
-    return model_settings(declaration.load(folder / DECLARATION_FILENAME))
+    return model_settings(load_declaration(folder / DECLARATION_FILENAME))
 
 
 def unrelocatable(decl: dict[str, Any], folder: Path) -> list[Problem]:
@@ -142,7 +141,7 @@ def relocated(settings: dict[str, Any], folder: Path, dest: Path) -> dict[str, A
 def build(folder: Path, out: Path | None = None) -> list[Path]:
     """Write ``model-settings.json`` and ``settings.json`` for the declaration in
     ``folder``: next to it, or in ``out/<folder name>/``. Returns the files written."""
-    decl = declaration.load(folder / DECLARATION_FILENAME)
+    decl = load_declaration(folder / DECLARATION_FILENAME)
     settings = model_settings(decl)
     dest = folder
     if out is not None:

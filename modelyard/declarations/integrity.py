@@ -20,7 +20,9 @@ from packaging.utils import canonicalize_name
 if TYPE_CHECKING:
     from mlserver.settings import ModelSettings
 
-# Where a declaration's integrity block lands in the generated model settings.
+# The key of ``parameters.extra`` that carries what a declaration says beyond MLServer's
+# settings: the artifact's sha256 and the library versions (checked here) and its
+# monitoring (see modelyard.declarations.monitoring).
 EXTRA_KEY = "modelyard"
 
 

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from modelyard.declarations.interpolate import MissingVariable, expand
+from modelyard.declarations.load import DECLARATION_FILENAME
+from modelyard.declarations.settings import MODEL_SETTINGS_FILENAME, model_settings_for_folder
+from modelyard.declarations.validate import check_model_settings
 from modelyard.errors import InvalidModelFolder, Problem
-from modelyard.interpolate import MissingVariable, expand
 
 if TYPE_CHECKING:  # MLServer is imported only where settings objects are built:
     from mlserver.settings import ModelSettings  # the operator does without it
 
-MODEL_SETTINGS_FILENAME = "model-settings.json"
-DECLARATION_FILENAME = "model.yaml"
 MARKER_FILENAMES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME)
 
 
@@ -36,6 +37,26 @@ def find_model_folders(root: Path) -> list[Path]:
     return sorted(
         p for p in root.iterdir() if not p.name.startswith((".", "_")) and is_model_folder(p)
     )
+
+
+def resolve_model_folder(target: str | Path, directory: Path | None = None) -> Path | None:
+    """The model folder ``target`` names, or None: a model folder, or its model.yaml (or
+    model-settings.json); with ``directory``, also a folder of ``directory`` by its name,
+    or the folder of the model named ``target`` there (loading each folder's settings,
+    so an invalid one raises InvalidModelFolder)."""
+    path = Path(target)
+    if path.is_file() and path.name in MARKER_FILENAMES:
+        return path.parent
+    if is_model_folder(path):
+        return path
+    if directory is None:
+        return None
+    if is_model_folder(directory / target):
+        return directory / target
+    for folder in find_model_folders(directory) if directory.is_dir() else []:
+        if load_model_folder(folder).name == target:
+            return folder
+    return None
 
 
 def marker_file(folder: Path) -> Path:
@@ -79,11 +100,7 @@ def settings_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
     """The MLServer model settings of a folder as a plain dict, validated."""
     marker = marker_file(folder)
     if marker.name == DECLARATION_FILENAME:
-        from modelyard.generate import model_settings_for_folder
-
         return marker, model_settings_for_folder(folder)
-    from modelyard.validation import check_model_settings
-
     data = read_model_settings_json(marker)
     # As MLServer does: a model-settings.json without a name is named after its folder.
     data.setdefault("name", folder.name)

@@ -18,21 +18,23 @@ from urllib.parse import urlparse
 
 import yaml
 
-from modelyard.errors import InvalidModelFolder, Problem
-from modelyard.imports import ClassSpecError, _inside, load_class
-from modelyard.integrity import IntegrityError, verify_sha256, version_mismatches
-from modelyard.interpolate import MissingVariable, expand
-from modelyard.validation import (
+from modelyard.declarations.integrity import IntegrityError, verify_sha256, version_mismatches
+from modelyard.declarations.interpolate import MissingVariable, expand
+from modelyard.declarations.monitoring import monitoring_problems
+from modelyard.declarations.validate import (
     declaration_validator,
     is_within,
     pointer,
     pointer_key,
     schema_problems,
 )
+from modelyard.errors import InvalidModelFolder, Problem
+from modelyard.imports import ClassSpecError, is_inside, load_class
 
 if TYPE_CHECKING:
     from mlserver.types import InferenceRequest
 
+DECLARATION_FILENAME = "model.yaml"
 # The predictor class: predict is required, the others are called when present.
 PREDICTOR_METHODS = {
     "load": "artifacts_dir",
@@ -69,7 +71,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def read(path: Path) -> dict[str, Any]:
+def read_declaration(path: Path) -> dict[str, Any]:
     """The declaration as data; a YAML error is an InvalidModelFolder naming line and column."""
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader
@@ -147,7 +149,7 @@ class _Checks:
         if parsed.scheme not in ("", "file"):
             return None, None
         path = self.folder / (parsed.path if parsed.scheme == "file" else value)
-        if not _inside(path, self.folder):
+        if not is_inside(path, self.folder):
             return (
                 None,
                 f"{value} is outside the model folder {self.folder}; put the {what} inside it",
@@ -382,12 +384,10 @@ class _Checks:
             yield "/example", f"the example does not fit the inputs: {e}"
 
     def monitoring(self) -> Iterator[tuple[str, str]]:
-        from modelyard.quality.config import declaration_problems
-
-        yield from declaration_problems(self.data)
+        yield from monitoring_problems(self.data)
 
 
-def check(data: dict[str, Any], path: Path) -> list[Problem]:
+def check_declaration(data: dict[str, Any], path: Path) -> list[Problem]:
     """Every problem of the declaration ``data`` read from ``path``."""
     folder = path.parent
     file = str(path)
@@ -400,19 +400,19 @@ def check(data: dict[str, Any], path: Path) -> list[Problem]:
     return sorted(dict.fromkeys(problems), key=lambda p: pointer_key(p.pointer))
 
 
-def problems(path: Path) -> list[Problem]:
+def declaration_problems(path: Path) -> list[Problem]:
     """Every problem of the declaration file at ``path`` (YAML errors included)."""
     try:
-        data = read(path)
+        data = read_declaration(path)
     except InvalidModelFolder as e:
         return e.problems
-    return check(data, path)
+    return check_declaration(data, path)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load_declaration(path: Path) -> dict[str, Any]:
     """The declaration at ``path``, checked: InvalidModelFolder lists every problem."""
-    data = read(path)
-    found = check(data, path)
+    data = read_declaration(path)
+    found = check_declaration(data, path)
     if found:
         raise InvalidModelFolder(str(path.parent), found)
     return data
@@ -430,26 +430,9 @@ def overlay(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def deployment_for(declaration: dict[str, Any], environment: str | None = None) -> dict[str, Any]:
-    """The ``deployment`` block as it applies in ``environment`` (None: the base)."""
-    base = declaration.get("deployment") or {}
-    if environment is None:
-        return overlay(base, {})
-    envs = base.get("environments") or {}
-    if environment not in envs:
-        known = ", ".join(sorted(envs)) or "none"
-        raise KeyError(
-            f"model '{declaration.get('name')}' has no deployment environment "
-            f"{environment!r} (declared: {known})"
-        )
-    return overlay(base, envs[environment])
-
-
 def example_request(folder: Path) -> InferenceRequest | None:
     """The declaration's ``example`` as a V2 request, or None when it gives none."""
     from mlserver.types import InferenceRequest
 
-    from modelyard.folders import DECLARATION_FILENAME
-
-    example = read(folder / DECLARATION_FILENAME).get("example")
+    example = read_declaration(folder / DECLARATION_FILENAME).get("example")
     return None if example is None else InferenceRequest.model_validate(example)
