@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from modelyard.logs import configure_logging
+from modelyard.serving.listeners import PortInUse, check_free
 from modelyard.serving.processes import auto_processes, process_index, supervise
+
+EXIT_PORT_IN_USE = 2
 
 
 @click.command()
@@ -66,16 +69,24 @@ def serve(
     The directory is watched: a folder dropped in is loaded, a changed one is
     swapped in once it loads, a removed one is unloaded.
     """
-    from mlserver.utils import install_uvloop_event_loop
-
-    from modelyard.serving.server import ServeOptions, serve
-
-    configure_logging(debug)
     if not directory.is_dir():
         raise click.BadParameter(
             f"{directory} is not a directory; create it or name the folder of your models",
             param_hint="DIRECTORY",
         )
+    if process_index() is None:  # the server itself, not one of its processes
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        try:
+            check_free(host, ports)
+        except PortInUse as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(EXIT_PORT_IN_USE)
+
+    from mlserver.utils import install_uvloop_event_loop
+
+    from modelyard.serving.server import ServeOptions, serve
+
+    configure_logging(debug)
     count = auto_processes() if processes == "auto" else int(processes)
     if count > 1 and process_index() is None:
         child = [

@@ -25,6 +25,22 @@ def file_problems(path: Path) -> list[Problem]:
     return declaration_problems(path)
 
 
+def artifact_problems(file: Path) -> list[Problem]:
+    """The model's artifact, read once by its runtime: a damaged file is a problem."""
+    import asyncio
+
+    from modelyard.declarations.folders import load_model_folder
+    from modelyard.serving.artifacts import check_readable
+
+    try:
+        settings = load_model_folder(file.parent)
+    except InvalidModelFolder as e:
+        return e.problems
+    error = asyncio.run(check_readable(settings))
+    pointer = "/parameters/uri" if file.suffix == ".json" else "/model/uri"
+    return [Problem(str(file), pointer, error)] if error else []
+
+
 def targets(path: Path) -> list[Path] | Problem:
     """The files to check for a PATH argument: the file itself, a model folder's
     marker file, or those of every model folder in a directory."""
@@ -73,7 +89,7 @@ def validate(paths: tuple[Path, ...]) -> None:
             checked, invalid, total = checked + 1, invalid + 1, total + 1
             continue
         for file in found:
-            problems = file_problems(file)
+            problems = file_problems(file) or artifact_problems(file)
             checked += 1
             if problems:
                 invalid += 1

@@ -18,17 +18,17 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import sqlalchemy as sa
-from mlserver.registry import MultiModelRegistry
+from mlserver.model import MLModel
 from mlserver.settings import ModelSettings
 
 from modelyard.declarations.monitoring import QualityConfig
+from modelyard.quality import metrics
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.tables import QualityStore
-from modelyard.serving import metrics
 from modelyard.store import RUNS_TABLE, RunStatus, utc
 
 logger = logging.getLogger("modelyard.quality")
@@ -96,10 +96,16 @@ def export_runs(config: QualityConfig, store: QualityStore, schedule: str | None
         )
 
 
+class Models(Protocol):
+    """What the exporter reads of a server: the models it serves."""
+
+    async def get_models(self) -> list[MLModel]: ...
+
+
 class QualityExporter:
     """Refreshes the gauges of every loaded model with a store, in the background."""
 
-    def __init__(self, models: MultiModelRegistry, interval: float | None = None):
+    def __init__(self, models: Models, interval: float | None = None):
         self.models = models
         self.interval = refresh_interval() if interval is None else interval
         self._stores: dict[tuple[str, str], QualityStore] = {}

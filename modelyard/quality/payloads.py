@@ -30,8 +30,8 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import generate_uuid
 
 from modelyard.declarations.monitoring import QualityConfig
+from modelyard.quality import metrics
 from modelyard.quality.tables import QualityStore
-from modelyard.serving import metrics
 from modelyard.store import now
 
 logger = logging.getLogger("modelyard.quality")
@@ -93,7 +93,7 @@ class PayloadLog:
         except queue.Full:
             metrics.PAYLOAD_DROPS.labels(model=config.model, reason="queue_full").inc()
 
-    def samples(self, model: MLModel) -> bool:
+    def wants(self, model: MLModel) -> bool:
         """Whether the model logs a sample of its payloads."""
         return self._sampling(model) is not None
 

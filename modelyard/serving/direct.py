@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 from mlserver.model import MLModel
 
-logger = logging.getLogger("modelyard.serving.direct")
+from modelyard.serving.mlserver_internals import runtime_model
+
+logger = logging.getLogger(__name__)
 
 DIRECT_ENV = "MODELYARD_DIRECT_PREDICT"
 
@@ -212,7 +214,7 @@ def _xgboost(model: MLModel) -> _Direct | None:
         return None  # not an XGBoost model
     import xgboost as xgb
 
-    estimator = getattr(model, "_model", None)
+    estimator = runtime_model(model)
     if type(estimator) not in (xgb.XGBClassifier, xgb.XGBRegressor):
         return None  # a subclass may predict its own way
     if getattr(estimator, "booster", None) == "gblinear":
@@ -230,7 +232,7 @@ def _linear(model: MLModel) -> _Direct | None:
         MultiOutputLinearModel,
     )
 
-    estimator = getattr(model, "_model", None)
+    estimator = runtime_model(model)
     cls = type(estimator)
     if hasattr(estimator, "feature_names_in_"):
         return None  # fitted on a data frame: scikit-learn checks the names it is given

@@ -15,11 +15,10 @@ numpy codec then packs into an array again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -31,33 +30,38 @@ from mlserver.grpc.converters import (
     ModelInferResponseConverter,
     ParametersConverter,
 )
-from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from mlserver.grpc.interceptors import LoggingInterceptor, PromServerInterceptor
-from mlserver.grpc.model_repository import ModelRepositoryServicer
-from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
-from mlserver.grpc.server import GRPCServer
-from mlserver.grpc.servicers import InferenceServicer
-from mlserver.grpc.utils import _grpc_status_code, to_metadata
+from mlserver.grpc.servicers import InferenceServicer as MLServerInferenceServicer
+from mlserver.grpc.utils import to_metadata
 from mlserver.raw import unpack
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
 
-if TYPE_CHECKING:
-    from modelyard.serving.grpc_front import GRPCFront
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.mlserver_internals import GRPCInferMetrics
+from modelyard.serving.repository import Repository
+from modelyard.serving.tensors import RAW_DTYPES
 
-logger = logging.getLogger("modelyard.serving.grpc")
+logger = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
-MODEL_INFER = f"/{SERVICE}/ModelInfer"
-# V2's raw tensor contents are little-endian, row-major.
-RAW_DTYPES = {
-    name: np.dtype(code).newbyteorder("<")
-    for name, code in (
-        ("BOOL", "bool"), ("UINT8", "uint8"), ("UINT16", "uint16"), ("UINT32", "uint32"),
-        ("UINT64", "uint64"), ("INT8", "int8"), ("INT16", "int16"), ("INT32", "int32"),
-        ("INT64", "int64"), ("FP16", "float16"), ("FP32", "float32"), ("FP64", "float64"),
-    )
-}  # fmt: skip
+MODEL_INFER = f"/{GRPCInferMetrics.SERVICE}/ModelInfer"
+# The gRPC status of each HTTP status an MLServerError carries.
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.FAILED_PRECONDITION,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code(error: MLServerError) -> grpc.StatusCode:
+    return STATUS_CODES.get(error.status_code, grpc.StatusCode.UNKNOWN)
 
 
 def request_from_pb(request: pb.ModelInferRequest) -> InferenceRequest:
@@ -110,26 +114,6 @@ def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, content: bytes | No
     return TensorData.model_construct(root=np.frombuffer(content, dtype))
 
 
-class InferMetrics:
-    """The Prometheus interceptor's metrics for unary ModelInfer calls."""
-
-    def __init__(self, prom: PromServerInterceptor):
-        interceptor = prom._interceptor
-        labels = {"grpc_type": "UNARY", "grpc_service": SERVICE, "grpc_method": "ModelInfer"}
-        self.started = interceptor._metrics["grpc_server_started_counter"].labels(**labels)
-        self.seconds = interceptor._metrics["grpc_server_handled_histogram"].labels(**labels)
-        self._handled = interceptor._grpc_server_handled_total_counter
-        self._labels = labels
-        self._by_code: dict[grpc.StatusCode, Any] = {}
-
-    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
-        child = self._by_code.get(code)
-        if child is None:
-            child = self._by_code[code] = self._handled.labels(**self._labels, grpc_code=code.name)
-        child.inc()
-        self.seconds.observe(seconds)
-
-
 class Answer(NamedTuple):
     """One ModelInfer call's outcome: a response, or a status code and its message."""
 
@@ -139,8 +123,17 @@ class Answer(NamedTuple):
     trailing: tuple[tuple[str, str | bytes], ...]
 
 
-class FastInferenceServicer(InferenceServicer):
-    metrics: InferMetrics | None = None
+class InferenceServicer(MLServerInferenceServicer):
+    """MLServer's V2 servicer over this server's data plane, with ModelInfer answered
+    by `answer`, which the Go front end's socket calls too."""
+
+    def __init__(
+        self, data_plane: DataPlane, repository: Repository, metrics: GRPCInferMetrics | None
+    ):
+        # MLServer's servicer calls the data plane and repository by the names they know.
+        super().__init__(data_plane, repository)  # type: ignore[arg-type]
+        self.data_plane = data_plane
+        self.metrics = metrics
 
     async def answer(
         self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str | bytes]]
@@ -151,7 +144,7 @@ class FastInferenceServicer(InferenceServicer):
             self.metrics.started.inc()
         code = grpc.StatusCode.OK
         try:
-            laned = await self._data_plane.infer_lane(request)
+            laned = await self.data_plane.infer_lane(request)
             if laned is not None:
                 response, trailing = laned
                 return Answer(code, "", response, to_metadata(trailing) if trailing else ())
@@ -159,7 +152,7 @@ class FastInferenceServicer(InferenceServicer):
             headers = dict(metadata)
             if headers:
                 insert_headers(payload, headers)
-            result = await self._data_plane.infer(
+            result = await self.data_plane.infer(
                 payload=payload, name=request.model_name, version=request.model_version
             )
             trailing = extract_headers(result)
@@ -168,7 +161,7 @@ class FastInferenceServicer(InferenceServicer):
             )
             return Answer(code, "", response, to_metadata(trailing) if trailing else ())
         except MLServerError as e:
-            code = _grpc_status_code(e)
+            code = status_code(e)
             return Answer(code, str(e), None, ())
         except Exception as e:
             logger.exception("model '%s': inference failed", request.model_name)
@@ -190,7 +183,7 @@ class FastInferenceServicer(InferenceServicer):
         return answer.response
 
 
-class _AllButModelInfer(aio.ServerInterceptor):
+class AllButModelInfer(aio.ServerInterceptor):
     """``inner`` for every method but ModelInfer, which measures itself."""
 
     def __init__(self, inner: aio.ServerInterceptor):
@@ -204,60 +197,3 @@ class _AllButModelInfer(aio.ServerInterceptor):
         if details.method == MODEL_INFER:  # type: ignore[attr-defined]
             return await continuation(details)
         return await self.inner.intercept_service(continuation, details)
-
-
-class FastGRPCServer(GRPCServer):
-    """MLServer's gRPC server with `FastInferenceServicer` (same options and services),
-    on the gRPC port or, behind the Go front end (`front`), on a Unix socket."""
-
-    front: GRPCFront | None = None
-    _listening = False
-
-    def _create_server(self) -> aio.Server:
-        servicer = FastInferenceServicer(self._data_plane, self._model_repository_handlers)
-        self._inference_servicer = servicer
-        self._model_repository_servicer = ModelRepositoryServicer(self._model_repository_handlers)
-        self._interceptors: list[aio.ServerInterceptor] = []
-        if self._settings.debug:
-            self._interceptors.append(LoggingInterceptor())
-        if self._settings.metrics_endpoint:
-            prom = PromServerInterceptor(enable_handling_time_histogram=True)
-            servicer.metrics = InferMetrics(prom)
-            self._interceptors.append(_AllButModelInfer(prom))
-        self._server = aio.server(interceptors=self._interceptors, options=self._get_options())
-        add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        add_ModelRepositoryServiceServicer_to_server(self._model_repository_servicer, self._server)
-        self._server.add_insecure_port(self.front.backend_address if self.front else self.listen)
-        return self._server
-
-    @property
-    def listen(self) -> str:
-        """The gRPC port's address."""
-        return f"{self._settings.host}:{self._settings.grpc_port}"
-
-    @property
-    def listening(self) -> bool:
-        """Whether the gRPC port takes calls: readiness waits for it."""
-        return self.front.listening if self.front is not None else self._listening
-
-    async def start(self) -> None:
-        if self.front is None:
-            self._create_server()
-            await self._server.start()
-            self._listening = True
-            logger.info("gRPC on %s", self.listen)
-            return await self._server.wait_for_termination()
-        # Started before gRPC's own threads, whose fork handlers would log a warning.
-        max_bytes = self._settings.grpc_max_message_length
-        assert max_bytes is not None, "modelyard's settings always bound it"
-        await self.front.start(self.listen, max_bytes, lambda: self._inference_servicer)
-        self._create_server()
-        await self._server.start()
-        await self.front.open()
-        await asyncio.gather(self._server.wait_for_termination(), self.front.supervise())
-
-    async def stop(self, sig: int | None = None) -> None:
-        if self.front is not None:  # the port first: no new call reaches a closing server
-            await self.front.stop()
-        if hasattr(self, "_server"):  # not when stopped while it started
-            await super().stop(sig)

@@ -4,7 +4,7 @@ Python's gRPC server costs more per call than a light model's prediction: about
 0.45 ms of its own per unary call here, where the Go front end's is under 0.1 ms. The
 front end (`front/main.go`) listens on the gRPC port and hands each ModelInfer request
 to this process as its protobuf bytes over a Unix socket, answered here by the same
-`FastInferenceServicer.answer` as MLServer's gRPC server would; every other method is
+`InferenceServicer.answer` as MLServer's gRPC server would; every other method is
 proxied to that server, which then listens on a second Unix socket.
 
 Without the binary (a plain `pip install`), or with ``MODELYARD_GRPC_FRONT=off``,
@@ -19,17 +19,16 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 from mlserver.grpc import dataplane_pb2 as pb
 
-from modelyard.serving.grpc import Answer, FastInferenceServicer
+from modelyard.serving.grpc import Answer, InferenceServicer
 from modelyard.serving.processes import unpinned
 
-logger = logging.getLogger("modelyard.serving.grpc_front")
+logger = logging.getLogger(__name__)
 
 BINARY = "modelyard-grpc-front"
 FRONT_ENV = "MODELYARD_GRPC_FRONT"
@@ -93,7 +92,7 @@ class InferSocket(asyncio.Protocol):
     """One front end connection: frames of ``u32 length | u32 metadata length |
     metadata | ModelInferRequest``, one call at a time, each answered in turn."""
 
-    def __init__(self, servicer: FastInferenceServicer):
+    def __init__(self, servicer: InferenceServicer):
         self.servicer = servicer
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -170,18 +169,15 @@ class GRPCFront:
         """Where MLServer's gRPC server listens instead of the port."""
         return f"unix:{self.backend_path}"
 
-    async def start(
-        self, listen: str, max_message_bytes: int, servicer: Callable[[], FastInferenceServicer]
-    ) -> None:
-        """Listen on the infer socket (with the servicer of the moment: the gRPC server
-        makes its own when it starts) and start the front end for the gRPC port
+    async def start(self, listen: str, max_message_bytes: int, servicer: InferenceServicer) -> None:
+        """Listen on the infer socket and start the front end for the gRPC port
         ``listen``, which waits for `open`."""
         self.listen = listen
         self.max_message_bytes = max_message_bytes
         self.directory = Path(tempfile.mkdtemp(prefix="modelyard-grpc-"))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
-            lambda: InferSocket(servicer()), str(self.infer_path)
+            lambda: InferSocket(servicer), str(self.infer_path)
         )
         await self._spawn()
 

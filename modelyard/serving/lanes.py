@@ -18,13 +18,12 @@ MLServer's way.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import NamedTuple
 
 import numpy as np
-from mlserver.codecs.numpy import NumpyCodec, to_datatype
+from mlserver.codecs.numpy import NumpyCodec
 from mlserver.codecs.utils import inject_batch_dimension
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import ModelInferResponseConverter
@@ -34,10 +33,11 @@ from mlserver.types import InferenceResponse, MetadataTensor
 from mlserver.utils import extract_headers
 
 from modelyard.serving.direct import runtime_classes
-from modelyard.serving.grpc import RAW_DTYPES
+from modelyard.serving.mlserver_internals import runtime_model
 from modelyard.serving.signature import check_inputs, check_outputs, declared
+from modelyard.serving.tensors import RAW_DTYPES, datatype_of
 
-logger = logging.getLogger("modelyard.serving.lanes")
+logger = logging.getLogger(__name__)
 
 LANE_ATTR = "_modelyard_lane"
 OUTPUT = "predict"  # both runtimes' default output
@@ -89,13 +89,6 @@ def takes(request: pb.ModelInferRequest) -> bool:
     return len(request.raw_input_contents[0]) == math.prod(tensor.shape) * dtype.itemsize
 
 
-@functools.cache
-def _datatype(dtype: np.dtype) -> str:
-    # MLServer's mapping (a string, as pydantic keeps it), once per dtype: it names the
-    # dtype by formatting it, which takes longer than a one-row prediction.
-    return to_datatype(dtype).value
-
-
 class _Output(NamedTuple):
     name: str
     datatype: str
@@ -108,6 +101,7 @@ class Lane:
     def __init__(self, model: MLModel):
         self.model = model
         self.inputs, self.outputs = declared(model)  # what the data plane checks
+        self.predict = runtime_model(model).predict
         self._no_id_headers: dict[str, str] | None = None
 
     def answer(
@@ -119,10 +113,10 @@ class Lane:
             check_inputs(model.name, self.inputs, request.inputs)
         tensor = request.inputs[0]
         x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
-        y = model._model.predict(x.reshape(tuple(tensor.shape)))
-        datatype = _datatype(y.dtype)
-        raw_dtype = RAW_DTYPES.get(datatype)
-        if raw_dtype is None or (y.dtype.kind == "f" and np.isnan(y).any()):
+        y = self.predict(x.reshape(tuple(tensor.shape)))
+        datatype = datatype_of(y.dtype)
+        raw_dtype = RAW_DTYPES.get(datatype) if datatype is not None else None
+        if datatype is None or raw_dtype is None or (y.dtype.kind == "f" and np.isnan(y).any()):
             return self._encoded(request, y, middleware)  # strings, or NaN
         shape = inject_batch_dimension(list(y.shape))
         if self.outputs:

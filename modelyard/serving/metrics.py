@@ -1,16 +1,67 @@
-"""Prometheus metrics of the platform, served next to MLServer's own on the metrics port."""
+"""The serving core's Prometheus metrics, and the metrics port that serves every metric.
 
-from prometheus_client import Counter, Gauge, Histogram
+The request metrics keep MLServer's names and labels (`model_infer_request_*`), so
+dashboards and alerts written for MLServer read them unchanged. A model name or
+version a client made up is counted under one label value, `_unknown`: a label per
+name would let any client grow the scrape without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+    multiprocess,
+)
+
+from modelyard.serving.listeners import HTTPServer, bind_when_free
+from modelyard.serving.siblings import PROMETHEUS_DIR_ENV
+
+logger = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+# The label value of every model name or version no model of this server has.
+UNKNOWN = "_unknown"
+
+INFER_SUCCESS = Counter(
+    "model_infer_request_success", "Model infer request success count", ["model", "version"]
+)
+INFER_FAILURE = Counter(
+    "model_infer_request_failure", "Model infer request failure count", ["model", "version"]
+)
+INFER_DURATION = Summary(
+    "model_infer_request_duration", "Model infer request duration", ["model", "version"]
+)
 
 REGISTRY_RELOADS = Counter(
     "modelyard_registry_loads", "Model versions loaded or swapped in by the registry", ["model"]
 )
+# Every folder's series exists from the moment the folder is seen, at 0, so that the
+# first failure is an increase an alert can see; a folder whose declaration names no
+# model is counted under its folder's name.
 REGISTRY_FAILURES = Counter(
     "modelyard_registry_failures", "Model folders that failed to load", ["model"]
 )
+REGISTRY_FAILING = Gauge(
+    "modelyard_registry_failing",
+    "1 while a model folder's latest version failed to load (the previous one, if any, serves)",
+    ["model"],
+    multiprocess_mode="max",
+)
 
-# Requests answered by the direct REST inference route, which bypasses MLServer's
-# per-path HTTP middleware; gRPC requests are counted by MLServer's interceptor.
 REST_REQUESTS = Counter(
     "modelyard_rest_infer_requests", "V2 REST inference requests", ["model", "code"]
 )
@@ -30,75 +81,62 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
-# Sampled payload logging (modelyard.quality.payloads): requests sampled, rows written,
-# and entries dropped because the queue was full or the store refused them (sampled
-# minus written minus dropped is what the writer has yet to write).
-PAYLOADS_SAMPLED = Counter(
-    "modelyard_payload_log_sampled", "Requests sampled for the payload log", ["model"]
-)
-PAYLOADS_LOGGED = Counter(
-    "modelyard_payload_log_written", "Sampled requests written to the store", ["model"]
-)
-PAYLOAD_DROPS = Counter(
-    "modelyard_payload_log_dropped",
-    "Sampled requests not logged: queue_full (the writer is behind) or error (the store)",
-    ["model", "reason"],
-)
 
-# Set from the prediction store by the server that serves the metrics endpoint
-# (modelyard.quality.exporter): the latest window's quality of each model version, and
-# its batch runs. "mostrecent": one process writes them, whichever serves the scrape.
-MODEL_METRIC = Gauge(
-    "modelyard_model_metric",
-    "Quality against ground truth in the latest window (class: '' for the model as a whole)",
-    ["model", "version", "metric", "window", "class"],
-    multiprocess_mode="mostrecent",
-)
-MODEL_METRIC_SAMPLES = Gauge(
-    "modelyard_model_metric_samples",
-    "Labelled predictions the latest window's metrics are computed over",
-    ["model", "version", "window"],
-    multiprocess_mode="mostrecent",
-)
-MODEL_METRIC_WINDOW = Gauge(
-    "modelyard_model_metric_window_start_timestamp_seconds",
-    "Start of the latest window with labels (UTC)",
-    ["model", "version", "window"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_RUNS = Gauge(
-    "modelyard_batch_runs",
-    "Batch runs recorded in the store, by status (running, complete, failed)",
-    ["model", "version", "status"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_LAST_SUCCESS = Gauge(
-    "modelyard_batch_last_success_timestamp_seconds",
-    "When the latest complete batch run finished",
-    ["model", "version"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_LAST_ROWS = Gauge(
-    "modelyard_batch_last_run_rows",
-    "Rows written by the latest complete batch run",
-    ["model", "version"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_LAST_DURATION = Gauge(
-    "modelyard_batch_last_run_duration_seconds",
-    "How long the latest complete batch run took, start to finish",
-    ["model", "version"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_LAST_FAILED = Gauge(
-    "modelyard_batch_last_run_failed",
-    "1 when the most recently started batch run failed, else 0",
-    ["model", "version"],
-    multiprocess_mode="mostrecent",
-)
-BATCH_LAST_DUE = Gauge(
-    "modelyard_batch_last_due_timestamp_seconds",
-    "When predictions.schedule last fired (the run due most recently)",
-    ["model"],
-    multiprocess_mode="mostrecent",
-)
+def scrape() -> bytes:
+    """Every metric of this server: of all its processes when it has several."""
+    directory = os.environ.get(PROMETHEUS_DIR_ENV)
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+async def metrics_app(
+    scope: Scope,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == METRICS_PATH:
+        status, body = 200, await asyncio.to_thread(scrape)
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+    else:
+        status, body = 404, b"metrics are served on " + METRICS_PATH.encode() + b"\n"
+        headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class MetricsServer:
+    """The metrics port. A port that another program holds for a moment is waited for,
+    never a reason for the process to exit."""
+
+    def __init__(self, host: str, port: int):
+        self.host = host
+        self.port = port
+        self._server: HTTPServer | None = None
+
+    async def serve(self) -> None:
+        sock = await bind_when_free(self.host, self.port, "metrics", shared=False)
+        config = uvicorn.Config(metrics_app, access_log=False, log_config=None, lifespan="off")
+        self._server = HTTPServer(config)
+        logger.info("metrics on http://%s:%d%s", self.host, self.port, METRICS_PATH)
+        await self._server.serve(sockets=[sock])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True

@@ -2,9 +2,11 @@
 
 A Python server answers on one core, and for a light model the HTTP/gRPC handling,
 not the prediction, is the work. Each process here is a whole `modelyard serve`
-(its own models, registry and watcher) listening with SO_REUSEPORT, so the kernel
-spreads connections across them; Prometheus metrics are aggregated across them and
-served by the first. The supervisor restarts a process that dies.
+(its own models, registry and watcher) listening with SO_REUSEPORT once it serves,
+so the kernel spreads connections across the processes that can answer them. They
+share a state folder (`siblings.py`: readiness, served versions, repository calls;
+Prometheus' files, aggregated and served by the first). The supervisor restarts a
+process that dies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,16 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-logger = logging.getLogger("modelyard.serving.processes")
+from modelyard.serving.siblings import (
+    COUNT_ENV,
+    INDEX_ENV,
+    PROMETHEUS_DIR_ENV,
+    STATE_DIR_ENV,
+    forget,
+)
 
-INDEX_ENV = "MODELYARD_PROCESS_INDEX"
-COUNT_ENV = "MODELYARD_PROCESSES"
-PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+logger = logging.getLogger(__name__)
+
 # Set when each process keeps to one core: all of them, for the helpers it starts
 # (the gRPC front end) that serve it from any core.
 CORES_ENV = "MODELYARD_CORES"
@@ -79,44 +85,12 @@ def process_index() -> int | None:
     return int(value) if value is not None and int(os.environ.get(COUNT_ENV, "1")) > 1 else None
 
 
-def mark_ready(ready: bool) -> None:
-    """Record whether this process has loaded its models, for its siblings to see."""
-    index = process_index()
-    if index is None:
-        return
-    flag = Path(os.environ[PROMETHEUS_DIR_ENV]) / f"ready-{index}"
-    if ready:
-        flag.touch()
-    else:
-        flag.unlink(missing_ok=True)
-
-
-def siblings_ready() -> bool:
-    """True when every process of this server has loaded its models (or there is one).
-
-    A readiness probe reaches one process at random: answering ready while a
-    sibling still loads would send traffic to a process with no models.
-    """
-    if process_index() is None:
-        return True
-    state = Path(os.environ[PROMETHEUS_DIR_ENV])
-    return all((state / f"ready-{i}").exists() for i in range(int(os.environ[COUNT_ENV])))
-
-
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening address several processes can bind; the kernel balances connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
     """Run `count` copies of `modelyard serve` with `child_args` until told to stop,
     each kept to a core of its own when `pin` and `process_cores` allow."""
-    metrics_dir = tempfile.mkdtemp(prefix="modelyard-metrics-")
+    state_dir = Path(tempfile.mkdtemp(prefix="modelyard-serve-"))
+    metrics_dir = state_dir / "metrics"
+    metrics_dir.mkdir()
     stopping = False
     cores = process_cores(count) if pin else None
 
@@ -126,7 +100,8 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
 
     def start(index: int) -> subprocess.Popen:
         env = {"OMP_NUM_THREADS": threads, **os.environ, INDEX_ENV: str(index),
-               COUNT_ENV: str(count), PROMETHEUS_DIR_ENV: metrics_dir}  # fmt: skip
+               COUNT_ENV: str(count), STATE_DIR_ENV: str(state_dir),
+               PROMETHEUS_DIR_ENV: str(metrics_dir)}  # fmt: skip
         if cores:
             env[CORES_ENV] = ",".join(map(str, cores))
         # Set before exec, so every thread the process starts inherits it.
@@ -163,8 +138,8 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
                     return 1
                 logger.error("server process %d (pid %d) exited with %s; restarting",
                              i, child.pid, code)  # fmt: skip
-                _forget_process_metrics(metrics_dir, child.pid)
-                (Path(metrics_dir) / f"ready-{i}").unlink(missing_ok=True)
+                _forget_process_metrics(str(metrics_dir), child.pid)
+                forget(state_dir, i)
                 children[i] = start(i)
         deadline = time.monotonic() + 20
         for child in children:
@@ -174,7 +149,7 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
                 child.kill()
         return 0
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _keep_to(*cores: int) -> None:

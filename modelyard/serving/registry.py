@@ -1,16 +1,17 @@
-"""The live registry: keeps MLServer's loaded models in step with a directory of model folders.
+"""The live registry: keeps the loaded models in step with a directory of model folders.
 
-Each folder is validated, turned into MLServer model settings and loaded through
-MLServer's own model registry. A changed folder is loaded next to the serving
-one and swapped in only once it has loaded (and answered a warm-up request, when
-its declaration gives an example); a folder that fails leaves the previous
-version serving and records the error in its status.
+Each folder is validated, turned into MLServer model settings and swapped in through
+`LoadedModels` (loaded next to the serving version, warmed up with the declaration's
+example through the same checks as a client's call). A folder that fails leaves the
+previous version serving and records the error in its status; one still being
+written (a copy, an editor's save) is looked at again once it has settled, not
+reported. A model unloaded through the repository API stays unloaded, whatever its
+folder does, until it is loaded again through the API.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import time
@@ -20,30 +21,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mlserver.context import model_context
-from mlserver.errors import ModelNotFound
-from mlserver.model import MLModel
-from mlserver.registry import MultiModelRegistry, SingleModelRegistry
-from mlserver.repository import ModelRepository
+from mlserver.errors import MLServerError, ModelNotFound
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
-from modelyard.serving import metrics
 from modelyard.declarations.companions import companions
-from modelyard.serving.direct import predict_directly
-from modelyard.errors import InvalidModelFolder
 from modelyard.declarations.folders import find_model_folders, is_model_folder, load_model_folder
-from modelyard.declarations.integrity import verify_settings
-from modelyard.serving.lanes import give_lane
-from modelyard.serving.signature import SIGNATURE_ATTR
+from modelyard.declarations.load import DECLARATION_FILENAME, example_request
+from modelyard.errors import InvalidModelFolder
+from modelyard.serving import metrics
+from modelyard.serving.artifacts import UnreadableArtifact
+from modelyard.serving.models import LoadedModels, settle_heap
 
-logger = logging.getLogger("modelyard.serving.registry")
+logger = logging.getLogger(__name__)
 
-# A model still answering requests is unloaded once they finish, or after this.
-DRAIN_TIMEOUT_S = 30.0
-INFLIGHT_ATTR = "_modelyard_inflight"
-# A folder that fails validation within this long of its last write is looked at
-# again rather than reported: an editor or a copy may still be writing it.
+# A folder that fails within this long of its last write is looked at again rather
+# than reported: an editor or a copy may still be writing it.
 SETTLE_S = 1.0
 
 
@@ -51,6 +44,7 @@ class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNLOADED = "unloaded"  # through the repository API
 
 
 @dataclass
@@ -66,7 +60,7 @@ class FolderStatus:
     error: str | None = None
     updated_at: float = field(default_factory=time.time)
     fingerprint: str = ""
-    # Models served next to the folder's own (see modelyard.companions).
+    # Models served next to the folder's own (see modelyard.declarations.companions).
     companions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,10 +73,6 @@ class FolderStatus:
             "updated_at": self.updated_at,
             "companions": self.companions,
         }
-
-
-def inflight(model: MLModel) -> int:
-    return int(getattr(model, INFLIGHT_ATTR, 0))
 
 
 # Databases kept in a model folder (features.db, predictions.db with its payload log,
@@ -106,110 +96,37 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-class SwappingModelRegistry(MultiModelRegistry):
-    """MLServer's registry with an atomic swap: the new model is loaded off to the
-    side and replaces the serving one in a single step, so no request ever finds
-    the model missing or not ready."""
-
-    async def swap(self, new_settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
-        name = new_settings.name
-        single = self._models.get(name)
-        if single is None:
-            single = self._models[name] = SingleModelRegistry(
-                new_settings,
-                on_model_load=self._on_model_load,
-                on_model_reload=self._on_model_reload,
-                on_model_unload=self._on_model_unload,
-                model_initialiser=self._model_initialiser,
-            )
-        old_models = await single.get_models()
-        new_model = self._model_initialiser(new_settings)
-        setattr(new_model, SIGNATURE_ATTR, (list(new_settings.inputs), list(new_settings.outputs)))
-        with model_context(new_settings):
-            try:
-                for callback in self._on_model_load:
-                    new_model = await callback(new_model)
-                await asyncio.to_thread(verify_settings, new_settings)
-                new_model.ready = await new_model.load()
-                if new_model.ready and predict_directly(new_model):
-                    give_lane(new_model)
-                if warmup is not None:
-                    await new_model.predict(warmup)
-            except BaseException:
-                await _unload_quietly(single, new_model)
-                if single.empty():
-                    del self._models[name]
-                raise
-        if not new_model.ready:
-            await _unload_quietly(single, new_model)
-            raise RuntimeError(f"model '{name}': load() returned False")
-
-        # The switch: no await between dropping the old and adding the new.
-        single._versions = {}
-        single._default = None
-        single._register(new_model)
-        for old in old_models:
-            if old is not new_model:
-                asyncio.get_running_loop().create_task(_drain_and_unload(single, old))
-        return new_model
-
-    async def load(self, model_settings: ModelSettings) -> MLModel:
-        # MLServer's repository API (POST /v2/repository/models/{name}/load) comes
-        # through here: give it the same safe swap as the watcher.
-        return await self.swap(model_settings, None)
-
-    async def remove(self, name: str) -> None:
-        single = self._models.pop(name, None)
-        if single is None:
-            return
-        for model in await single.get_models():
-            await _drain_and_unload(single, model)
-
-
-async def _drain_and_unload(single: SingleModelRegistry, model: MLModel) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while inflight(model) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    await _unload_quietly(single, model)
-    settle_heap()
-
-
-def settle_heap() -> None:
-    """Collect what loading or unloading models left behind, then keep what remains
-    (libraries and models: long-lived) out of Python's full garbage collections.
-
-    Scanned, those objects made each full collection pause requests for tens of
-    milliseconds: customer-profile's p99 at one caller was 5-54 ms over six runs, and
-    5-7 ms over twelve frozen. Unfreezing first lets the next collection free an unloaded model.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-async def _unload_quietly(single: SingleModelRegistry, model: MLModel) -> None:
-    with model_context(model.settings):
-        await asyncio.gather(
-            *[callback(model) for callback in single._on_model_unload], return_exceptions=True
-        )
+def newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    for path in [folder, *folder.rglob("*")]:
         try:
-            model.ready = not await model.unload()
-        except Exception:
-            logger.exception("model '%s': unload failed", model.name)
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
+
+
+class LoadFailed(MLServerError):
+    """A repository load whose folder failed: the folder's error, for the caller."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status_code=400)
 
 
 class Registry:
-    """Keeps a ``SwappingModelRegistry`` in step with the folders below ``root``.
+    """Keeps ``models`` in step with the folders below ``root``.
 
     Folders are handled independently (a slow load never holds up another folder)
     but each one in order: a change that lands while the folder loads is applied next.
     """
 
-    def __init__(self, root: Path, models: SwappingModelRegistry):
+    def __init__(self, root: Path, models: LoadedModels):
         self.root = root
         self.models = models
         self.folders: dict[str, FolderStatus] = {}
         self.synced = False
+        # Model names unloaded through the repository API.
+        self.held: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -227,6 +144,14 @@ class Registry:
             s.state == State.LOADING and s.serving_version is None for s in self.folders.values()
         )
 
+    def errors(self) -> dict[str, str]:
+        """The error of each model whose latest version failed, by model name."""
+        return {
+            s.name: s.error
+            for s in self.folders.values()
+            if s.state == State.FAILED and s.name and s.error
+        }
+
     # -- changes -------------------------------------------------------------------
     async def sync(self) -> None:
         """Load new and changed folders, unload removed ones; returns when all are done."""
@@ -237,13 +162,13 @@ class Registry:
         self.synced = True
         settle_heap()
 
-    async def sync_folder(self, folder: Path) -> None:
+    async def sync_folder(self, folder: Path, force: bool = False) -> None:
         key = str(folder)
         async with self._locks.setdefault(key, asyncio.Lock()):
             if is_model_folder(folder):
                 fingerprint = folder_fingerprint(folder)
                 status = self.folders.get(key)
-                if status is None or status.fingerprint != fingerprint:
+                if force or status is None or status.fingerprint != fingerprint:
                     await self._apply(folder, fingerprint)
             elif key in self.folders:
                 await self._remove(key)
@@ -255,47 +180,55 @@ class Registry:
 
     async def _apply(self, folder: Path, fingerprint: str) -> None:
         key = str(folder)
-        status = self.folders.setdefault(key, FolderStatus(folder=key))
+        status = self.folders.get(key)
+        if status is None:
+            status = self.folders[key] = FolderStatus(folder=key)
+            # The folder's failure series exists, at 0, before anything can fail.
+            metrics.REGISTRY_FAILURES.labels(model=folder.name)
         status.fingerprint = fingerprint
         status.state = State.LOADING
         status.updated_at = time.time()
         try:
             settings = await asyncio.to_thread(load_model_folder, folder)
         except InvalidModelFolder as e:
-            age = time.time() - newest_mtime(folder)
-            if age < SETTLE_S:
-                # Probably a copy or a save still in progress: look again once the
-                # folder has been quiet for a moment instead of reporting it broken.
-                status.fingerprint = ""
-                self._spawn(self._retry(folder, SETTLE_S - age))
+            if self._settling(folder, status):
                 return None
-            return self._failed(status, str(e), invalid=True)
+            return self._failed(status, folder.name, str(e), invalid=True)
         except Exception as e:
-            return self._failed(status, f"{folder}: {type(e).__name__}: {e}")
+            return self._failed(status, folder.name, f"{folder}: {type(e).__name__}: {e}")
 
         previous = status.name
+        metrics.REGISTRY_FAILURES.labels(model=settings.name)
         clash = next(
             (s for k, s in self.folders.items() if k != key and s.name == settings.name), None
         )
         if clash is not None:
             return self._failed(
                 status,
+                settings.name,
                 f"{folder}: model name '{settings.name}' is already served from "
                 f"{clash.folder}; give one of them another name",
                 invalid=True,
             )
         if previous and previous != settings.name:
-            await self.models.remove(previous)
-            status.serving_version = None
+            await self._unserve(status)
         status.name = settings.name
+        if settings.name in self.held:
+            return self._unloaded(status)
         try:
             await self.models.swap(settings, warmup_request(folder))
         except Exception as e:
-            metrics.REGISTRY_FAILURES.labels(model=settings.name).inc()
-            return self._failed(
-                status, f"{folder}: model '{settings.name}' failed to load: {type(e).__name__}: {e}"
-            )
+            if self._settling(folder, status):
+                return None
+            if isinstance(e, UnreadableArtifact):
+                message = str(e)
+            else:
+                message = (
+                    f"{folder}: model '{settings.name}' failed to load: {type(e).__name__}: {e}"
+                )
+            return self._failed(status, settings.name, message)
         metrics.REGISTRY_RELOADS.labels(model=settings.name).inc()
+        metrics.REGISTRY_FAILING.labels(model=settings.name).set(0)
         status.state = State.READY
         status.error = None
         status.serving_version = settings.version or ""
@@ -304,6 +237,17 @@ class Registry:
             "model '%s' version %s serving from %s", settings.name, settings.version, folder
         )
         await self._apply_companions(status, settings)
+
+    def _settling(self, folder: Path, status: FolderStatus) -> bool:
+        """Whether a folder that just failed was written to moments ago (a copy or a
+        save still in progress): then it is looked at again once quiet, not reported."""
+        age = time.time() - newest_mtime(folder)
+        if age >= SETTLE_S and folder_fingerprint(folder) == status.fingerprint:
+            return False
+        logger.info("%s is still being written; looking at it again once it settles", folder)
+        status.fingerprint = ""
+        self._spawn(self._retry(folder, max(SETTLE_S - age, 0.0)))
+        return True
 
     async def _apply_companions(self, status: FolderStatus, settings: ModelSettings) -> None:
         """Serve the models generated from ``settings`` next to it; one that fails is
@@ -333,7 +277,11 @@ class Registry:
         await asyncio.sleep(delay + 0.05)
         await self.sync_folder(folder)
 
-    def _failed(self, status: FolderStatus, message: str, invalid: bool = False) -> None:
+    def _failed(
+        self, status: FolderStatus, label: str, message: str, invalid: bool = False
+    ) -> None:
+        metrics.REGISTRY_FAILURES.labels(model=label).inc()
+        metrics.REGISTRY_FAILING.labels(model=label).set(1)
         status.state = State.FAILED
         status.error = message
         status.updated_at = time.time()
@@ -341,13 +289,53 @@ class Registry:
             message += f"\n(version {status.serving_version or '-'} keeps serving)"
         logger.error("%s%s", "invalid model folder:\n" if invalid else "", message)
 
-    async def _remove(self, key: str) -> None:
-        status = self.folders.pop(key)
+    def _unloaded(self, status: FolderStatus) -> None:
+        status.state = State.UNLOADED
+        status.error = (
+            f"unloaded through the repository API; POST /v2/repository/models/{status.name}"
+            "/load serves it again"
+        )
+        status.updated_at = time.time()
+
+    async def _unserve(self, status: FolderStatus) -> None:
         for name in status.companions:
             await self.models.remove(name)
-        if status.name and status.serving_version is not None:
+        status.companions = []
+        if status.name:
             await self.models.remove(status.name)
+        status.serving_version = None
+
+    async def _remove(self, key: str) -> None:
+        status = self.folders.pop(key)
+        await self._unserve(status)
+        if status.name:
             logger.info("model '%s' unloaded: %s was removed", status.name, key)
+
+    # -- the repository API --------------------------------------------------------
+    def folder_of(self, name: str) -> Path:
+        for status in self.folders.values():
+            if status.name == name:
+                return Path(status.folder)
+        raise ModelNotFound(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` until `load` is asked for it."""
+        folder = self.folder_of(name)
+        self.held.add(name)
+        async with self._locks.setdefault(str(folder), asyncio.Lock()):
+            status = self.folders[str(folder)]
+            await self._unserve(status)
+            self._unloaded(status)
+        logger.info("model '%s' unloaded through the repository API", name)
+
+    async def load(self, name: str) -> None:
+        """Load ``name``'s folder again (and serve it, if it was unloaded)."""
+        folder = self.folder_of(name)
+        self.held.discard(name)
+        await self.sync_folder(folder, force=True)
+        status = self.folders.get(str(folder))
+        if status is not None and status.state == State.FAILED:
+            raise LoadFailed(status.error or f"model '{name}' failed to load")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Follow the directory until ``stop`` is set."""
@@ -374,50 +362,8 @@ class Registry:
         return self.root / rel.parts[0]
 
 
-def newest_mtime(folder: Path) -> float:
-    newest = 0.0
-    for path in [folder, *folder.rglob("*")]:
-        try:
-            newest = max(newest, path.stat().st_mtime)
-        except FileNotFoundError:
-            continue
-    return newest
-
-
-class FolderRepository(ModelRepository):
-    """MLServer's model repository over the same folders the registry watches, so
-    `/v2/repository/index` and `.../load` see declarations as well as plain settings."""
-
-    def __init__(self, root: str):
-        self._root = Path(root)
-
-    async def list(self) -> list[ModelSettings]:
-        return await asyncio.to_thread(self._valid_settings)
-
-    async def find(self, name: str) -> list[ModelSettings]:
-        found = [s for s in await self.list() if s.name == name]
-        if not found:
-            raise ModelNotFound(name)
-        return found
-
-    def _valid_settings(self) -> list[ModelSettings]:
-        settings = []
-        for folder in find_model_folders(self._root) if self._root.is_dir() else []:
-            try:
-                settings.append(load_model_folder(folder))
-            except InvalidModelFolder:
-                continue  # reported by the registry, with every problem
-        return settings
-
-
 def warmup_request(folder: Path) -> InferenceRequest | None:
     """The declaration's example request, if it gives one."""
-    from modelyard.declarations.load import DECLARATION_FILENAME
-
     if not (folder / DECLARATION_FILENAME).is_file():
-        return None
-    try:
-        from modelyard.declarations.load import example_request
-    except ImportError:
         return None
     return example_request(folder)

@@ -1,10 +1,10 @@
-"""A direct route for V2 REST inference, in front of MLServer's FastAPI app.
+"""V2 over REST: MLServer's FastAPI app for every path, with inference answered first.
 
 MLServer's app sends every request through six middlewares (gzip, CORS, Prometheus,
 exception handling...) and FastAPI's dependency resolution; for a light model that
-costs more than the prediction. This ASGI app answers `POST .../infer` itself with
-the same data plane, the same request/response models and the same JSON encoder,
-and hands every other path to MLServer's app unchanged.
+costs more than the prediction. `RestInfer` answers `POST .../infer` itself with the
+same data plane, the same request/response models and the same JSON encoder, and
+hands every other path to the app, whose endpoints call the same data plane.
 """
 
 from __future__ import annotations
@@ -17,16 +17,24 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
 from mlserver.codecs.json import encode_to_json_bytes
 from mlserver.errors import MLServerError
-from mlserver.handlers import DataPlane
+from mlserver.handlers import get_custom_handlers
+from mlserver.model import MLModel
+from mlserver.rest.app import create_app
+from mlserver.rest.utils import matches
+from mlserver.settings import Settings
 from mlserver.types import InferenceRequest
 from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 
 from modelyard.serving import metrics
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.repository import Repository
 
-logger = logging.getLogger("modelyard.serving.rest")
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -37,15 +45,45 @@ INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class FastInfer:
+def rest_app(
+    settings: Settings,
+    data_plane: DataPlane,
+    repository: Repository,
+    extra_routes: dict[str, Callable[[], Awaitable[Any]]],
+) -> FastAPI:
+    """MLServer's V2 app over this server's data plane and repository, with
+    ``extra_routes`` (path -> handler answering JSON) beside its own."""
+    # MLServer's endpoints call the data plane and repository by the names they know.
+    app = create_app(settings, data_plane=data_plane, model_repository_handlers=repository)  # type: ignore[arg-type]
+    for path, handler in extra_routes.items():
+        app.add_api_route(path, handler, methods=["GET"], response_class=ORJSONResponse)
+    return app
+
+
+async def add_custom_handlers(app: FastAPI, model: MLModel) -> MLModel:
+    """The model's own REST endpoints (MLServer's ``@custom_handler``)."""
+    for handler, method in get_custom_handlers(model):
+        app.add_api_route(handler.rest_path, method, methods=[handler.rest_method])
+    return model
+
+
+async def remove_custom_handlers(app: FastAPI, model: MLModel) -> MLModel:
+    handlers = get_custom_handlers(model)
+    app.router.routes[:] = [
+        route
+        for route in app.router.routes
+        if not any(matches(route, h, m) for h, m in handlers)  # type: ignore[arg-type]
+    ]
+    return model
+
+
+class RestInfer:
+    """The REST port's ASGI app: ``POST .../infer`` here, the rest to ``app``."""
+
     def __init__(self, app: ASGIApp, data_plane: DataPlane, max_body_bytes: int | None = None):
         self.app = app
         self.data_plane = data_plane
         self.max_body_bytes = max_body_bytes
-
-    def __getattr__(self, name: str) -> Any:
-        # MLServer adds and removes its custom routes on the wrapped FastAPI app.
-        return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -60,8 +98,9 @@ class FastInfer:
     ) -> None:
         start = time.perf_counter()
         status, headers, body = await self._answer(scope, receive, name, version)
-        metrics.REST_REQUESTS.labels(model=name, code=str(status)).inc()
-        metrics.REST_DURATION.labels(model=name).observe(time.perf_counter() - start)
+        label = name if self.data_plane.models.find(name) is not None else metrics.UNKNOWN
+        metrics.REST_REQUESTS.labels(model=label, code=str(status)).inc()
+        metrics.REST_DURATION.labels(model=label).observe(time.perf_counter() - start)
         await send(
             {
                 "type": "http.response.start",

@@ -13,12 +13,18 @@ from typing import Protocol
 
 import numpy as np
 from mlserver.errors import InferenceError, MLServerError
+from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from mlserver.types.dataplane import RequestInput, ResponseOutput
 
 # The signature as declared, kept before load(): some runtimes (Hugging Face) append
 # their own metadata to the settings' inputs while loading.
 SIGNATURE_ATTR = "_modelyard_signature"
+
+
+def remember_signature(model: object, settings: ModelSettings) -> None:
+    """Keep ``settings``' declared inputs and outputs on ``model``, before it loads."""
+    setattr(model, SIGNATURE_ATTR, (list(settings.inputs or ()), list(settings.outputs or ())))
 
 
 def declared(model: object) -> tuple[Sequence[MetadataTensor], Sequence[MetadataTensor]]:
@@ -77,7 +83,7 @@ def check_input(model: str, declared: MetadataTensor, given: RequestInput | Tens
             "(-1 is any size)"
         )
     data = getattr(given, "data", None)  # a gRPC tensor's raw contents are counted apart
-    n = _count(data.root if hasattr(data, "root") else data)
+    n = _count(getattr(data, "root", data))
     expected = math.prod(given.shape)
     if n is not None and given.datatype != "BYTES" and n != expected:
         raise InferenceError(

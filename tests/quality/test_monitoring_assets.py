@@ -16,19 +16,16 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from modelyard.serving import metrics
+from modelyard.quality import metrics as quality_metrics
+from modelyard.serving import metrics as serving_metrics
 from tests.support.server import REPO
 
 CHART = REPO / "charts" / "modelyard"
 RULES = sorted((CHART / "files" / "rules").glob("*.yaml"))
 DASHBOARDS = sorted((CHART / "files" / "dashboards").glob("*.json"))
 RULE_TESTS = sorted((Path(__file__).parent / "rules").glob("*.test.yaml"))
-# What MLServer itself exports (its data plane and its gRPC interceptor).
+# What MLServer's gRPC interceptor exports.
 MLSERVER_METRICS = {
-    "model_infer_request_success_total",
-    "model_infer_request_failure_total",
-    "model_infer_request_duration_sum",
-    "model_infer_request_duration_count",
     "grpc_server_started_total",
     "grpc_server_handled_total",
     "grpc_server_handling_seconds_bucket",
@@ -51,7 +48,7 @@ def promtool(*args: str, cwd: Path | None = None) -> str:
 def exported() -> set[str]:
     """The sample names of modelyard's metrics, and MLServer's."""
     names = set(MLSERVER_METRICS)
-    for value in vars(metrics).values():
+    for value in [*vars(serving_metrics).values(), *vars(quality_metrics).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 kind = family.type
@@ -60,6 +57,8 @@ def exported() -> set[str]:
                     names.add(f"{base}_total")
                 elif kind == "histogram":
                     names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
+                elif kind == "summary":
+                    names |= {f"{base}_sum", f"{base}_count"}
                 else:
                     names.add(base)
     return names

@@ -1,0 +1,267 @@
+"""The data plane: what a V2 call asks of this server, whichever way it came in.
+
+REST (`rest.py`), gRPC (`grpc.py`) and the Go front end's socket (`grpc_front.py`) all
+call one `DataPlane`. It finds the model, checks the request against the declared
+signature, predicts (or answers from the response cache), checks the response against
+the declared outputs, counts the call and tells the observers (the payload log). The
+endpoints MLServer's REST app and gRPC servicer define call it under the names they
+know (`live`, `ready`, `model_ready`, `metadata`, `model_metadata`, `infer`,
+`infer_stream`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import NamedTuple, Protocol, TypeVar
+
+from mlserver.cache import LocalCache, ResponseCache
+from mlserver.cloudevents import CloudEventsMiddleware
+from mlserver.context import model_context
+from mlserver.errors import ModelNotReady
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.middleware import InferenceMiddlewares
+from mlserver.model import MLModel
+from mlserver.settings import Settings
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    MetadataServerResponse,
+)
+from mlserver.utils import generate_uuid
+from prometheus_client import Counter, Gauge, Summary
+
+from modelyard.serving import metrics
+from modelyard.serving.lanes import LANE_ATTR, Lane, takes
+from modelyard.serving.models import InFlight, LoadedModels
+from modelyard.serving.signature import check_request, check_response, declared
+
+_T = TypeVar("_T")
+
+
+class Observer(Protocol):
+    """Sees answered calls (the payload log): ``wants`` is asked before a call may
+    skip the pydantic objects that ``record`` is given."""
+
+    def wants(self, model: MLModel) -> bool: ...
+
+    def record(
+        self, model: MLModel, request: InferenceRequest, response: InferenceResponse
+    ) -> None: ...
+
+
+class _Counters(NamedTuple):
+    """One model version's request metrics, their label values resolved once."""
+
+    success: Counter
+    failure: Counter
+    duration: Summary
+    in_flight: Gauge
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        models: LoadedModels,
+        process_ready: Callable[[], bool],
+        grpc_listening: Callable[[], bool],
+        observers: Sequence[Observer] = (),
+    ):
+        self.settings = settings
+        self.models = models
+        self._process_ready = process_ready
+        self._grpc_listening = grpc_listening
+        self._observers = list(observers)
+        self._middleware = InferenceMiddlewares(CloudEventsMiddleware(settings))
+        self._cache: ResponseCache | None = (
+            LocalCache(size=settings.cache_size) if settings.cache_enabled else None
+        )
+        self._counters: dict[tuple[str, str], _Counters] = {}
+
+    # -- health and metadata -------------------------------------------------------------
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return self._process_ready()
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        # A pod's readiness probe: ready for traffic on both of its ports.
+        model = await self.models.get_model(name, version)
+        return model.ready and self._grpc_listening()
+
+    async def metadata(self) -> MetadataServerResponse:
+        return MetadataServerResponse(
+            name=self.settings.server_name,
+            version=self.settings.server_version,
+            extensions=self.settings.extensions,
+        )
+
+    async def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
+        model = await self.models.get_model(name, version)
+        with model_context(model.settings):
+            meta = await model.metadata()
+        # V2 lists the model versions a client may ask for; MLServer puts the
+        # training libraries' versions there.
+        meta.versions = [model.version] if model.version else []
+        return meta
+
+    # -- inference -----------------------------------------------------------------------
+    async def infer(
+        self, payload: InferenceRequest, name: str, version: str | None = None
+    ) -> InferenceResponse:
+        cache_key = payload.model_dump_json() if self._cache is not None else None
+
+        async def answer(model: MLModel) -> InferenceResponse:
+            prepared = self._prepare(payload, model)
+            if cache_key is not None and model.settings.cache_enabled is not False:
+                response = await self._cached_predict(model, prepared, cache_key)
+            else:
+                response = await model.predict(prepared)
+            response.id = prepared.id
+            self._middleware.response_middleware(response, model.settings)
+            _, outputs = declared(model)
+            if outputs:
+                check_response(model.name, outputs, prepared, response)
+            for observer in self._observers:
+                observer.record(model, prepared, response)  # sampled, queued: never waits
+            return response
+
+        return await self._counted(name, version, answer)
+
+    async def infer_lane(
+        self, request: pb.ModelInferRequest
+    ) -> tuple[pb.ModelInferResponse, dict[str, str] | None] | None:
+        """A gRPC call answered by its model's lane (`lanes.py`), counted as `infer`
+        counts; None when the call or the model has none."""
+        if not takes(request):
+            return None
+        model = self.models.find(request.model_name, request.model_version)
+        lane: Lane | None = getattr(model, LANE_ATTR, None)
+        if model is None or lane is None or any(o.wants(model) for o in self._observers):
+            return None
+        if self._cache is not None and model.settings.cache_enabled is not False:
+            return None
+
+        async def answer(_: MLModel) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
+            return lane.answer(request, self._middleware)
+
+        return await self._counted(request.model_name, request.model_version, answer, model)
+
+    async def infer_stream(
+        self, payloads: AsyncIterator[InferenceRequest], name: str, version: str | None = None
+    ) -> AsyncIterator[InferenceResponse]:
+        async with self._streaming(name, version) as model:
+            first: InferenceRequest | None = None
+            async for payload in payloads:
+                first = payload
+                break
+            if first is None:
+                return
+            first = self._prepare(first, model)
+
+            async def prepared() -> AsyncIterator[InferenceRequest]:
+                assert first is not None
+                yield first
+                async for payload in payloads:
+                    payload.id = first.id
+                    yield self._prepare(payload, model)
+
+            async for response in model.predict_stream(prepared()):
+                response.id = first.id
+                self._middleware.response_middleware(response, model.settings)
+                yield response
+
+    # -- the parts -----------------------------------------------------------------------
+    def _prepare(self, payload: InferenceRequest, model: MLModel) -> InferenceRequest:
+        inputs, _ = declared(model)
+        if inputs:
+            check_request(model.name, inputs, payload)
+        if payload.id is None:
+            payload.id = generate_uuid()
+        self._middleware.request_middleware(payload, model.settings)
+        return payload
+
+    def counters(self, name: str, version: str | None) -> _Counters:
+        """The request metrics of the model a call names; one set for every name or
+        version this server does not serve."""
+        model = self.models.find(name, version)
+        key = (name, model.version or "") if model is not None else (metrics.UNKNOWN, "")
+        counters = self._counters.get(key)
+        if counters is None:
+            model_label, version_label = key
+            counters = self._counters[key] = _Counters(
+                metrics.INFER_SUCCESS.labels(model=model_label, version=version_label),
+                metrics.INFER_FAILURE.labels(model=model_label, version=version_label),
+                metrics.INFER_DURATION.labels(model=model_label, version=version_label),
+                metrics.IN_FLIGHT.labels(model=model_label),
+            )
+        return counters
+
+    async def _counted(
+        self,
+        name: str,
+        version: str | None,
+        answer: Callable[[MLModel], Awaitable[_T]],
+        model: MLModel | None = None,
+    ) -> _T:
+        """``answer(model)`` with the model's request metrics and its requests in
+        flight; a response that breaks the declared outputs counts as a failure."""
+        counters = self.counters(name, version)
+        start = time.perf_counter()
+        try:
+            if model is None:
+                model = await self.models.get_model(name, version)
+            if not model.ready:
+                raise ModelNotReady(name, version)
+            counters.in_flight.inc()
+            try:
+                with model_context(model.settings), InFlight(model):
+                    result = await answer(model)
+            finally:
+                counters.in_flight.dec()
+        except Exception:
+            counters.failure.inc()
+            raise
+        else:
+            counters.success.inc()
+        finally:
+            counters.duration.observe(time.perf_counter() - start)
+        return result
+
+    @asynccontextmanager
+    async def _streaming(self, name: str, version: str | None) -> AsyncIterator[MLModel]:
+        counters = self.counters(name, version)
+        start = time.perf_counter()
+        try:
+            model = await self.models.get_model(name, version)
+            if not model.ready:
+                raise ModelNotReady(name, version)
+            counters.in_flight.inc()
+            try:
+                with model_context(model.settings), InFlight(model):
+                    yield model
+            finally:
+                counters.in_flight.dec()
+        except Exception:
+            counters.failure.inc()
+            raise
+        else:
+            counters.success.inc()
+        finally:
+            counters.duration.observe(time.perf_counter() - start)
+
+    async def _cached_predict(
+        self, model: MLModel, payload: InferenceRequest, cache_key: str
+    ) -> InferenceResponse:
+        assert self._cache is not None
+        cached = await self._cache.lookup(cache_key)
+        if cached != "":
+            return InferenceResponse.model_validate_json(cached)
+        response = await model.predict(payload)
+        # MLServer, too, answers even when the cache cannot take the response.
+        await self._cache.insert(cache_key, response.model_dump_json())
+        return response

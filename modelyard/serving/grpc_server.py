@@ -1,0 +1,94 @@
+"""The gRPC port: the Go front end (`grpc_front.py`) when it is installed, with every
+method but ModelInfer proxied to Python's gRPC server on a Unix socket; else Python's
+gRPC server on the port itself. Either way with MLServer's V2 services, options and
+Prometheus interceptor, over this server's data plane and repository."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from grpc import aio
+from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from mlserver.grpc.interceptors import LoggingInterceptor, PromServerInterceptor
+from mlserver.grpc.model_repository import ModelRepositoryServicer
+from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
+
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.grpc import AllButModelInfer, InferenceServicer
+from modelyard.serving.grpc_front import GRPCFront
+from modelyard.serving.mlserver_internals import GRPCInferMetrics
+from modelyard.serving.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+
+class GRPCServer:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        data_plane: DataPlane,
+        repository: Repository,
+        front: GRPCFront | None,
+        debug: bool = False,
+    ):
+        self.listen = f"{host}:{port}"
+        self.max_message_bytes = max_message_bytes
+        self.front = front
+        interceptors: list[aio.ServerInterceptor] = [LoggingInterceptor()] if debug else []
+        prom = PromServerInterceptor(enable_handling_time_histogram=True)
+        interceptors.append(AllButModelInfer(prom))
+        self.servicer = InferenceServicer(data_plane, repository, GRPCInferMetrics(prom))
+        self._interceptors = interceptors
+        self._repository = repository
+        self._server: aio.Server | None = None
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        """Whether the gRPC port takes calls: readiness waits for it."""
+        return self.front.listening if self.front is not None else self._listening
+
+    def _options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
+
+    def _create(self, address: str) -> aio.Server:
+        server = aio.server(interceptors=self._interceptors, options=self._options())
+        add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        # MLServer's repository servicer calls the repository by the names it knows.
+        add_ModelRepositoryServiceServicer_to_server(
+            ModelRepositoryServicer(self._repository),  # type: ignore[arg-type]
+            server,
+        )
+        server.add_insecure_port(address)
+        return server
+
+    async def serve(self) -> None:
+        """Take the port (once this process serves: the caller decides when) and answer
+        until stopped."""
+        if self.front is None:
+            self._server = self._create(self.listen)
+            await self._server.start()
+            self._listening = True
+            logger.info("gRPC on %s", self.listen)
+            await self._server.wait_for_termination()
+            return
+        # Started before gRPC's own threads, whose fork handlers would log a warning.
+        await self.front.start(self.listen, self.max_message_bytes, self.servicer)
+        self._server = self._create(self.front.backend_address)
+        await self._server.start()
+        await self.front.open()
+        await asyncio.gather(self._server.wait_for_termination(), self.front.supervise())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.front is not None:  # the port first: no new call reaches a closing server
+            await self.front.stop()
+        if self._server is not None:
+            await self._server.stop(grace=grace)

@@ -1,0 +1,53 @@
+"""Every use of MLServer's private names, in one place.
+
+MLServer (1.7.1) is no longer maintained upstream. modelyard keeps its model API
+(`MLModel`, codecs, types, settings, the runtimes) and its V2 protocol, and reaches
+into what it does not publish only here, so a fork or a replacement of MLServer
+touches this file alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from mlserver.grpc.interceptors import PromServerInterceptor
+from mlserver.model import MLModel
+from mlserver.settings import ModelSettings
+
+
+def runtime_model(model: MLModel) -> Any:
+    """The library object MLServer's scikit-learn and XGBoost runtimes predict with."""
+    return getattr(model, "_model", None)
+
+
+def settings_source(settings: ModelSettings) -> str | None:
+    """The settings file a model's relative paths are resolved against."""
+    return settings._source
+
+
+def set_settings_source(settings: ModelSettings, source: str | None) -> None:
+    settings._source = source
+
+
+class GRPCInferMetrics:
+    """The Prometheus interceptor's own metrics for unary ModelInfer calls, for calls
+    answered without the interceptor (their series and labels stay the interceptor's)."""
+
+    SERVICE = "inference.GRPCInferenceService"
+
+    def __init__(self, prom: PromServerInterceptor):
+        interceptor = prom._interceptor
+        labels = {"grpc_type": "UNARY", "grpc_service": self.SERVICE, "grpc_method": "ModelInfer"}
+        self.started = interceptor._metrics["grpc_server_started_counter"].labels(**labels)
+        self.seconds = interceptor._metrics["grpc_server_handled_histogram"].labels(**labels)
+        self._handled = interceptor._grpc_server_handled_total_counter
+        self._labels = labels
+        self._by_code: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(**self._labels, grpc_code=code.name)
+        child.inc()
+        self.seconds.observe(seconds)
