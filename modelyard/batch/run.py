@@ -53,7 +53,14 @@ from modelyard.declarations.folders import (
     resolve_model_folder,
 )
 from modelyard.errors import ModelyardError
-from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, RunStatus, StoreError, now
+from modelyard.store.tables import (
+    PredictionsSpec,
+    PredictionStore,
+    RunInfo,
+    RunStatus,
+    StoreError,
+    now,
+)
 
 logger = logging.getLogger("modelyard.batch")
 

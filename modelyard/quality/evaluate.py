@@ -36,7 +36,7 @@ from modelyard.errors import QualityError
 from modelyard.quality import scoring
 from modelyard.quality.labels import label_text
 from modelyard.quality.tables import ENTITY, REQUEST, QualityStore, insert, upsert
-from modelyard.store import RUNS_TABLE, RunStatus, now, utc
+from modelyard.store.tables import RUNS_TABLE, RunStatus, now, utc
 
 logger = logging.getLogger("modelyard.quality")
 

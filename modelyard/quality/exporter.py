@@ -29,7 +29,7 @@ from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality import metrics
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.tables import QualityStore
-from modelyard.store import RUNS_TABLE, RunStatus, utc
+from modelyard.store.tables import RUNS_TABLE, RunStatus, utc
 
 logger = logging.getLogger("modelyard.quality")
 

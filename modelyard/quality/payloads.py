@@ -32,7 +32,7 @@ from mlserver.utils import generate_uuid
 from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality import metrics
 from modelyard.quality.tables import QualityStore
-from modelyard.store import now
+from modelyard.store.tables import now
 
 logger = logging.getLogger("modelyard.quality")
 

@@ -27,7 +27,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from modelyard.declarations.monitoring import QualityConfig
-from modelyard.store import TIMESTAMP, PredictionStore, now, utc
+from modelyard.store.tables import TIMESTAMP, PredictionStore, now, utc
 
 LABELS_TABLE = "modelyard_labels"
 PAYLOADS_TABLE = "modelyard_payloads"

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from modelyard_runtimes.databases import create_engine, database_message, describe, resolve_url
+from modelyard.store.databases import create_engine, database_message, describe, resolve_url
 from modelyard_runtimes.errors import FeatureSourceError, ModelError
 
 logger = logging.getLogger("modelyard.runtimes.features")

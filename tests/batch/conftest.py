@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from modelyard_runtimes.predictor import PredictorPipeline
 
 from modelyard.declarations.folders import load_model_folder
-from modelyard.store import PredictionStore, RunInfo, table_name
+from modelyard.store.tables import PredictionStore, RunInfo, table_name
 from tests.support.server import MODELYARD, REPO
 
 EXAMPLE = REPO / "examples" / "customer-profile"

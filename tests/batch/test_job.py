@@ -15,7 +15,7 @@ from modelyard.batch.progress import LogReporter
 from modelyard.batch.run import BatchError, BatchJob, RunOptions, Shard, default_run_id
 from modelyard.batch.schedule import Scheduler, next_firing
 from modelyard.cli import main
-from modelyard.store import (
+from modelyard.store.tables import (
     IncompatibleTable,
     PredictionsSpec,
     PredictionStore,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from modelyard.store import RunStatus, table_name
+from modelyard.store.tables import RunStatus, table_name
 from tests.batch.conftest import (
     KEY,
     MODEL,

@@ -16,7 +16,7 @@ import pytest
 from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.labels import label_frame
 from modelyard.quality.tables import ENTITY, QualityStore
-from modelyard.store import PredictionsSpec, PredictionStore, RunInfo, now
+from modelyard.store.tables import PredictionsSpec, PredictionStore, RunInfo, now
 from tests.support.postgres import PostgresServer
 
 MODEL, VERSION, KEY = "churn", "1.0", "user_id"

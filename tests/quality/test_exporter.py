@@ -11,7 +11,7 @@ from croniter import croniter
 from prometheus_client import REGISTRY
 
 from modelyard.quality.exporter import export_runs
-from modelyard.store import PredictionsSpec
+from modelyard.store.tables import PredictionsSpec
 from tests.quality.conftest import COLUMNS, KEY, MODEL, VERSION, Stores, classifier, scores_frame
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from modelyard_runtimes.databases import create_engine, describe, resolve_url
+
+from modelyard.store.databases import create_engine, describe, resolve_url
 
 
 @pytest.mark.parametrize(

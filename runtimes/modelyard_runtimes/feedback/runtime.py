@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.labels import LABEL, OBSERVED_AT, REQUEST_ID, ROW, LabelError, label_frame
 from modelyard.quality.tables import ENTITY, REQUEST, QualityStore
-from modelyard.store import StoreError
+from modelyard.store.tables import StoreError
 from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 
 

@@ -25,7 +25,7 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard.store import PREDICTED_AT_COLUMN, PredictionStore, RunInfo, StoreError, utc
+from modelyard.store.tables import PREDICTED_AT_COLUMN, PredictionStore, RunInfo, StoreError, utc
 from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 from modelyard_runtimes.tensors import (
     MISSING_OUTPUT,

@@ -40,12 +40,12 @@ import numpy as np
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from modelyard_runtimes.databases import database_message, describe, resolve_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelyard.errors import ModelyardError
+from modelyard.store.databases import database_message, describe, resolve_url
 
 logger = logging.getLogger("modelyard.store")
 
