@@ -17,7 +17,13 @@ from modelyard_operator.kube import Cluster, api_client, api_message, transient_
 from modelyard_operator.render import RenderOptions, render_all
 from modelyard_operator.render.common import cronjob_name
 from modelyard_operator.spec import Model, SpecError
-from modelyard_operator.status import changed, failed_for, failed_status, serving_status
+from modelyard_operator.status import (
+    changed,
+    failed_for,
+    failed_status,
+    rollout_stalled,
+    serving_status,
+)
 
 MODEL = (f"{GROUP}/{VERSION}", KIND)
 MANAGED = {"app.kubernetes.io/managed-by": "modelyard-operator"}
@@ -48,6 +54,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         storage_initializer_image=config.storage_initializer_image,
         gpu_resource=config.gpu_resource,
         gpu_node_label=config.gpu_node_label,
+        gpu_tolerations=tuple(t.pairs() for t in config.gpu_tolerations),
+        progress_deadline_seconds=config.progress_deadline_seconds,
         inflight_metric=config.inflight_metric,
         api=cluster.api_versions(),
     )
@@ -149,7 +157,9 @@ def write_status(
             if exc.status != 404:
                 raise
             deployment = None
-        wanted = {**serving_status(status, generation, deployment), **(extra or {})}
+        stalled = rollout_stalled(deployment) is not None
+        problems = pod_problems(cluster, namespace, deployment) if stalled else []
+        wanted = {**serving_status(status, generation, deployment, problems), **(extra or {})}
         if not changed(status, wanted):
             return
         try:
@@ -160,6 +170,62 @@ def write_status(
             if exc.status != 409:
                 raise
     raise kopf.TemporaryError(f"model '{name}': status kept changing; retrying", delay=1)
+
+
+# At most this many pods are described in a stalled rollout's message.
+MAX_POD_PROBLEMS = 3
+
+
+def pod_problems(cluster: Cluster, namespace: str, deployment: dict[str, Any] | None) -> list[str]:
+    """Why the Deployment's pods are not ready: container states and the last probe
+    failure the kubelet reported, for the Model's status."""
+    if deployment is None:
+        return []
+    selector = (deployment.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+    labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    try:
+        pods = cluster.resource("v1", "Pod").get(namespace=namespace, label_selector=labels)
+        events = cluster.resource("v1", "Event")
+        found = []
+        for pod in pods.to_dict().get("items") or []:
+            status = pod.get("status") or {}
+            conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+            if conditions.get("Ready") == "True" or pod["metadata"].get("deletionTimestamp"):
+                continue
+            name = pod["metadata"]["name"]
+            states = []
+            for container in status.get("containerStatuses") or []:
+                state = container.get("state") or {}
+                waiting, terminated = state.get("waiting"), state.get("terminated")
+                last = (container.get("lastState") or {}).get("terminated")
+                if waiting:
+                    states.append(f"{container['name']} waiting: {waiting.get('reason')}")
+                elif terminated:
+                    states.append(f"{container['name']} exited: {terminated.get('reason')}")
+                else:
+                    states.append(f"{container['name']} running, not ready")
+                if last and last.get("message"):
+                    states.append(f"last exit: {last['message'].strip()[-300:]}")
+            unhealthy = [
+                e
+                for e in events.get(
+                    namespace=namespace, field_selector=f"involvedObject.name={name}"
+                )
+                .to_dict()
+                .get("items")
+                or []
+                if e.get("reason") in ("Unhealthy", "Failed", "BackOff")
+            ]
+            if unhealthy:
+                latest = max(unhealthy, key=lambda e: e.get("lastTimestamp") or "")
+                states.append(str(latest.get("message", "")).strip()[:300])
+            found.append(f"pod {name}: " + ", ".join(states or ["not ready"]))
+            if len(found) >= MAX_POD_PROBLEMS:
+                break
+        return found
+    except ApiException as exc:
+        # Without permission to read pods or events, the status still says it stalled.
+        return [f"pods not described ({exc.status} {exc.reason})"]
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)

@@ -72,6 +72,8 @@ class Replicas(_Frozen):
 class Gpu(_Frozen):
     type: str | None = None
     count: int = Field(ge=1)
+    # The node label `type` is matched against; None: the operator's (chart value).
+    node_label: str | None = Field(default=None, alias="nodeLabel")
 
 
 class Resources(_Frozen):

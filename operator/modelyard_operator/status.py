@@ -63,17 +63,51 @@ def deployment_readiness(deployment: Mapping[str, Any] | None) -> tuple[bool, st
     observed = (status.get("observedGeneration") or 0) >= deployment["metadata"].get(
         "generation", 0
     )
-    if observed and ready >= wanted and updated >= wanted:
+    # Pods of an older version still counted: the rollout is not over (with one replica,
+    # the old pod is ready and the new one updated before the new one is ready).
+    leftover = (status.get("replicas") or 0) > updated
+    if observed and ready >= wanted and updated >= wanted and not leftover:
         return True, "DeploymentReady", f"{ready}/{wanted} replicas ready", ready
     return False, "DeploymentProgressing", f"{ready}/{wanted} replicas ready", ready
 
 
+def rollout_stalled(deployment: Mapping[str, Any] | None) -> str | None:
+    """The Deployment controller's message when the rollout passed its progress deadline."""
+    for c in ((deployment or {}).get("status") or {}).get("conditions") or ():
+        if (
+            c.get("type") == "Progressing"
+            and c.get("status") == "False"
+            and c.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            return c.get("message") or "progress deadline exceeded"
+    return None
+
+
 def serving_status(
-    model_status: Mapping[str, Any], generation: int | None, deployment: Mapping[str, Any] | None
+    model_status: Mapping[str, Any],
+    generation: int | None,
+    deployment: Mapping[str, Any] | None,
+    pod_problems: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """phase, readyReplicas and the Ready condition for a Model whose spec was applied."""
+    """phase, readyReplicas and the Ready condition for a Model whose spec was applied.
+
+    A rollout past its progress deadline is `Failed` (reason `RolloutStalled`), with why
+    its new pods are not ready (`pod_problems`); the previous version keeps serving."""
     ready, reason, message, replicas = deployment_readiness(deployment)
     previous = ready_condition(model_status.get("conditions"))
+    stalled = None if ready else rollout_stalled(deployment)
+    if stalled is not None:
+        message = (
+            f"the rollout stalled: {stalled}; {replicas} ready replica(s) of the previous "
+            "version keep serving"
+        )
+        if pod_problems:
+            message += "; " + "; ".join(pod_problems)
+        return {
+            "phase": "Failed",
+            "readyReplicas": replicas,
+            "conditions": [condition(False, "RolloutStalled", message, generation, previous)],
+        }
     return {
         "phase": "Ready" if ready else "Pending",
         "readyReplicas": replicas,

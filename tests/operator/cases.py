@@ -46,7 +46,16 @@ FULL: dict[str, Any] = {
     "serving": {"max_batch_size": 32, "max_batch_time_ms": 2, "workers": 2},
     "deployment": {
         "replicas": {"min": 3, "max": 10},
-        "resources": {"cpu": "2", "memory": "32Gi", "gpu": {"type": "nvidia-tesla-t4", "count": 1}},
+        "resources": {
+            "cpu": "2",
+            "memory": "32Gi",
+            # GKE's label, named by the Model over the operator's default.
+            "gpu": {
+                "type": "nvidia-tesla-t4",
+                "count": 1,
+                "nodeLabel": "cloud.google.com/gke-accelerator",
+            },
+        },
         "autoscaling": {"metric": "cpu", "target": 70},
         "nodeSelector": {"pool": "inference"},
         "tolerations": [

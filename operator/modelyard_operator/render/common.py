@@ -61,11 +61,23 @@ class ApiVersions:
 @dataclass(frozen=True)
 class RenderOptions:
     image: str = "ghcr.io/modelyard/modelyard:0.1.0"
-    # KServe's storage initializer: `<uri> <dest>`, for s3, gs, azure, http(s) and more;
-    # a single .tar.gz or .zip is unpacked into <dest>.
-    storage_initializer_image: str = "kserve/storage-initializer:v0.14.1"
+    # Empty: the serving image's own initializer (modelyard_operator.storage). Otherwise
+    # an image with KServe's convention, `<uri> <dest>` as its arguments (e.g.
+    # kserve/storage-initializer): s3, gs, azure, http(s); archives unpacked into <dest>.
+    storage_initializer_image: str = ""
     gpu_resource: str = "nvidia.com/gpu"
-    gpu_node_label: str = "cloud.google.com/gke-accelerator"
+    # The node label naming a GPU's type, matched against `gpu.type` (a Model's
+    # `gpu.nodeLabel` overrides it). NVIDIA's GPU feature discovery sets this one on any
+    # cluster; GKE's node pools carry cloud.google.com/gke-accelerator instead.
+    gpu_node_label: str = "nvidia.com/gpu.product"
+    # Added to a GPU pod's tolerations: GPU node pools are commonly tainted so that only
+    # GPU pods land there (GKE and the NVIDIA GPU operator taint nvidia.com/gpu).
+    gpu_tolerations: tuple[tuple[tuple[str, str], ...], ...] = (
+        (("effect", "NoSchedule"), ("key", "nvidia.com/gpu"), ("operator", "Exists")),
+    )
+    # A rollout making no progress for this long marks the Model Failed (the previous
+    # version keeps serving: maxUnavailable is 0).
+    progress_deadline_seconds: int = 600
     # The per-pod metric a custom-metrics adapter serves for requests-in-flight: the
     # server's gauge of V2 requests being answered (REST and gRPC), labelled by model.
     inflight_metric: str = "modelyard_requests_in_flight"
@@ -197,11 +209,21 @@ def fetches(model: Model) -> list[tuple[str, str]]:
     return found
 
 
+# The serving image's storage initializer (operator/modelyard_operator/storage.py).
+STORAGE_INITIALIZER = ["python", "-m", "modelyard_operator.storage"]
+
+
+def storage_initializer(model: Model, options: RenderOptions) -> dict[str, Any]:
+    if options.storage_initializer_image:
+        return {"image": options.storage_initializer_image}
+    return {"image": model.spec.image or options.image, "command": STORAGE_INITIALIZER}
+
+
 def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "image": options.storage_initializer_image,
+            **storage_initializer(model, options),
             "args": [uri, model_dir(model)],
             "env": env(model),
             "volumeMounts": [
@@ -234,11 +256,11 @@ def scheduling(model: Model, options: RenderOptions) -> dict[str, Any]:
     gpu = deployment.resources.gpu
     if gpu is not None:
         if gpu.type:
-            node_selector.setdefault(options.gpu_node_label, gpu.type)
-        # GPU node pools are commonly tainted so that only GPU pods land there.
-        gpu_toleration = {"key": options.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
-        if gpu_toleration not in tolerations:
-            tolerations.append(gpu_toleration)
+            node_selector.setdefault(gpu.node_label or options.gpu_node_label, gpu.type)
+        for pairs in options.gpu_tolerations:
+            gpu_toleration = dict(pairs)
+            if gpu_toleration not in tolerations:
+                tolerations.append(gpu_toleration)
     out: dict[str, Any] = {}
     if node_selector:
         out["nodeSelector"] = dict(sorted(node_selector.items()))

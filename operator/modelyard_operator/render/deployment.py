@@ -31,6 +31,7 @@ from modelyard_operator.spec import Model
 
 COMPONENT = "server"
 MIB = 1024 * 1024
+PRESTOP_SECONDS = 5
 
 
 def serve_command(model: Model) -> list[str]:
@@ -84,11 +85,18 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
         "readinessProbe": probe(f"/v2/models/{model.model_name}/ready", 5, 2),
         "volumeMounts": volume_mounts(model),
         "securityContext": container_security_context(),
+        # A terminating pod leaves the Service's endpoints a moment after it is told to
+        # stop (kube-proxy rewrites every node's rules): it keeps answering meanwhile,
+        # so that a rollout fails no request.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
     }
     config = config_files(model)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(model, COMPONENT)},
         "revisionHistoryLimit": 3,
+        # A new version whose pods never become ready stalls here and marks the Model
+        # Failed; its old pods keep serving.
+        "progressDeadlineSeconds": options.progress_deadline_seconds,
         # Never below the serving capacity during a rollout.
         "strategy": {
             "type": "RollingUpdate",
