@@ -6,9 +6,9 @@
 #      `docker import` (modelyard-local/debian:bookworm), and Debian's python3.11 on it
 #      (images/base/Dockerfile -> modelyard-local/python:3.11-bookworm); both saved to
 #      $CACHE/images/ and loaded from there next time;
-#   2. a wheelhouse of everything the images install, made once per pyproject.toml and
-#      operator requirements by the host's pip (cached in $CACHE/wheels/) and served to
-#      the builds on loopback;
+#   2. a wheelhouse of the exact versions of the project's virtualenv (`make install`),
+#      made once per set of versions (cached in $CACHE/wheels/) and served to the builds
+#      on loopback;
 #   3. images/{serving,operator,examples}/Dockerfile with those as build arguments
 #      (BASE_IMAGE, DEBIAN_IMAGE, WHEELS_URL): the same Dockerfiles build from
 #      python:3.11-slim-bookworm elsewhere.
@@ -141,21 +141,27 @@ base_images() {
 WHEELS_URL=""
 wheelhouse() {
   local key dir venv pip
-  key=$(cat pyproject.toml images/operator/requirements.txt | sha256sum | cut -c1-16)
+  venv=$REPO/.venv
+  pip=$venv/bin/pip
+  [[ -x $pip ]] || die "no $pip: run make install first"
+  # Exactly the versions of the project's virtualenv, which `make install` resolved from
+  # pyproject.toml and the tests run with: no second resolution (with the machine's
+  # local indexes beside PyPI, one can backtrack for many minutes), the same libraries
+  # in the images as under test. The images' Python is 3.11 on bookworm's glibc, as the
+  # host's: the same wheels fit.
+  local frozen
+  frozen=$("$pip" freeze --all --exclude-editable 2>/dev/null | grep -v -e '^modelyard' -e ' @ ')
+  key=$(printf '%s\n' "$frozen" | sha256sum | cut -c1-16)
   dir=$CACHE/wheels/$key
   if [[ ! -f $dir/.complete ]]; then
-    say "pip wheel -> $dir (once per pyproject.toml)"
+    say "pip wheel -> $dir (once per set of versions)"
     rm -rf "$dir" && mkdir -p "$dir"
-    venv=$REPO/.venv
-    pip=$venv/bin/pip
-    [[ -x $pip ]] || die "no $pip: run make install first"
-    # The images' Python is 3.11 on bookworm's glibc, as the host's: the same wheels.
-    nice -n 19 "$pip" wheel --quiet --wheel-dir "$dir" \
-      "torch==2.13.0" "$REPO[postgres,storage]" -r images/operator/requirements.txt \
-      "setuptools>=69" wheel pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-    # The project itself is built in the image from the context, never from the cache.
-    rm -f "$dir"/modelyard-*.whl
+    printf '%s\n' "$frozen" >"$dir/requirements.txt"
+    nice -n 19 "$pip" wheel --quiet --no-deps --wheel-dir "$dir" -r "$dir/requirements.txt" 2>&1 |
+      grep -v '^WARNING: Location' >&2 || true
     ls "$dir"/torch-2.13.0*.whl >/dev/null 2>&1 || die "the wheelhouse has no torch 2.13.0 wheel"
+    [[ $(find "$dir" -name '*.whl' | wc -l) -ge $(grep -c . "$dir/requirements.txt") ]] ||
+      die "pip wheel left packages out of $dir"
     touch "$dir/.complete"
   fi
   local port
