@@ -13,7 +13,7 @@ the prediction store.
   halving the chunk that failed until the culprit is alone; bad rows are counted,
   logged and recorded in the store, and fail the run once there are more than
   ``max_bad_rows``.
-- Atomic and idempotent (see ``modelyard.store``): rows are upserted on (model,
+- Atomic and idempotent (see ``modelyard.store.runs``): rows are upserted on (model,
   version, run, entity), and the run becomes readers' latest only when its last
   shard completes; a run that fails or is killed is never the latest, and running it
   again with the same id completes it.
@@ -53,14 +53,9 @@ from modelyard.declarations.folders import (
     resolve_model_folder,
 )
 from modelyard.errors import ModelyardError
-from modelyard.store.tables import (
-    PredictionsSpec,
-    PredictionStore,
-    RunInfo,
-    RunStatus,
-    StoreError,
-    now,
-)
+from modelyard.store.connection import PredictionStore
+from modelyard.store.runs import RunInfo, RunStatus
+from modelyard.store.tables import PredictionsSpec, StoreError, now
 
 logger = logging.getLogger("modelyard.batch")
 
@@ -235,8 +230,8 @@ class BatchJob:
         result = RunResult(spec.model, spec.version, run_id, options.shard)
         store = self.open_store()
         try:
-            table = store.ensure(spec)
-            store.start_shard(spec, run_id, options.shard.index, options.shard.count)
+            table = store.tables.ensure(spec)
+            store.ledger.start_shard(spec, run_id, options.shard.index, options.shard.count)
             logger.info(
                 "model '%s' version %s: run %s shard %s into %s",
                 spec.model, spec.version, run_id, options.shard, store.describe(),
@@ -246,7 +241,7 @@ class BatchJob:
             except (Exception, KeyboardInterrupt) as e:
                 result.error = _reason(e)
                 try:
-                    result.run = store.fail_shard(
+                    result.run = store.ledger.fail_shard(
                         spec, run_id, options.shard.index, result.error, result.rows,
                         result.bad_rows,
                     )  # fmt: skip
@@ -255,7 +250,7 @@ class BatchJob:
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 return result
-            result.run = store.finish_shard(
+            result.run = store.ledger.finish_shard(
                 spec, run_id, options.shard.index, result.rows, result.bad_rows
             )
             return result
@@ -391,7 +386,7 @@ class _Scoring:
             self.result.bad_examples.append((entity, error))
             del self.result.bad_examples[LOGGED_BAD_ROWS:]
         self.result.bad_rows += len(bad)
-        self.store.record_bad_rows(
+        self.store.ledger.record_bad_rows(
             self.job.spec, self.run_id, self.options.shard.index,
             [(e if e is not None else "<NULL>", err) for e, err in bad],
         )  # fmt: skip
@@ -401,7 +396,7 @@ class _Writer:
     """Upserts scored chunks on a thread of its own, at most WRITES_IN_FLIGHT behind."""
 
     def __init__(self, store: PredictionStore, table: sa.Table, spec: PredictionsSpec, run_id: str):
-        self.write: Callable[[pd.DataFrame], int] = lambda frame: store.write(
+        self.write: Callable[[pd.DataFrame], int] = lambda frame: store.predictions.write(
             table, spec, run_id, frame, now()
         )
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")

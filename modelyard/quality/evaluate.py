@@ -35,8 +35,9 @@ from modelyard.declarations.monitoring import CLASSIFICATION, QualityConfig
 from modelyard.errors import QualityError
 from modelyard.quality import scoring
 from modelyard.quality.labels import label_text
-from modelyard.quality.tables import ENTITY, REQUEST, QualityStore, insert, upsert
-from modelyard.store.tables import RUNS_TABLE, RunStatus, now, utc
+from modelyard.quality.tables import ENTITY, REQUEST, QualityStore, upsert
+from modelyard.store.runs import RunStatus
+from modelyard.store.tables import RUNS_TABLE, dialect_insert, now, utc
 
 logger = logging.getLogger("modelyard.quality")
 
@@ -248,7 +249,7 @@ class Evaluator:
             # the beginning of time).
             lo = run.finished_at if i else None
             hi = runs[i + 1].finished_at if i + 1 < len(runs) else None
-            table = self.store.store.reflect(run.table)
+            table = self.store.store.tables.reflect(run.table)
             if table is None:
                 continue
             absent = [c for c in [config.key, *config.columns] if c not in table.c]
@@ -379,7 +380,7 @@ class Evaluator:
                 conn.execute(m.delete().where(*[m.c[k] == row[k] for k in keys]))
             conn.execute(upsert(self.store.dialect, w), window_rows)
             if metric_rows:
-                conn.execute(insert(self.store.dialect, m), metric_rows)
+                conn.execute(dialect_insert(self.store.dialect, m), metric_rows)
 
     def stored(
         self, version: str | None = None, kind: str | None = None, since: datetime | None = None

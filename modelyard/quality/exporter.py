@@ -29,7 +29,8 @@ from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality import metrics
 from modelyard.quality.evaluate import Evaluator
 from modelyard.quality.tables import QualityStore
-from modelyard.store.tables import RUNS_TABLE, RunStatus, utc
+from modelyard.store.runs import RunStatus
+from modelyard.store.tables import RUNS_TABLE, utc
 
 logger = logging.getLogger("modelyard.quality")
 

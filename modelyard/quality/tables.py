@@ -27,7 +27,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from modelyard.declarations.monitoring import QualityConfig
-from modelyard.store.tables import TIMESTAMP, PredictionStore, now, utc
+from modelyard.store.connection import PredictionStore
+from modelyard.store.tables import TIMESTAMP, dialect_insert, now, utc
 
 LABELS_TABLE = "modelyard_labels"
 PAYLOADS_TABLE = "modelyard_payloads"
@@ -117,16 +118,9 @@ def _tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
     }
 
 
-def insert(dialect: str, table: sa.Table) -> Any:
-    """INSERT with ON CONFLICT, in the store's dialect."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return (sqlite if dialect == "sqlite" else postgresql).insert(table)
-
-
 def upsert(dialect: str, table: sa.Table) -> Any:
     """INSERT ... ON CONFLICT (primary key) DO UPDATE every other column."""
-    stmt = insert(dialect, table)
+    stmt = dialect_insert(dialect, table)
     keys = [c.name for c in table.primary_key]
     return stmt.on_conflict_do_update(
         index_elements=keys,

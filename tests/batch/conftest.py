@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from modelyard_runtimes.predictor import PredictorPipeline
 
 from modelyard.declarations.folders import load_model_folder
-from modelyard.store.tables import PredictionStore, RunInfo, table_name
+from modelyard.store.connection import PredictionStore
+from modelyard.store.runs import RunInfo
+from modelyard.store.tables import table_name
 from tests.support.server import MODELYARD, REPO
 
 EXAMPLE = REPO / "examples" / "customer-profile"
@@ -104,7 +106,7 @@ def assert_matches(rows: pd.DataFrame, expected: pd.DataFrame) -> None:
 def latest(url: str) -> RunInfo | None:
     store = open_store(url)
     try:
-        return store.latest_run(MODEL)
+        return store.ledger.latest_run(MODEL)
     finally:
         store.close()
 
@@ -112,7 +114,7 @@ def latest(url: str) -> RunInfo | None:
 def run_info(url: str, run_id: str) -> RunInfo | None:
     store = open_store(url)
     try:
-        return store.run(MODEL, VERSION, run_id)
+        return store.ledger.run(MODEL, VERSION, run_id)
     finally:
         store.close()
 

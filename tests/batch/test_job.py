@@ -15,15 +15,9 @@ from modelyard.batch.progress import LogReporter
 from modelyard.batch.run import BatchError, BatchJob, RunOptions, Shard, default_run_id
 from modelyard.batch.schedule import Scheduler, next_firing
 from modelyard.cli import main
-from modelyard.store.tables import (
-    IncompatibleTable,
-    PredictionsSpec,
-    PredictionStore,
-    RunStatus,
-    StoreError,
-    now,
-    table_name,
-)
+from modelyard.store.connection import PredictionStore
+from modelyard.store.runs import RunStatus
+from modelyard.store.tables import IncompatibleTable, PredictionsSpec, StoreError, now, table_name
 from tests.batch.conftest import (
     USERS,
     assert_matches,
@@ -171,24 +165,26 @@ def test_store_tables_added_and_changed_columns(store_url: str) -> None:
     store = PredictionStore(__import__("sqlalchemy").make_url(store_url))
     try:
         spec = PredictionsSpec.of("m", "1", "id", {"id": "INT64", "score": "FP32"})
-        table = store.ensure(spec)
-        store.start_shard(spec, "r1", 0, 1)
+        table = store.tables.ensure(spec)
+        store.ledger.start_shard(spec, "r1", 0, 1)
         frame = pd.DataFrame({"id": [1, 2], "score": pd.array([0.5, 1.5], dtype="float32")})
-        store.write(table, spec, "r1", frame, now())
-        store.finish_shard(spec, "r1", 0, 2, 0)
+        store.predictions.write(table, spec, "r1", frame, now())
+        store.ledger.finish_shard(spec, "r1", 0, 2, 0)
         # A new nullable column is added; the earlier run reads NULL there.
         wider = PredictionsSpec.of(
             "m", "1", "id", {"id": "INT64", "score": "FP32", "band": "BYTES"}
         )
-        table = store.ensure(wider)
-        assert "band" in store.reflect(table.name).c  # type: ignore[union-attr]
-        run_ = store.latest_run("m")
+        table = store.tables.ensure(wider)
+        assert "band" in store.tables.reflect(table.name).c  # type: ignore[union-attr]
+        run_ = store.ledger.latest_run("m")
         assert run_ is not None
-        rows = store.read(table, run_, "id", [1, 2, 3], ["score", "band"])
+        rows = store.predictions.read(table, run_, "id", [1, 2, 3], ["score", "band"])
         assert sorted((r[0], r[1], r[2]) for r in rows) == [(1, 0.5, None), (2, 1.5, None)]
         # A changed key type is not.
         with pytest.raises(IncompatibleTable, match="column 'id' is"):
-            store.ensure(PredictionsSpec.of("m", "1", "id", {"id": "BYTES", "score": "FP32"}))
+            store.tables.ensure(
+                PredictionsSpec.of("m", "1", "id", {"id": "BYTES", "score": "FP32"})
+            )
         with pytest.raises(StoreError, match="may not be named 'run_id'"):
             PredictionsSpec.of("m", "1", "id", {"run_id": "BYTES"})
     finally:
@@ -220,16 +216,17 @@ def test_every_datatype_round_trips_through_the_store(store_url: str) -> None:
     store = PredictionStore(__import__("sqlalchemy").make_url(store_url))
     try:
         spec = PredictionsSpec.of("m", "1", "id", columns)
-        table = store.ensure(spec)
-        store.start_shard(spec, "r1", 0, 1)
+        table = store.tables.ensure(spec)
+        store.ledger.start_shard(spec, "r1", 0, 1)
         for _ in range(2):  # the second write updates the same rows
-            assert store.write(table, spec, "r1", frame, now()) == 3
-        store.finish_shard(spec, "r1", 0, 3, 0)
-        run_ = store.latest_run("m")
+            assert store.predictions.write(table, spec, "r1", frame, now()) == 3
+        store.ledger.finish_shard(spec, "r1", 0, 3, 0)
+        run_ = store.ledger.latest_run("m")
         assert run_ is not None
         values = spec.values
         rows = {
-            r[0]: r[1 : 1 + len(values)] for r in store.read(table, run_, "id", [1, 2, 3], values)
+            r[0]: r[1 : 1 + len(values)]
+            for r in store.predictions.read(table, run_, "id", [1, 2, 3], values)
         }
         assert len(rows) == 3
         for i, key in enumerate(frame["id"]):
@@ -243,7 +240,7 @@ def test_every_datatype_round_trips_through_the_store(store_url: str) -> None:
                     assert got[name] is None or np.isnan(got[name]), (name, got[name])
                 else:  # as the declared type holds it
                     assert frame[name].dtype.type(got[name]) == want, (name, got[name], want)
-        assert store.count(table, run_) == (3, 3)
+        assert store.predictions.count(table, run_) == (3, 3)
     finally:
         store.close()
 
@@ -252,19 +249,19 @@ def test_a_rerun_of_a_complete_run_hides_it_until_it_completes_again(store_url: 
     store = PredictionStore(__import__("sqlalchemy").make_url(store_url))
     try:
         spec = PredictionsSpec.of("m", "1", "id", {"id": "BYTES", "score": "FP64"})
-        store.ensure(spec)
+        store.tables.ensure(spec)
         for run_id in ("a", "b"):
-            store.start_shard(spec, run_id, 0, 1)
-            store.finish_shard(spec, run_id, 0, 0, 0)
-        assert store.latest_run("m").run_id == "b"  # type: ignore[union-attr]
-        store.start_shard(spec, "b", 0, 1)  # "b" is being written again
-        assert store.latest_run("m").run_id == "a"  # type: ignore[union-attr]
-        store.fail_shard(spec, "b", 0, "boom")
-        assert store.latest_run("m").run_id == "a"  # type: ignore[union-attr]
-        assert store.run("m", "1", "b").error == "shard 0: boom"  # type: ignore[union-attr]
-        store.start_shard(spec, "b", 0, 1)
-        store.finish_shard(spec, "b", 0, 0, 0)
-        assert store.latest_run("m").run_id == "b"  # type: ignore[union-attr]
+            store.ledger.start_shard(spec, run_id, 0, 1)
+            store.ledger.finish_shard(spec, run_id, 0, 0, 0)
+        assert store.ledger.latest_run("m").run_id == "b"  # type: ignore[union-attr]
+        store.ledger.start_shard(spec, "b", 0, 1)  # "b" is being written again
+        assert store.ledger.latest_run("m").run_id == "a"  # type: ignore[union-attr]
+        store.ledger.fail_shard(spec, "b", 0, "boom")
+        assert store.ledger.latest_run("m").run_id == "a"  # type: ignore[union-attr]
+        assert store.ledger.run("m", "1", "b").error == "shard 0: boom"  # type: ignore[union-attr]
+        store.ledger.start_shard(spec, "b", 0, 1)
+        store.ledger.finish_shard(spec, "b", 0, 0, 0)
+        assert store.ledger.latest_run("m").run_id == "b"  # type: ignore[union-attr]
     finally:
         store.close()
 
@@ -338,4 +335,4 @@ def test_progress_bar_on_request(folder: Path, job_env: str) -> None:
     result = CliRunner().invoke(main, ["batch", "run", str(folder), "--progress"])
     assert result.exit_code == 0, result.output
     assert "rows/s" in result.stderr and "run complete" in result.stdout
-    assert open_store(job_env).latest_run("gender") is not None
+    assert open_store(job_env).ledger.latest_run("gender") is not None

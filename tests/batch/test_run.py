@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from modelyard.store.tables import RunStatus, table_name
+from modelyard.store.runs import RunStatus
+from modelyard.store.tables import table_name
 from tests.batch.conftest import (
     KEY,
     MODEL,

@@ -16,7 +16,9 @@ import pytest
 from modelyard.declarations.monitoring import QualityConfig
 from modelyard.quality.labels import label_frame
 from modelyard.quality.tables import ENTITY, QualityStore
-from modelyard.store.tables import PredictionsSpec, PredictionStore, RunInfo, now
+from modelyard.store.connection import PredictionStore
+from modelyard.store.runs import RunInfo
+from modelyard.store.tables import PredictionsSpec, now
 from tests.support.postgres import PostgresServer
 
 MODEL, VERSION, KEY = "churn", "1.0", "user_id"
@@ -48,10 +50,10 @@ class Stores:
     ) -> RunInfo:
         """A complete batch run of ``frame`` (user_id and the score columns)."""
         spec = PredictionsSpec.of(MODEL, version, KEY, columns or COLUMNS)
-        table = self.predictions.ensure(spec)
-        self.predictions.start_shard(spec, run_id, 0, 1)
-        self.predictions.write(table, spec, run_id, frame, now())
-        return self.predictions.finish_shard(spec, run_id, 0, len(frame), 0)
+        table = self.predictions.tables.ensure(spec)
+        self.predictions.ledger.start_shard(spec, run_id, 0, 1)
+        self.predictions.predictions.write(table, spec, run_id, frame, now())
+        return self.predictions.ledger.finish_shard(spec, run_id, 0, len(frame), 0)
 
     def labels(
         self,

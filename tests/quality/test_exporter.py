@@ -23,8 +23,8 @@ def test_batch_gauges_follow_the_runs_table(stores: Stores) -> None:
     config = classifier(stores.folder, stores.url)
     done = stores.run("r1", scores_frame(["a", "b", "c"], np.array([0.1, 0.5, 0.9])))
     spec = PredictionsSpec.of(MODEL, VERSION, KEY, COLUMNS)
-    stores.predictions.start_shard(spec, "r2", 0, 1)
-    stores.predictions.fail_shard(spec, "r2", 0, "features database down")
+    stores.predictions.ledger.start_shard(spec, "r2", 0, 1)
+    stores.predictions.ledger.fail_shard(spec, "r2", 0, "features database down")
 
     export_runs(config, stores.quality, "0 3 * * *")
     version = {"version": VERSION}

@@ -25,7 +25,9 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard.store.tables import PREDICTED_AT_COLUMN, PredictionStore, RunInfo, StoreError, utc
+from modelyard.store.connection import PredictionStore
+from modelyard.store.runs import RunInfo
+from modelyard.store.tables import PREDICTED_AT_COLUMN, StoreError, utc
 from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 from modelyard_runtimes.tensors import (
     MISSING_OUTPUT,
@@ -232,7 +234,7 @@ class LookupRuntime(MLModel):
     def _latest(self) -> _Snapshot:
         options = self._options
         store = self._open()
-        run = store.latest_run(options.model, options.version)
+        run = store.ledger.latest_run(options.model, options.version)
         if run is None:
             which = f"version {options.version} of " if options.version else ""
             raise NoPredictions(
@@ -242,7 +244,7 @@ class LookupRuntime(MLModel):
         current = self._snapshot
         if current is not None and current.identity == (run.version, run.run_id, run.finished_at):
             return current
-        table = store.reflect(run.table)
+        table = store.tables.reflect(run.table)
         absent = [c for c in [options.key, *self._values] if table is None or c not in table.c]
         if absent:
             raise NoPredictions(
@@ -275,7 +277,12 @@ class LookupRuntime(MLModel):
         assert store is not None
         try:
             return await asyncio.to_thread(
-                store.read, snapshot.table, snapshot.run, self._options.key, ids, self._values
+                store.predictions.read,
+                snapshot.table,
+                snapshot.run,
+                self._options.key,
+                ids,
+                self._values,
             )
         except StoreError as e:
             raise NoPredictions(f"model '{self.name}': {e}") from None

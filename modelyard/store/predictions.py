@@ -1,0 +1,161 @@
+"""Predictions in and out of a model version's table: a scored chunk upserted in one
+transaction, and the rows of a run read back by entity id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+
+from modelyard.store.runs import RunInfo
+from modelyard.store.tables import (
+    MODEL_COLUMN,
+    PREDICTED_AT_COLUMN,
+    RESERVED_COLUMNS,
+    RUN_COLUMN,
+    TIMESTAMP,
+    VERSION_COLUMN,
+    PredictionsSpec,
+    dialect_insert,
+    errors,
+)
+
+# SQLite: the temporary tables a chunk's declared columns are staged in (``_stage``).
+STAGE_TABLE = "modelyard_stage"
+
+
+class Predictions:
+    """The predictions tables of one store: what a batch run writes and the lookup
+    model reads."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._upserts: dict[tuple[str, ...], str] = {}
+
+    def _upsert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
+        """The driver SQL upserting one chunk into ``table``. Its parameters: model,
+        version, run id, predicted_at, then the chunk (see ``write``)."""
+        data = [spec.key, *spec.values]
+        cached = self._upserts.get((table.name, *data))
+        if cached is not None:
+            return cached
+        keys = [c.name for c in table.primary_key]
+        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
+        if self.dialect == "sqlite":
+            # One statement per chunk, the keys a JSON array that SQLite unpacks itself
+            # and each declared column staged (see ``_stage``): the whole insert runs in
+            # C without Python's GIL, so a chunk is written while the next one is
+            # scored (executemany takes the GIL back every row).
+            q = self.engine.dialect.identifier_preparer.quote
+            stages = [f"{STAGE_TABLE}_{i}" for i in range(len(spec.values))]
+            updates = [f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys]
+            sql = (
+                f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in names)}) "
+                f"SELECT ?, ?, ?, ?, k.value{''.join(f', {s}.v' for s in stages)} "
+                f"FROM json_each(?) AS k"
+                + "".join(f" JOIN temp.{s} AS {s} ON {s}.i = k.key" for s in stages)
+                + f" WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
+                f"DO UPDATE SET {', '.join(updates)}"
+            )
+        else:
+            params: list[sa.BindParameter[Any]] = [sa.bindparam(f"p{i}") for i in range(len(names))]
+            stmt = dialect_insert(self.dialect, table).values(dict(zip(names, params, strict=True)))
+            stmt = stmt.on_conflict_do_update(
+                index_elements=keys,
+                set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+            )
+            sql = str(stmt.compile(dialect=self.engine.dialect))
+        self._upserts[(table.name, *data)] = sql
+        return sql
+
+    def _stage(self, conn: sa.Connection, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+        """SQLite: each of ``columns`` into a temporary table of its own (row number ->
+        value) for the upsert to join on. Extracting the values of a JSON array of rows costs SQLite
+        a parse per value; a JSON array per column is parsed once, and numeric
+        columns serialise straight from their numpy buffers."""
+        for i, name in enumerate(columns):
+            stage = f"temp.{STAGE_TABLE}_{i}"
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {stage} (i INTEGER PRIMARY KEY, v)")
+            conn.exec_driver_sql(f"DELETE FROM {stage}")
+            conn.exec_driver_sql(
+                f"INSERT INTO {stage} (i, v) SELECT key, value FROM json_each(?)",
+                (_json_array(frame[name].to_numpy()),),
+            )
+
+    def write(
+        self, table: sa.Table, spec: PredictionsSpec, run_id: str, frame: pd.DataFrame,
+        predicted_at: datetime,
+    ) -> int:  # fmt: skip
+        """Upsert the rows of ``frame`` (the key and the declared columns) in one
+        transaction; returns how many."""
+        if frame.empty:
+            return 0
+        sql = self._upsert_sql(table, spec)
+        dialect = self.engine.dialect
+        stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
+        constants = (
+            spec.model,
+            spec.version,
+            run_id,
+            stamp(predicted_at) if stamp else predicted_at,
+        )
+        with errors(self.engine, f"writing to {table.name}"), self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                self._stage(conn, frame, spec.values)
+                keys = _json_array(frame[spec.key].to_numpy())
+                conn.exec_driver_sql(sql, (*constants, keys))
+            else:
+                # Plain Python values column by column, zipped into rows: none of the
+                # per-row work of SQLAlchemy's parameter handling.
+                columns = [frame[c].tolist() for c in [spec.key, *spec.values]]
+                names = [f"p{i}" for i in range(4 + len(columns))]
+                rows = zip(*columns, strict=True)
+                conn.exec_driver_sql(
+                    sql, [dict(zip(names, (*constants, *row), strict=True)) for row in rows]
+                )
+        return len(frame)
+
+    def read(
+        self, table: sa.Table, run: RunInfo, key: str, ids: Sequence[Any], columns: Sequence[str]
+    ) -> list[sa.Row]:
+        """The stored rows of ``run`` for ``ids`` (key, ``columns``, predicted_at);
+        ids the run has no row for are absent."""
+        if not ids:
+            return []
+        query = (
+            sa.select(table.c[key], *[table.c[c] for c in columns], table.c[PREDICTED_AT_COLUMN])
+            .where(
+                table.c.model == run.model,
+                table.c.version == run.version,
+                table.c.run_id == run.run_id,
+                table.c[key].in_(sa.bindparam("ids", expanding=True)),
+            )
+        )  # fmt: skip
+        with errors(self.engine, f"reading {table.name}"), self.engine.connect() as conn:
+            return list(conn.execute(query, {"ids": list(ids)}).all())
+
+    def count(self, table: sa.Table, run: RunInfo) -> tuple[int, int]:
+        """Rows of ``run`` in ``table``, and distinct entities among them."""
+        key = next(c for c in table.primary_key if c.name not in RESERVED_COLUMNS)
+        query = sa.select(sa.func.count(), sa.func.count(sa.distinct(key))).where(
+            table.c.model == run.model,
+            table.c.version == run.version,
+            table.c.run_id == run.run_id,
+        )
+        with errors(self.engine, f"reading {table.name}"), self.engine.connect() as conn:
+            rows, entities = conn.execute(query).one()
+        return rows, entities
+
+
+def _json_array(values: np.ndarray) -> bytes:
+    """A column as a JSON array: numbers straight from their buffer (float32 in its
+    shortest form, NaN as null), anything else through Python objects."""
+    if values.dtype.kind in "biuf":
+        return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(values.tolist())
