@@ -26,9 +26,12 @@ test: postgres-server
 test: promtool
 	$(BIN)/pytest -q
 
+# ruff over the repository, mypy over the package (pyproject.toml's [tool.mypy] names
+# modelyard, the runtimes and the operator), hadolint over the Dockerfiles.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint images/*/Dockerfile
 
 format: $(STAMP)

@@ -42,7 +42,9 @@ class OperatorConfig(BaseModel):
     gpu_node_label: str = Field(default=_DEFAULTS.gpu_node_label, min_length=1)
     # A JSON list of tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}].
     gpu_tolerations: Json[list[GpuToleration]] | list[GpuToleration] = Field(
-        default_factory=lambda: [GpuToleration(**dict(t)) for t in _DEFAULTS.gpu_tolerations]
+        default_factory=lambda: [
+            GpuToleration.model_validate(dict(t)) for t in _DEFAULTS.gpu_tolerations
+        ]
     )
     progress_deadline_seconds: int = Field(default=_DEFAULTS.progress_deadline_seconds, ge=10)
     inflight_metric: str = Field(default=_DEFAULTS.inflight_metric, min_length=1)

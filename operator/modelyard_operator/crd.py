@@ -31,8 +31,7 @@ CHART_CRD_FILE = (
     / f"{CRD_NAME}.yaml"
 )  # fmt: skip
 HEADER = (
-    "# Generated from modelyard/declarations/schema/declaration.schema.json "
-    "by `make generate`.\n"
+    "# Generated from modelyard/declarations/schema/declaration.schema.json by `make generate`.\n"
 )
 # Helm never upgrades files in a chart's crds/ folder, so the chart templates the CRD,
 # and keeps it on uninstall: deleting a CRD deletes every Model, and so every model.

@@ -83,10 +83,9 @@ def unpack(archive: Path, dest: Path, name: str) -> int:
             zf.extractall(dest)
         return count
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for member in members:
-            _safe_target(dest, member.name)
-            count += member.isfile()
+        for entry in tf.getmembers():
+            _safe_target(dest, entry.name)
+            count += entry.isfile()
         # "data": no device files, no absolute or escaping links, no setuid bits.
         tf.extractall(dest, filter="data")
     return count
