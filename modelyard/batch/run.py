@@ -37,7 +37,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -164,13 +164,22 @@ class RunResult:
         return f"{head}; run {run.status} ({run.shards_done}/{run.shards} shards complete)"
 
 
+@runtime_checkable
+class BatchRuntime(Protocol):
+    """What a batch run needs of the runtime class a model's settings name: the options
+    it reads from them and the pipeline it scores with, the ones it answers with online
+    (``modelyard_runtimes.predictor.PredictorRuntime``). The class is imported by its
+    name, as the server imports it: the runtimes depend on modelyard, never the reverse."""
+
+    batch_options: Callable[[ModelSettings], Any]
+    batch_pipeline: Callable[[ModelSettings], Any]
+
+
 class BatchJob:
     """The batch scoring of one model folder (a ``runtime: predictor`` declaration
     with ``features`` and ``predictions``)."""
 
     def __init__(self, target: Path):
-        from modelyard_runtimes.predictor import PredictorOptions
-
         folder = resolve_model_folder(target)
         if folder is None:
             raise BatchError(
@@ -180,13 +189,15 @@ class BatchJob:
         self.folder = folder
         self.settings: ModelSettings = load_model_folder(self.folder)
         name = self.settings.name
-        if not _is_predictor(self.settings):
+        runtime = _batch_runtime(self.settings)
+        if runtime is None:
             raise BatchError(
                 f"model '{name}' runs on {_implementation(self.settings)}; batch runs score "
                 "with the predictor runtime: declare runtime: predictor with features and "
                 "predictions"
             )
-        options = PredictorOptions.from_settings(self.settings)
+        self.runtime = runtime
+        options = runtime.batch_options(self.settings)
         predictions = options.predictions
         extra = predictions.model_extra or {}
         if options.features is None:
@@ -274,9 +285,7 @@ class _Scoring:
         self.key = job.spec.key
 
     def run(self) -> None:
-        from modelyard_runtimes.predictor import PredictorPipeline
-
-        pipeline = PredictorPipeline.from_settings(self.job.settings)
+        pipeline = self.job.runtime.batch_pipeline(self.job.settings)
         self.pipeline = pipeline
         started = time.perf_counter()
         try:
@@ -488,13 +497,12 @@ def _implementation(settings: ModelSettings) -> str:
     return settings.implementation_
 
 
-def _is_predictor(settings: ModelSettings) -> bool:
+def _batch_runtime(settings: ModelSettings) -> BatchRuntime | None:
+    """The runtime class ``settings`` name, when it scores batches."""
     # Imported without ModelSettings.implementation, which reloads the module.
-    from modelyard_runtimes.predictor import PredictorRuntime
-
     module, _, name = settings.implementation_.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, PredictorRuntime)
+        return None
+    return cls if isinstance(cls, type) and isinstance(cls, BatchRuntime) else None

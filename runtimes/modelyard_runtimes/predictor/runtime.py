@@ -14,7 +14,7 @@ from mlserver.errors import InferenceError
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from modelyard_runtimes.predictor.pipeline import PredictorPipeline
+from modelyard_runtimes.predictor.pipeline import PredictorOptions, PredictorPipeline
 from modelyard_runtimes.tensors import decode_ids, encode_outputs, named_results
 
 T = TypeVar("T")
@@ -43,6 +43,10 @@ class PredictorRuntime(MLModel):
     Requests by id that arrive while the class is busy are scored together in its next
     call (`CoalescingScorer`).
     """
+
+    # What `modelyard batch run` scores with: the options and pipeline served online.
+    batch_options = PredictorOptions.from_settings
+    batch_pipeline = PredictorPipeline.from_settings
 
     async def load(self) -> bool:
         self._pipeline = PredictorPipeline.from_settings(self.settings)
