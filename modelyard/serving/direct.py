@@ -156,9 +156,9 @@ class _XGBoost(_Direct):
         if values.ndim > 1 and self._n_classes != 2:  # class probabilities
             return np.argmax(values, axis=1)
         if values.ndim > 1 and values.shape[1] != 1:  # multi-label
-            labels = np.zeros(values.shape)
-            labels[values > 0.5] = 1
-            return labels
+            multi = np.zeros(values.shape)
+            multi[values > 0.5] = 1
+            return multi
         if self._softmax:  # the booster gives classes
             return values.astype(np.int32)
         labels = np.repeat(0, values.shape[0])

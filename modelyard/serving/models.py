@@ -29,7 +29,8 @@ from modelyard.serving.signature import (
     check_request,
     check_response,
     declared,
-    remember_signature,
+    declared_signature,
+    keep_signature,
 )
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,12 @@ class LoadedModels:
         through the same checks as a client's call, then serve it instead."""
         name = settings.name
         model = self._initialise(settings)
-        remember_signature(model, settings)
+        signature = declared_signature(settings)  # before load: a runtime may add to it
         with model_context(settings):
             try:
                 for hook in self._on_load:
-                    model = await hook(model)
+                    model = await hook(model)  # a hook may wrap it (a worker pool's proxy)
+                keep_signature(model, signature)
                 await asyncio.to_thread(verify_settings, settings)
                 try:
                     model.ready = await model.load()

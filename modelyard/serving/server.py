@@ -5,10 +5,12 @@ answers every V2 call, whichever port it came in on: REST (MLServer's FastAPI ap
 with inference answered first by `RestInfer`), gRPC (`GRPCServer`, behind the Go
 front end when it is installed) and, in the first process, the metrics port.
 
-A process takes its REST and gRPC ports only once every folder has been tried and it
-serves the model versions its siblings serve, so no connection ever reaches a process
-still loading. Readiness is honest: `/v2/health/ready` stays false until every process
-of the server has served once and this one's gRPC port takes calls.
+A process that starts again beside serving siblings (one that died and was restarted)
+takes its REST and gRPC ports only once every folder has been tried and it serves the
+model versions they serve, so no connection reaches a process still loading. Readiness is honest: `/v2/health/ready` stays false until every process
+of the server has served once and this one's gRPC port takes calls. At the server's
+first start, the ports answer while the models load (liveness probes pass, readiness
+says not yet).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ STATUS_PATH = "/modelyard/status"
 AGREE_TIMEOUT_S = 60.0
 # How often a process publishes its state and applies its siblings' repository calls.
 FOLLOW_INTERVAL_S = 0.1
+# How long REST waits for the gRPC port to open before it opens anyway (readiness
+# stays false until gRPC takes calls).
+GRPC_START_S = 10.0
 # How long the parts of a stopping process may take to finish before they are cancelled.
 STOP_GRACE_S = 15.0
 
@@ -185,14 +190,19 @@ class Server:
         if self.metrics is not None:
             start(self.metrics.serve())
         self.repository.replay()  # models unloaded through the API stay unloaded
-        await self.registry.sync()
+        if self.siblings.others_versions():
+            # Starting again beside processes that serve: take no connection until this
+            # one serves what they do.
+            await self.registry.sync()
+            await self._agree_with_siblings()
+            await self._take_ports(start)
+        else:
+            # The server's first start: the ports answer (liveness, readiness false)
+            # while the models load.
+            await self._take_ports(start)
+            await self.registry.sync()
         if self.opts.watch:
             start(self.registry.watch(self._stop))
-        await self._agree_with_siblings()
-        rest_socket = await bind_when_free(self.opts.host, self.opts.http_port, "HTTP", shared=True)
-        start(self._serve_rest(rest_socket))
-        start(self.grpc.serve())
-        self._serving = True
         start(self._follow_siblings())
         if self.metrics is not None:  # quality and batch gauges, from the stores
             start(QualityExporter(self.models).run(self._stop))
@@ -206,6 +216,17 @@ class Server:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _take_ports(self, start: Callable[[Awaitable[Any]], None]) -> None:
+        """gRPC first, then REST once gRPC takes calls: a readiness probe that reaches
+        this process over REST never finds its gRPC port still opening."""
+        start(self.grpc.serve())
+        grpc = asyncio.get_running_loop().time() + GRPC_START_S
+        while not self.grpc.listening and asyncio.get_running_loop().time() < grpc:
+            await asyncio.sleep(0.01)
+        sock = await bind_when_free(self.opts.host, self.opts.http_port, "HTTP", shared=True)
+        start(self._serve_rest(sock))
+        self._serving = True
 
     async def _serve_rest(self, sock: Any) -> None:
         config = uvicorn.Config(

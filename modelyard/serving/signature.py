@@ -22,12 +22,19 @@ from mlserver.types.dataplane import RequestInput, ResponseOutput
 SIGNATURE_ATTR = "_modelyard_signature"
 
 
-def remember_signature(model: object, settings: ModelSettings) -> None:
-    """Keep ``settings``' declared inputs and outputs on ``model``, before it loads."""
-    setattr(model, SIGNATURE_ATTR, (list(settings.inputs or ()), list(settings.outputs or ())))
+Signature = tuple[Sequence[MetadataTensor], Sequence[MetadataTensor]]
 
 
-def declared(model: object) -> tuple[Sequence[MetadataTensor], Sequence[MetadataTensor]]:
+def declared_signature(settings: ModelSettings) -> Signature:
+    """``settings``' declared inputs and outputs, as they are before the model loads."""
+    return list(settings.inputs or ()), list(settings.outputs or ())
+
+
+def keep_signature(model: object, signature: Signature) -> None:
+    setattr(model, SIGNATURE_ATTR, signature)
+
+
+def declared(model: object) -> Signature:
     """A loaded model's declared inputs and outputs (none for a model loaded elsewhere)."""
     return getattr(model, SIGNATURE_ATTR, ((), ()))
 

@@ -240,7 +240,10 @@ def test_a_warm_up_answer_outside_the_declared_outputs_never_takes_traffic(
     assert score(server)[1]["model_version"] == "1"
 
     write_scorer(models / "scorer", "2", "scor")
-    wait_for(lambda: folder_status(server, "scorer")["state"] == "failed", what="the failure")
+    wait_for(  # in both processes: a status call reaches one of them
+        lambda: all(folder_status(server, "scorer")["state"] == "failed" for _ in range(10)),
+        what="the failure",
+    )
     error = folder_status(server, "scorer")["error"]
     assert "did not return its declared output 'score'" in error, error
     assert "warm-up" in error
@@ -356,8 +359,9 @@ def test_every_folder_has_its_failure_series_from_the_start(serve_dir, tmp_path:
     write_iris(models / "broken", "1", name=7)  # fails validation: no model name
     wait_for(lambda: folder_status(server, "broken") is not None, what="the broken folder")
     wait_for(
-        lambda: sample(metrics_text(server), "modelyard_registry_failures_total", model="broken")
-        == 2,  # one failure per process, each counted
+        lambda: (
+            sample(metrics_text(server), "modelyard_registry_failures_total", model="broken") == 2
+        ),  # one failure per process, each counted
         what="the validation failure counted",
     )
 
@@ -391,3 +395,27 @@ def test_unknown_model_names_are_counted_under_one_label(serve_dir, tmp_path: Pa
     text = metrics_text(server)
     assert len(text.splitlines()) == len(before), set(text.splitlines()) - set(before)
     assert sample(text, "model_infer_request_failure_total", model="_unknown", version="") == 303
+
+
+# -- inference in worker processes -------------------------------------------------------
+
+
+def test_inference_workers_answer_through_the_same_data_plane(serve_dir, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_iris(models / "iris", "1")
+    server = serve_dir(models, "--processes", "1", "--workers", "1")
+    assert server.proc is not None
+    children = subprocess.run(
+        ["pgrep", "-a", "-P", str(server.proc.pid)], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert sum("multiprocessing" in c for c in children) >= 1, children  # the worker
+    assert iris_version(server) == "1"
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    x = grpcclient.InferInput("input-0", [2, 4], "FP64")
+    x.set_data_from_numpy(np.array([SETOSA, [6.7, 3.0, 5.2, 2.3]]))
+    assert grpc.infer("iris", [x]).as_numpy("predict").ravel().tolist() == [0, 2]
+    wrong = grpcclient.InferInput("input-0", [1, 3], "FP64")
+    wrong.set_data_from_numpy(np.array([SETOSA[:3]]))
+    with pytest.raises(InferenceServerException) as info:
+        grpc.infer("iris", [wrong])
+    assert "INVALID_ARGUMENT" in str(info.value.status())

@@ -162,21 +162,3 @@ def test_front_that_dies_is_restarted_and_readiness_waits_for_it(serve_dir, tmp_
     assert set(front_pids(server)).isdisjoint(before) and len(front_pids(server)) == 2
     assert grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
     assert server.log().count("the gRPC front end exited with code -9; restarting it") == 2
-
-
-def test_taken_grpc_port_is_a_clear_error(tmp_path: Path) -> None:
-    write_iris(tmp_path / "models" / "iris", "1")
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    server = ServerProcess(tmp_path / "models", tmp_path / "serve.log",
-                           extra_args=("--no-watch", "--processes", "1"))  # fmt: skip
-    server.grpc_port = taken.getsockname()[1]
-    server.start()
-    try:
-        assert server.proc.wait(timeout=60) != 0
-    finally:
-        server.stop()
-        taken.close()
-    assert f"is 127.0.0.1:{server.grpc_port} free?" in server.log()
-    assert "MODELYARD_GRPC_FRONT=off" in server.log()
