@@ -7,10 +7,10 @@ front end when it is installed) and, in the first process, the metrics port.
 
 A process that starts again beside serving siblings (one that died and was restarted)
 takes its REST and gRPC ports only once every folder has been tried and it serves the
-model versions they serve, so no connection reaches a process still loading. Readiness is honest: `/v2/health/ready` stays false until every process
-of the server has served once and this one's gRPC port takes calls. At the server's
-first start, the ports answer while the models load (liveness probes pass, readiness
-says not yet).
+model versions they serve, so no connection reaches a process still loading. At the
+server's first start, the ports answer while the models load (liveness probes pass).
+Readiness is honest: `/v2/health/ready` stays false until every process of the server
+has served once and this one's gRPC port takes calls.
 """
 
 from __future__ import annotations
