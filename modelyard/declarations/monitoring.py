@@ -31,7 +31,6 @@ class QualityConfig:
     folder: Path
     store: str  # a SQLAlchemy URL, ${VAR} placeholders kept
     key: str | None = None  # the entity id of batch predictions (features.key)
-    key_datatype: str = "BYTES"
     sample_rate: float = 0.0
     task: str | None = None
     prediction: str | None = None
@@ -54,14 +53,12 @@ class QualityConfig:
         if not settings._source:
             return None  # settings made in memory: no folder to anchor a SQLite store on
         key = features.get("key") if isinstance(features, dict) else None
-        columns = (predictions.get("columns") or {}) if isinstance(predictions, dict) else {}
         return cls(
             model=settings.name,
             version=settings.version or "",
             folder=Path(settings._source).parent,
             store=store or DEFAULT_STORE,
             key=key,
-            key_datatype=columns.get(key, "BYTES") if key else "BYTES",
             sample_rate=float(monitoring.get("payload_sample_rate", 0.0)),
             task=monitoring.get("task"),
             prediction=monitoring.get("prediction"),
