@@ -110,13 +110,21 @@ generate: generate-crd
 generate-crd: $(STAMP)
 	$(BIN)/python -m modelyard_operator.crd
 
-# Container images, where Docker is available: the serving image, the operator image
-# and the server of the example model folders (which `make models` trains first).
+# Container images with no registry needed: base images made from Debian's packages
+# (debootstrap, Debian's python3.11), then images/*/Dockerfile built on them with build
+# arguments (elsewhere they build from python:3.11-slim). Cached in ~/.cache/modelyard:
+# the base images and a wheelhouse of the virtualenv's versions. Needs root (dockerd).
 REGISTRY ?= ghcr.io/modelyard
 VERSION ?= 0.1.0
-.PHONY: images
-images: models
-	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
-	docker build -f images/serving/Dockerfile -t $(REGISTRY)/modelyard:$(VERSION) .
-	docker build -f images/operator/Dockerfile -t $(REGISTRY)/modelyard-operator:$(VERSION) .
-	docker build -f images/examples/Dockerfile -t $(REGISTRY)/modelyard-examples:$(VERSION) .
+.PHONY: images test-cluster
+images: models $(STAMP)
+	REGISTRY=$(REGISTRY) VERSION=$(VERSION) nice -n 19 scripts/images/build.sh serving operator examples
+
+# A real single-node Kubernetes 1.20 (etcd, apiserver, controller-manager, scheduler, a
+# kubelet on Docker, kube-proxy) on a bridge of its own: the chart installed, the example
+# Models served from a local S3, rollouts, batch Jobs. Torn down, host rules and sysctls
+# restored, whatever happens (tests/support/node.py).
+test-cluster: images kube-binaries postgres-server
+	MODELYARD_CLUSTER_TESTS=1 REGISTRY=$(REGISTRY) VERSION=$(VERSION) \
+		nice -n 19 $(BIN)/pytest -q --timeout=900 tests/cluster; \
+		rc=$$?; $(BIN)/python -m tests.support.node down; exit $$rc

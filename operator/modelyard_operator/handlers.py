@@ -5,7 +5,9 @@ Run with `kopf run -m modelyard_operator.handlers --all-namespaces --liveness=ht
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from typing import Any, NoReturn
 
 import kopf
@@ -35,7 +37,19 @@ STATUS_ATTEMPTS = 5
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # The service account in a cluster, else $KUBECONFIG as it is now (the official
     # client's login, kopf's default, reads $KUBECONFIG once, at import).
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    # kopf names the API server kubernetes.default.svc, which needs the cluster's DNS;
+    # the kubelet gives every pod its address, which the official clients use.
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
+    if host and port:
+        host = f"[{host}]" if ":" in host else host
+        info = dataclasses.replace(info, server=f"https://{host}:{port}")
+    return info
 
 
 @kopf.on.startup()

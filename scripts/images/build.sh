@@ -66,14 +66,15 @@ if ! "$DOCKER" version >/dev/null 2>&1; then
   [[ $DOCKER_HOST == "unix://$DOCKER_RUN/docker.sock" ]] || die "no Docker daemon answers on $DOCKER_HOST"
   mkdir -p "$DOCKER_RUN"
   say "starting dockerd (log $DOCKER_RUN/dockerd-images.log)"
-  # Under nice: image builds must not take the machine from other work. No bridge and
-  # no iptables: builds use the host's network (--network host) and touch no rules.
+  # Under nice: image builds must not take the machine from other work. No bridge, no
+  # iptables, no forwarding: builds use the host's network (--network host) and change
+  # no rule or sysctl.
   nice -n 19 dockerd \
     --host "$DOCKER_HOST" \
     --exec-root "$DOCKER_RUN/exec" \
     --pidfile "$DOCKER_RUN/docker.pid" \
     --data-root /var/lib/modelyard-docker \
-    --bridge=none --iptables=false --ip-masq=false \
+    --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
     --oom-score-adjust=0 \
     >"$DOCKER_RUN/dockerd-images.log" 2>&1 &
   DOCKERD_PID=$!

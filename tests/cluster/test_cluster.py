@@ -1,0 +1,761 @@
+"""A platform admin's whole path on a real single-node cluster: the chart installed, the
+example Models applied with kubectl and served from S3, V2 over REST and gRPC from inside
+the cluster and from outside it, a rollout under load, a broken version, the nightly
+batch run in pods against PostgreSQL, an operator restart, GPU placement, and garbage
+collection. The tests run in this order, each on the state the previous one left."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import tritonclient.grpc as grpcclient
+import yaml
+from kubernetes import client as k8s
+from modelyard_operator.crd import GROUP, PLURAL, VERSION
+
+from modelyard.store.tables import RUN_COLUMN, RUNS_TABLE
+from tests.cluster import v2_client
+from tests.cluster.conftest import (
+    BUCKET,
+    NAMESPACE,
+    PROGRESS_DEADLINE,
+    RELEASE,
+    SERVING_IMAGE,
+    STORE_SECRET,
+    SYSTEM_NAMESPACE,
+    timed,
+    wait,
+)
+from tests.support.node import BRIDGE_IP, NODE_NAME, NodeCluster
+from tests.support.postgres import PostgresServer
+from tests.support.s3 import CREDENTIALS, S3Server
+from tests.support.server import REPO, free_port
+
+EXAMPLES = {
+    # Model name: (its example manifest, the folder uploaded to S3)
+    "iris": (REPO / "examples/iris/k8s/iris.yaml", REPO / "model-settings/iris"),
+    "breast-cancer": (
+        REPO / "examples/breast-cancer/k8s/breast-cancer.yaml",
+        REPO / "model-settings/breast-cancer",
+    ),
+    "gender": (
+        REPO / "examples/customer-profile/k8s/gender.yaml",
+        REPO / "examples/customer-profile",
+    ),
+}
+# Left out of the uploaded folders: manifests, caches, local databases of a dev run.
+SKIP = ("k8s", "__pycache__", "predictions.db", "labels", ".pytest_cache")
+SERVER_LABELS = "app.kubernetes.io/component=server"
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def upload(s3: S3Server, folder: Path, prefix: str, replace: dict[str, bytes] | None = None) -> str:
+    """Upload a model folder's files to s3://BUCKET/prefix/; the folder URI."""
+    client = s3.client()
+    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=BUCKET)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(part in SKIP for part in relative.parts):
+            continue
+        body = (replace or {}).get(relative.as_posix(), path.read_bytes())
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{relative.as_posix()}", Body=body)
+    return f"s3://{BUCKET}/{prefix}/"
+
+
+def manifest(name: str, folder: str, **spec: Any) -> dict[str, Any]:
+    """The example's Model, served from `folder`, with the store's credentials from the
+    namespace's Secret, and CPU requests that fit a two-core node."""
+    body = yaml.safe_load(EXAMPLES[name][0].read_text())
+    body["metadata"]["namespace"] = NAMESPACE
+    body["spec"]["folder"] = folder
+    keys = [*CREDENTIALS, "AWS_ENDPOINT_URL"]
+    if name == "gender":
+        keys.append("PREDICTIONS_DB_URL")
+    body["spec"]["secretEnv"] = {k: {"secret": STORE_SECRET, "key": k} for k in keys}
+    body["spec"]["deployment"]["resources"]["cpu"] = "100m"
+    body["spec"].update(spec)
+    return body
+
+
+def kubectl_apply(node: NodeCluster, body: dict[str, Any]) -> None:
+    node.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+
+def get_model(api: k8s.ApiClient, name: str) -> dict[str, Any]:
+    return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, name
+    )
+
+
+def model_ready(api: k8s.ApiClient, name: str) -> bool:
+    model = get_model(api, name)
+    status = model.get("status") or {}
+    return (
+        status.get("phase") == "Ready"
+        and status.get("observedGeneration") == model["metadata"]["generation"]
+    )
+
+
+def wait_ready(api: k8s.ApiClient, name: str, timeout: float = 420) -> float:
+    began = time.monotonic()
+    wait(lambda: model_ready(api, name), timeout, f"Model {name} Ready", interval=1)
+    return time.monotonic() - began
+
+
+def describe(node: NodeCluster, name: str) -> str:
+    return node.kubectl("describe", "-n", NAMESPACE, "model,deployment,pods", "-l",
+                        f"modelyard.io/model={name}", check=False)  # fmt: skip
+
+
+def service_ip(api: k8s.ApiClient, name: str) -> str:
+    return k8s.CoreV1Api(api).read_namespaced_service(name, NAMESPACE).spec.cluster_ip
+
+
+def node_ports(api: k8s.ApiClient, model: str) -> tuple[int, int]:
+    """A NodePort Service in front of the model's pods (made once): (http, grpc) ports."""
+    core = k8s.CoreV1Api(api)
+    name = f"{model}-nodeport"
+    try:
+        service = core.read_namespaced_service(name, NAMESPACE)
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+        body = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {
+                "type": "NodePort",
+                "selector": {"modelyard.io/model": model, "app.kubernetes.io/component": "server"},
+                "ports": [
+                    {"name": "http", "port": 8080, "targetPort": "http"},
+                    {"name": "grpc", "port": 8081, "targetPort": "grpc"},
+                ],
+            },
+        }
+        service = core.create_namespaced_service(NAMESPACE, body)
+    ports = {p.name: p.node_port for p in service.spec.ports}
+    return ports["http"], ports["grpc"]
+
+
+def run_pod(api: k8s.ApiClient, name: str, command: list[str], timeout: float = 180) -> str:
+    """Run a pod of the serving image to completion; its log."""
+    core = k8s.CoreV1Api(api)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [
+                {
+                    "name": "client",
+                    "image": SERVING_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(NAMESPACE, body)
+
+    def finished() -> str | None:
+        phase = core.read_namespaced_pod(name, NAMESPACE).status.phase
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait(finished, timeout, f"pod {name} to finish", interval=1)
+    log = core.read_namespaced_pod_log(name, NAMESPACE)
+    assert phase == "Succeeded", f"pod {name} {phase}:\n{log}"
+    return log
+
+
+def v2_requests(expected_breast_cancer: list[Any] | None = None) -> dict[str, dict[str, Any]]:
+    return {
+        "iris": {
+            "model": "iris",
+            "input": {"name": "input-0", "datatype": "FP64", "shape": [2, 4], "data": IRIS_ROWS},
+            "outputs": ["predict"],
+        },
+        "breast-cancer": {
+            "model": "breast-cancer",
+            "input": {
+                "name": "input-0",
+                "datatype": "FP32",
+                "shape": [2, 30],
+                "data": breast_cancer_rows(),
+            },
+            "outputs": ["predict"],
+        },
+        "gender": {
+            "model": "gender",
+            "input": {
+                "name": "user_id",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": ["u0000001", "nobody"],
+            },
+            "outputs": ["user_id", "male_percentile", "female_percentile", "missing"],
+        },
+    }
+
+
+def breast_cancer_rows() -> list[list[float]]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    # A malignant case (0) and a benign one (1).
+    return [data.data[0].tolist(), data.data[19].tolist()]
+
+
+def expected_breast_cancer() -> list[int]:
+    import numpy as np
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(str(REPO / "model-settings/breast-cancer/model.ubj"))
+    rows = np.array(breast_cancer_rows(), dtype=np.float32)
+    return [int(p > 0.5) for p in booster.predict(xgboost.DMatrix(rows))]
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+    return a == b
+
+
+def check_answers(answers: dict[str, Any]) -> None:
+    """REST and gRPC agree, and the predictions are the models' own."""
+    for key, protocols in answers.items():
+        rest, grpc = protocols["rest"], protocols["grpc"]
+        for output, values in rest["outputs"].items():
+            assert all(map(same, values, grpc["outputs"][output])), (key, output, rest, grpc)
+    assert answers["iris"]["rest"]["outputs"]["predict"] == [0, 2]
+    assert answers["breast-cancer"]["rest"]["outputs"]["predict"] == expected_breast_cancer()
+    gender = answers["gender"]["grpc"]["outputs"]
+    assert gender["user_id"] == ["u0000001", "nobody"]
+    assert gender["missing"] == [False, True]
+    assert 0.0 <= gender["male_percentile"][0] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def folders(s3: S3Server) -> dict[str, str]:
+    return {
+        "iris": upload(s3, EXAMPLES["iris"][1], "iris/1"),
+        "iris-2": upload(s3, EXAMPLES["iris"][1], "iris/2"),
+        "iris-broken": upload(
+            s3, EXAMPLES["iris"][1], "iris/broken", {"model.joblib": b"not a pickle" * 100}
+        ),
+        "breast-cancer": upload(s3, EXAMPLES["breast-cancer"][1], "breast-cancer/1"),
+        "gender": upload(s3, EXAMPLES["gender"][1], "customer-profile/0.1.0"),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(
+    node: NodeCluster,
+    api: k8s.ApiClient,
+    release: dict[str, Any],
+    namespace: str,
+    folders: dict[str, str],
+) -> dict[str, float]:
+    """The three examples applied with kubectl; seconds each took to be Ready."""
+    began = time.monotonic()
+    for name in EXAMPLES:
+        kubectl_apply(node, manifest(name, folders[name]))
+    took = {}
+    for name in EXAMPLES:
+        try:
+            wait_ready(api, name)
+        except TimeoutError:
+            raise AssertionError(describe(node, name)) from None
+        took[name] = time.monotonic() - began
+        timed(f"Model {name} Ready after kubectl apply", took[name])
+    return took
+
+
+# -- the tests ---------------------------------------------------------------------------
+
+
+def test_the_operator_runs_in_the_cluster_as_the_charts_service_account(
+    api: k8s.ApiClient, release: dict[str, Any]
+) -> None:
+    assert release["status"] == "deployed"
+    pods = k8s.CoreV1Api(api).list_namespaced_pod(
+        SYSTEM_NAMESPACE, label_selector="app.kubernetes.io/name=modelyard"
+    )
+    [pod] = [p for p in pods.items if p.status.phase == "Running"]
+    assert pod.spec.service_account_name == RELEASE
+    assert pod.spec.node_name == NODE_NAME
+    assert all(c.ready for c in pod.status.container_statuses)
+
+
+def test_the_examples_are_ready_through_their_probes(
+    api: k8s.ApiClient, models: dict[str, float]
+) -> None:
+    core = k8s.CoreV1Api(api)
+    for name in EXAMPLES:
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"modelyard.io/model={name},{SERVER_LABELS}"
+        ).items
+        # The autoscaler holds each at its minimum, 2 (no metrics here to scale on).
+        assert len([p for p in pods if p.status.phase == "Running"]) >= 2, name
+        for pod in pods:
+            # The folder came from S3 through the serving image's initializer.
+            [init] = pod.status.init_container_statuses
+            assert init.state.terminated.exit_code == 0
+            log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container=init.name)
+            assert f"s3://{BUCKET}/" in log and "file(s)" in log
+            assert all(c.ready for c in pod.status.container_statuses)
+
+
+def test_v2_from_a_pod_inside_the_cluster(
+    node: NodeCluster, api: k8s.ApiClient, models: Any
+) -> None:
+    job = {
+        key: {
+            "host": service_ip(api, request["model"]),
+            "http": 8080,
+            "grpc": 8081,
+            "request": request,
+        }
+        for key, request in v2_requests().items()
+    }
+    script = Path(v2_client.__file__).read_text()
+    log = run_pod(api, "v2-client", ["python", "-c", script, json.dumps(job)])
+    check_answers(json.loads(log.strip().splitlines()[-1]))
+
+
+def test_v2_through_port_forward_and_a_node_port(
+    node: NodeCluster, api: k8s.ApiClient, models: Any
+) -> None:
+    requests = v2_requests()
+    # kubectl port-forward to each Service, as the README shows.
+    answers = {}
+    for key, request in requests.items():
+        http_port, grpc_port = free_port(), free_port()
+        forward = subprocess.Popen(
+            [str(node.bin_dir / "kubectl"), f"--kubeconfig={node.kubeconfig}", "port-forward",
+             "-n", NAMESPACE, f"svc/{request['model']}",
+             f"{http_port}:8080", f"{grpc_port}:8081"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait(lambda p=grpc_port: _listening(p), 30, f"port-forward to {key}")
+            answers[key] = v2_client.call("127.0.0.1", http_port, grpc_port, request)
+        finally:
+            forward.terminate()
+            forward.wait(timeout=10)
+    check_answers(answers)
+    # And a NodePort Service, on the node's address.
+    through_node = {}
+    for key, request in requests.items():
+        http_port, grpc_port = node_ports(api, request["model"])
+        through_node[key] = wait(
+            lambda r=request, h=http_port, g=grpc_port: _try(v2_client.call, BRIDGE_IP, h, g, r),
+            30,
+            f"NodePort of {key}",
+        )
+    check_answers(through_node)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _try(function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception:
+        return None
+
+
+class Load:
+    """Steady REST and gRPC traffic to a NodePort until stopped (bounded in time)."""
+
+    def __init__(self, http_port: int, grpc_port: int, limit: float = 600) -> None:
+        self.request = v2_requests()["iris"]
+        self.http, self.grpc = http_port, grpc_port
+        self.stop = threading.Event()
+        self.limit = time.monotonic() + limit
+        self.ok = {"rest": 0, "grpc": 0}
+        self.failures: list[str] = []
+        self.versions: dict[str, set[str]] = {"rest": set(), "grpc": set()}
+        self.threads = [
+            threading.Thread(target=self._rest, daemon=True),
+            threading.Thread(target=self._grpc, daemon=True),
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _running(self) -> bool:
+        return not self.stop.is_set() and time.monotonic() < self.limit
+
+    def _rest(self) -> None:
+        url = f"http://{BRIDGE_IP}:{self.http}"
+        while self._running():
+            try:
+                answer = v2_client.rest(url, self.request)
+                assert v2_client.flat(answer["outputs"]["predict"]) == [0, 2], answer
+                self.ok["rest"] += 1
+                self.versions["rest"].add(answer["version"])
+            except Exception as exc:
+                self.failures.append(f"REST {time.strftime('%T')}: {exc!r}")
+            time.sleep(0.02)
+
+    def _grpc(self) -> None:
+        # One channel for the whole run, as a client service keeps one.
+        client = grpcclient.InferenceServerClient(f"{BRIDGE_IP}:{self.grpc}")
+        tensor = grpcclient.InferInput("input-0", [2, 4], "FP64")
+        import numpy as np
+
+        tensor.set_data_from_numpy(np.array(IRIS_ROWS, dtype=np.float64))
+        try:
+            while self._running():
+                try:
+                    result = client.infer("iris", [tensor], client_timeout=10)
+                    assert result.as_numpy("predict").reshape(-1).tolist() == [0, 2]
+                    self.ok["grpc"] += 1
+                    self.versions["grpc"].add(result.get_response().model_version)
+                except Exception as exc:
+                    self.failures.append(f"gRPC {time.strftime('%T')}: {exc!r}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+
+def rollout_done(api: k8s.ApiClient, name: str) -> bool:
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, NAMESPACE)
+    status, wanted = deployment.status, deployment.spec.replicas
+    return (
+        (status.observed_generation or 0) >= deployment.metadata.generation
+        and status.updated_replicas == wanted
+        and status.ready_replicas == wanted
+        and status.replicas == wanted
+    )
+
+
+def test_a_version_change_under_load_fails_no_request(
+    node: NodeCluster, api: k8s.ApiClient, models: Any, folders: dict[str, str]
+) -> None:
+    http_port, grpc_port = node_ports(api, "iris")
+    with Load(http_port, grpc_port) as load:
+        time.sleep(3)
+        began = time.monotonic()
+        kubectl_apply(node, manifest("iris", folders["iris-2"], version="2"))
+        wait(lambda: get_model(api, "iris")["metadata"]["generation"] > 1, 30, "generation 2")
+        wait_ready(api, "iris")
+        wait(lambda: rollout_done(api, "iris"), 300, "the iris rollout", interval=1)
+        took = time.monotonic() - began
+        # Traffic reaches only the new version once the rollout is done.
+        time.sleep(3)
+    timed("rollout of iris 1 -> 2 under load", took)
+    print(f"\nunder load: {load.ok} answered, {len(load.failures)} failed")
+    assert not load.failures, load.failures[:10]
+    assert load.ok["rest"] > 50 and load.ok["grpc"] > 50
+    assert load.versions["rest"] == {"1", "2"} and load.versions["grpc"] == {"1", "2"}
+
+
+def test_a_broken_version_stalls_with_the_old_pods_serving(
+    node: NodeCluster, api: k8s.ApiClient, models: Any, folders: dict[str, str]
+) -> None:
+    http_port, grpc_port = node_ports(api, "iris")
+    began = time.monotonic()
+    kubectl_apply(node, manifest("iris", folders["iris-broken"], version="3"))
+
+    def failed() -> dict[str, Any] | None:
+        status = get_model(api, "iris").get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    with Load(http_port, grpc_port) as load:
+        status = wait(failed, PROGRESS_DEADLINE + 240, "Model iris Failed", interval=1)
+    timed("broken version reported Failed", time.monotonic() - began)
+    [condition] = status["conditions"]
+    print(f"\nstalled rollout: {condition['message']}")
+    assert condition["reason"] == "RolloutStalled"
+    assert "ProgressDeadlineExceeded" in condition["message"] or "progress" in condition["message"]
+    assert "not ready" in condition["message"] or "Readiness probe failed" in condition["message"]
+    # The previous version answered throughout, and alone.
+    assert not load.failures, load.failures[:10]
+    assert load.versions["rest"] == {"2"} and load.versions["grpc"] == {"2"}
+    pods = (
+        k8s.CoreV1Api(api)
+        .list_namespaced_pod(NAMESPACE, label_selector=f"modelyard.io/model=iris,{SERVER_LABELS}")
+        .items
+    )
+    assert sum(all(c.ready for c in p.status.container_statuses or []) for p in pods) == 2
+    # Putting the good version back heals it.
+    kubectl_apply(node, manifest("iris", folders["iris-2"], version="2"))
+    wait_ready(api, "iris")
+    wait(lambda: rollout_done(api, "iris"), 300, "the iris rollback", interval=1)
+
+
+def runs(postgres: PostgresServer, run_id: str) -> list[dict[str, Any]]:
+    engine = sa.create_engine(postgres.url("predictions"))
+    try:
+        with engine.connect() as conn:
+            query = sa.text(f"SELECT * FROM {RUNS_TABLE} WHERE {RUN_COLUMN} = :run")
+            return [dict(r._mapping) for r in conn.execute(query, {"run": run_id})]
+    finally:
+        engine.dispose()
+
+
+def wait_jobs(api: k8s.ApiClient, names: list[str], timeout: float = 420) -> None:
+    batch = k8s.BatchV1Api(api)
+
+    def done() -> bool:
+        for name in names:
+            status = batch.read_namespaced_job(name, NAMESPACE).status
+            if status.failed:
+                pods = (
+                    k8s.CoreV1Api(api)
+                    .list_namespaced_pod(NAMESPACE, label_selector=f"job-name={name}")
+                    .items
+                )
+                logs = [
+                    k8s.CoreV1Api(api).read_namespaced_pod_log(p.metadata.name, NAMESPACE)
+                    for p in pods
+                ]
+                raise AssertionError(f"job {name} failed:\n" + "\n".join(logs))
+            if not status.succeeded:
+                return False
+        return True
+
+    wait(done, timeout, f"jobs {names}", interval=1)
+
+
+def test_the_cronjobs_job_runs_in_a_pod_and_the_lookup_answers_from_it(
+    node: NodeCluster, api: k8s.ApiClient, models: Any, postgres: PostgresServer
+) -> None:
+    began = time.monotonic()
+    node.kubectl("create", "job", "-n", NAMESPACE, "--from=cronjob/gender-batch", "gender-run-1")
+    wait_jobs(api, ["gender-run-1"])
+    timed("batch Job of the gender CronJob", time.monotonic() - began)
+    [run] = runs(postgres, "gender-run-1")
+    assert run["status"] == "complete", run
+    assert run["rows"] > 1000 and run["bad_rows"] == 0
+    # The lookup model in the gender pods answers from the run within seconds.
+    http_port, grpc_port = node_ports(api, "gender")
+    lookup = {
+        "model": "gender-lookup",
+        "input": {
+            "name": "user_id",
+            "datatype": "BYTES",
+            "shape": [2],
+            "data": ["u0000001", "nobody"],
+        },
+        "outputs": ["male_percentile", "missing"],
+    }
+
+    def answered() -> dict[str, Any] | None:
+        answer = _try(v2_client.call, BRIDGE_IP, http_port, grpc_port, lookup)
+        return answer if answer and answer["grpc"]["outputs"]["missing"] == [False, True] else None
+
+    stored = wait(answered, 60, "gender-lookup answering from the run")
+    online = v2_client.call(BRIDGE_IP, http_port, grpc_port, v2_requests()["gender"])
+    # The batch run scored with the same predictor as the online model.
+    assert same(stored["grpc"]["outputs"]["male_percentile"][0],
+                online["grpc"]["outputs"]["male_percentile"][0])  # fmt: skip
+
+
+def test_a_run_sharded_over_three_jobs_completes_as_one(
+    node: NodeCluster, api: k8s.ApiClient, models: Any, postgres: PostgresServer
+) -> None:
+    """Kubernetes 1.20 has no Indexed Jobs (1.21 alpha, 1.22 beta): the same three pods an
+    Indexed Job would run, each with its $JOB_COMPLETION_INDEX, as three Jobs."""
+    cronjob = k8s.BatchV1beta1Api(api).read_namespaced_cron_job("gender-batch", NAMESPACE)
+    job_spec = api.sanitize_for_serialization(cronjob.spec.job_template.spec)
+    names = []
+    began = time.monotonic()
+    for index in range(3):
+        spec = copy.deepcopy(job_spec)
+        [container] = spec["template"]["spec"]["containers"]
+        container["env"] = [e for e in container["env"] if e["name"] != "MODELYARD_RUN_ID"] + [
+            {"name": "MODELYARD_RUN_ID", "value": "gender-sharded-1"},
+            {"name": "JOB_COMPLETION_INDEX", "value": str(index)},
+        ]
+        container["args"] = ["--run-id", "$(MODELYARD_RUN_ID)", "--shards", "3"]
+        spec["template"]["metadata"]["labels"].pop("controller-uid", None)
+        name = f"gender-shard-{index}"
+        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+        k8s.BatchV1Api(api).create_namespaced_job(NAMESPACE, body)
+        names.append(name)
+    wait_jobs(api, names)
+    timed("batch run in 3 shards (3 Jobs)", time.monotonic() - began)
+    [run] = runs(postgres, "gender-sharded-1")
+    [single] = runs(postgres, "gender-run-1")
+    assert run["status"] == "complete" and run["shards"] == 3 and run["shards_done"] == 3
+    assert run["rows"] == single["rows"]
+
+
+def children_versions(node: NodeCluster) -> dict[str, str]:
+    listed = json.loads(node.kubectl(
+        "get", "-n", NAMESPACE, "configmaps,deployments,services,hpa,pdb,cronjobs",
+        "-l", "app.kubernetes.io/managed-by=modelyard-operator", "-o", "json",
+    ))  # fmt: skip
+    return {
+        f"{item['kind']}/{item['metadata']['name']}": item["metadata"]["resourceVersion"]
+        for item in listed["items"]
+    }
+
+
+def test_an_operator_restart_changes_no_child(
+    node: NodeCluster, api: k8s.ApiClient, models: Any
+) -> None:
+    before = children_versions(node)
+    assert len(before) >= 3 * 5, before
+    core = k8s.CoreV1Api(api)
+    selector = "app.kubernetes.io/name=modelyard"
+    [old] = core.list_namespaced_pod(SYSTEM_NAMESPACE, label_selector=selector).items
+    began = time.monotonic()
+    core.delete_namespaced_pod(old.metadata.name, SYSTEM_NAMESPACE)
+
+    def new_pod_resumed() -> bool:
+        pods = [
+            p
+            for p in core.list_namespaced_pod(SYSTEM_NAMESPACE, label_selector=selector).items
+            if p.metadata.name != old.metadata.name and p.status.phase == "Running"
+        ]
+        if not pods:
+            return False
+        log = core.read_namespaced_pod_log(pods[0].metadata.name, SYSTEM_NAMESPACE)
+        return all(
+            f"[{NAMESPACE}/{name}] Handler 'reconcile' succeeded" in log for name in EXAMPLES
+        )
+
+    wait(new_pod_resumed, 180, "the restarted operator to resume every Model", interval=1)
+    timed("operator restarted and resumed", time.monotonic() - began)
+    time.sleep(5)
+    assert children_versions(node) == before
+
+
+def test_gpu_models_land_on_the_labelled_tainted_node(
+    node: NodeCluster, api: k8s.ApiClient, models: Any, folders: dict[str, str]
+) -> None:
+    """The node advertises a GPU resource (no device, no plugin: scheduling only), carries
+    both labels and the GPU taint; the chart's defaults and a Model's nodeLabel place pods."""
+    core = k8s.CoreV1Api(api)
+    labels = {
+        "nvidia.com/gpu.product": "Fake-T4",
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-t4",
+    }
+    core.patch_node(NODE_NAME, {"metadata": {"labels": labels}})
+    core.patch_node_status(NODE_NAME, {"status": {"capacity": {"nvidia.com/gpu": "4"}}})
+    taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    core.patch_node(NODE_NAME, {"spec": {"taints": [taint]}})
+    try:
+        gpus = {
+            "iris-gpu": {"type": "Fake-T4", "count": 1},
+            "iris-gke": {
+                "type": "nvidia-tesla-t4",
+                "count": 1,
+                "nodeLabel": "cloud.google.com/gke-accelerator",
+            },
+            "iris-nowhere": {"type": "A100", "count": 1},
+        }
+        for name, gpu in gpus.items():
+            body = manifest("iris", folders["iris"])
+            body["metadata"]["name"] = name
+            body["spec"]["name"] = "iris"
+            body["spec"]["deployment"] = {
+                "replicas": {"min": 1},
+                "resources": {"cpu": "100m", "memory": "512Mi", "gpu": gpu},
+            }
+            kubectl_apply(node, body)
+        for name in ("iris-gpu", "iris-gke"):
+            wait_ready(api, name)
+            [pod] = core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"modelyard.io/model={name}"
+            ).items
+            assert pod.spec.node_name == NODE_NAME
+            assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in [
+                {"key": t.key, "operator": t.operator, "effect": t.effect}
+                for t in pod.spec.tolerations
+            ]
+        selectors = {
+            name: core.list_namespaced_pod(NAMESPACE, label_selector=f"modelyard.io/model={name}")
+            .items[0].spec.node_selector
+            for name in gpus
+        }  # fmt: skip
+        assert selectors["iris-gpu"] == {"nvidia.com/gpu.product": "Fake-T4"}
+        assert selectors["iris-gke"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+
+        def unschedulable() -> bool:
+            [pod] = core.list_namespaced_pod(
+                NAMESPACE, label_selector="modelyard.io/model=iris-nowhere"
+            ).items
+            return any(
+                c.type == "PodScheduled" and c.reason == "Unschedulable"
+                for c in pod.status.conditions or []
+            )
+
+        wait(unschedulable, 60, "the A100 pod to be refused by the scheduler")
+    finally:
+        core.patch_node(NODE_NAME, {"spec": {"taints": None}})
+        for name in ("iris-gpu", "iris-gke", "iris-nowhere"):
+            node.kubectl("delete", "-n", NAMESPACE, "model", name, "--wait=false", check=False)
+
+
+def test_deleting_a_model_collects_its_children(
+    node: NodeCluster, api: k8s.ApiClient, models: Any
+) -> None:
+    began = time.monotonic()
+    node.kubectl("delete", "-n", NAMESPACE, "model", "breast-cancer", "--wait=false")
+
+    def gone() -> bool:
+        left = node.kubectl(
+            "get", "-n", NAMESPACE, "configmaps,deployments,replicasets,pods,services,hpa,pdb",
+            "-l", "modelyard.io/model=breast-cancer", "-o", "name",
+        )  # fmt: skip
+        return not left.strip()
+
+    wait(gone, 180, "breast-cancer's children to be collected", interval=1)
+    timed("Model deleted -> children and pods gone", time.monotonic() - began)
+    # The other Models are untouched.
+    assert model_ready(api, "iris") and model_ready(api, "gender")
+
+
+@pytest.fixture(autouse=True)
+def _print_cluster_state_on_failure(
+    request: pytest.FixtureRequest, node: NodeCluster
+) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        out = io.StringIO()
+        out.write(node.kubectl("get", "-A", "pods,deployments,models", "-o", "wide", check=False))
+        out.write(
+            node.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False)[-6000:]
+        )
+        print(f"\n----- cluster state -----\n{out.getvalue()}")
