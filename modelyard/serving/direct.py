@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from mlserver.model import MLModel
 
-from modelyard.serving.mlserver_internals import runtime_model
+from modelyard.mlserver_internals import runtime_model
 
 logger = logging.getLogger(__name__)
 

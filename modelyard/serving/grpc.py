@@ -36,8 +36,8 @@ from mlserver.raw import unpack
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
 
+from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.dataplane import DataPlane
-from modelyard.serving.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.repository import Repository
 from modelyard.serving.tensors import RAW_DTYPES
 
@@ -170,6 +170,17 @@ class InferenceServicer(MLServerInferenceServicer):
         finally:
             if self.metrics is not None:
                 self.metrics.handled(code, time.perf_counter() - start)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        # MLServer's lets a model it does not know become UNKNOWN; it is NOT_FOUND.
+        try:
+            ready = await self.data_plane.model_ready(request.name, request.version)
+        except MLServerError as e:
+            await context.abort(code=status_code(e), details=str(e))
+            raise AssertionError("unreachable: context.abort raises") from None
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext

@@ -15,10 +15,10 @@ from mlserver.grpc.interceptors import LoggingInterceptor, PromServerInterceptor
 from mlserver.grpc.model_repository import ModelRepositoryServicer
 from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
 
+from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import AllButModelInfer, InferenceServicer
 from modelyard.serving.grpc_front import GRPCFront
-from modelyard.serving.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.repository import Repository
 
 logger = logging.getLogger(__name__)

@@ -135,6 +135,19 @@ def test_unknown_model_is_not_found(client: Client) -> None:
     assert_still_serving(client)
 
 
+def test_readiness_of_an_unknown_model_is_not_found(repo_server: ServerProcess) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(repo_server.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.is_model_ready("no-such-model")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert "no-such-model" in info.value.message()
+    r = requests.get(f"{repo_server.base}/v2/models/no-such-model/ready", timeout=5)
+    assert r.status_code == 404
+
+
 def test_wrong_datatype_is_invalid_argument(client: Client) -> None:
     expect_error(
         client, lambda: iris(client, IRIS_SETOSA, datatype="INT32"),
