@@ -39,7 +39,7 @@ def status(url: str, as_json: bool) -> None:
         table = Table(title=f"{body['directory']}  ready={body['ready']}")
         for column in ("folder", "model", "state", "serving", "since", "last error"):
             table.add_column(column, overflow="fold")
-        colours = {"ready": "green", "loading": "yellow", "failed": "red"}
+        colours = {"ready": "green", "loading": "yellow", "failed": "red", "unloaded": "blue"}
         for m in body["models"]:
             since = time.strftime("%H:%M:%S", time.localtime(m["updated_at"]))
             table.add_row(
@@ -50,6 +50,11 @@ def status(url: str, as_json: bool) -> None:
                 since,
                 m["error"] or "",
             )
-        Console(width=160 if not sys.stdout.isatty() else None).print(table)
+        console = Console(width=160 if not sys.stdout.isatty() else None)
+        console.print(table)
+        for p in body.get("processes", []):
+            state = "serving" if p["ready"] else "not serving"
+            versions = ", ".join(f"{n} {v or '-'}" for n, v in p["versions"].items()) or "no models"
+            console.print(f"process {p['index']} (pid {p['pid'] or '-'}): {state}; {versions}")
     if any(m["state"] == "failed" for m in body["models"]):
         sys.exit(1)

@@ -165,6 +165,12 @@ def test_repository_unload_and_load_reach_every_process(serve_dir, tmp_path: Pat
     assert requests.get(f"{server.base}/v2/models/iris/ready", timeout=5).status_code != 200
     index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=5).json()
     assert [(m["name"], m["state"]) for m in index] == [("iris", "UNAVAILABLE")]
+    shown = subprocess.run(
+        [MODELYARD, "status", "--url", server.base], capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "unloaded" in shown.stdout
+    assert "process 0" in shown.stdout and "process 1" in shown.stdout
 
     r = requests.post(f"{server.base}/v2/repository/models/iris/load", timeout=30)
     assert r.status_code == 200, r.text
