@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from typing import NamedTuple, Protocol, TypeVar
 
 from mlserver.cache import LocalCache, ResponseCache
@@ -210,49 +209,11 @@ class DataPlane:
     ) -> _T:
         """``answer(model)`` with the model's request metrics and its requests in
         flight; a response that breaks the declared outputs counts as a failure."""
-        counters = self.counters(name, version)
-        start = time.perf_counter()
-        try:
-            if model is None:
-                model = await self.models.get_model(name, version)
-            if not model.ready:
-                raise ModelNotReady(name, version)
-            counters.in_flight.inc()
-            try:
-                with model_context(model.settings), InFlight(model):
-                    result = await answer(model)
-            finally:
-                counters.in_flight.dec()
-        except Exception:
-            counters.failure.inc()
-            raise
-        else:
-            counters.success.inc()
-        finally:
-            counters.duration.observe(time.perf_counter() - start)
-        return result
+        async with _Call(self, name, version, model) as found:
+            return await answer(found)
 
-    @asynccontextmanager
-    async def _streaming(self, name: str, version: str | None) -> AsyncIterator[MLModel]:
-        counters = self.counters(name, version)
-        start = time.perf_counter()
-        try:
-            model = await self.models.get_model(name, version)
-            if not model.ready:
-                raise ModelNotReady(name, version)
-            counters.in_flight.inc()
-            try:
-                with model_context(model.settings), InFlight(model):
-                    yield model
-            finally:
-                counters.in_flight.dec()
-        except Exception:
-            counters.failure.inc()
-            raise
-        else:
-            counters.success.inc()
-        finally:
-            counters.duration.observe(time.perf_counter() - start)
+    def _streaming(self, name: str, version: str | None) -> _Call:
+        return _Call(self, name, version, None)
 
     async def _cached_predict(
         self, model: MLModel, payload: InferenceRequest, cache_key: str
@@ -265,3 +226,51 @@ class DataPlane:
         # MLServer, too, answers even when the cache cannot take the response.
         await self._cache.insert(cache_key, response.model_dump_json())
         return response
+
+
+class _Call:
+    """One call's accounting: the model found and ready, its metrics, its requests in
+    flight and MLServer's model context (a plain class: a generator-based context
+    manager costs more than a one-row prediction)."""
+
+    __slots__ = ("_context", "_counters", "_in_flight", "_start", "model", "name", "plane",
+                 "version")  # fmt: skip
+
+    def __init__(self, plane: DataPlane, name: str, version: str | None, model: MLModel | None):
+        self.plane = plane
+        self.name = name
+        self.version = version
+        self.model = model
+
+    async def __aenter__(self) -> MLModel:
+        self._counters = self.plane.counters(self.name, self.version)
+        self._start = time.perf_counter()
+        try:
+            model = self.model
+            if model is None:
+                model = await self.plane.models.get_model(self.name, self.version)
+            if not model.ready:
+                raise ModelNotReady(self.name, self.version)
+        except Exception:
+            self._done(Exception)
+            raise
+        self._counters.in_flight.inc()
+        self._context = model_context(model.settings)
+        self._context.__enter__()
+        self._in_flight = InFlight(model)
+        self._in_flight.__enter__()
+        return model
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self._in_flight.__exit__()
+        self._context.__exit__(kind, *exc)
+        self._counters.in_flight.dec()
+        self._done(kind)
+
+    def _done(self, kind: type[BaseException] | None) -> None:
+        """Count the call: answered, failed, or (cancelled) neither; its duration always."""
+        if kind is None:
+            self._counters.success.inc()
+        elif issubclass(kind, Exception):
+            self._counters.failure.inc()
+        self._counters.duration.observe(time.perf_counter() - self._start)

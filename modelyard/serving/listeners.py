@@ -53,11 +53,12 @@ def check_free(host: str, ports: dict[str, int]) -> None:
                 raise
 
 
-def shared_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to the port that this server's processes share."""
+def bound_socket(host: str, port: int, shared: bool) -> socket.socket:
+    """A socket bound to the port; ``shared`` by this server's processes (SO_REUSEPORT)."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except BaseException:
@@ -73,18 +74,7 @@ async def bind_when_free(host: str, port: int, what: str, shared: bool) -> socke
     warned = False
     while True:
         try:
-            if shared:
-                return shared_socket(host, port)
-            sock = socket.socket(_family(host), socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except BaseException:
-                sock.close()
-                raise
-            if warned:
-                logger.info("the %s port %d is free again: serving on it", what, port)
-            return sock
+            sock = bound_socket(host, port, shared)
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise
@@ -97,6 +87,10 @@ async def bind_when_free(host: str, port: int, what: str, shared: bool) -> socke
                 warned = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_S)
+            continue
+        if warned:
+            logger.info("the %s port %d is free again: serving on it", what, port)
+        return sock
 
 
 class HTTPServer(uvicorn.Server):

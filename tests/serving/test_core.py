@@ -50,6 +50,14 @@ def child_pids(server: ServerProcess) -> list[int]:
     return sorted(int(p) for p in out.split())
 
 
+def kill_one(server: ServerProcess, which: int) -> None:
+    """SIGKILL one of the server's processes; returns once the supervisor started another."""
+    pids = child_pids(server)
+    assert len(pids) == 2, pids
+    os.kill(pids[which], signal.SIGKILL)
+    wait_for(lambda: len(set(child_pids(server)) - set(pids)) == 1, what="a new process")
+
+
 def metrics_text(server: ServerProcess) -> str:
     return requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
 
@@ -129,10 +137,7 @@ def test_a_restarted_process_answers_only_once_loaded(serve_dir, tmp_path: Path)
     write_iris(models / "iris", "1")
     write_slow(models / "slow", delay=6.0)
     server = serve_dir(models, *TWO)
-    pids = child_pids(server)
-    assert len(pids) == 2
-    os.kill(pids[0], signal.SIGKILL)
-    wait_for(lambda: len(set(child_pids(server)) - set(pids)) == 1, what="a new process")
+    kill_one(server, 0)
     # The new process loads for 6 s: every new connection meanwhile, and after, is
     # answered by a process that serves iris, and readiness stays true.
     codes, slowest = [], 0.0
@@ -185,9 +190,7 @@ def test_an_unloaded_model_stays_unloaded_in_a_restarted_process(serve_dir, tmp_
     server = serve_dir(models, *TWO)
     r = requests.post(f"{server.base}/v2/repository/models/iris/unload", timeout=30)
     assert r.status_code == 200, r.text
-    pids = child_pids(server)
-    os.kill(pids[1], signal.SIGKILL)
-    wait_for(lambda: len(set(child_pids(server)) - set(pids)) == 1, what="a new process")
+    kill_one(server, 1)
     wait_for(lambda: all(p["ready"] for p in server.status()["processes"]), what="both ready")
     assert {fresh_iris_call(server) for _ in range(20)} == {404}
 
