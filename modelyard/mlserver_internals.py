@@ -8,6 +8,7 @@ touches this file alone.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,9 +22,20 @@ def runtime_model(model: MLModel) -> Any:
     return getattr(model, "_model", None)
 
 
+# The key of a settings dictionary that names the file it was read from, as MLServer's
+# own loader sets it (a private attribute of `ModelSettings`).
+SOURCE_KEY = "_source"
+
+
 def settings_source(settings: ModelSettings) -> str | None:
-    """The settings file a model's relative paths are resolved against."""
+    """The settings file a model's relative paths are resolved against, if any."""
     return settings._source
+
+
+def settings_folder(settings: ModelSettings) -> Path | None:
+    """The folder of the settings file (the model folder), if the settings came from one."""
+    source = settings_source(settings)
+    return Path(source).resolve().parent if source else None
 
 
 def set_settings_source(settings: ModelSettings, source: str | None) -> None:

@@ -20,6 +20,7 @@ from mlserver.settings import ModelSettings
 
 from modelyard.declarations.monitoring import QualityConfig
 from modelyard.declarations.settings import IMPLEMENTATIONS
+from modelyard.mlserver_internals import set_settings_source, settings_source
 
 LOOKUP_SUFFIX = "-lookup"
 LOOKUP_IMPLEMENTATION = "modelyard_runtimes.lookup.LookupRuntime"
@@ -92,7 +93,7 @@ def companion(
         }
     )
     # Relative paths (a SQLite store) are the served model's folder's.
-    model._source = settings._source
+    set_settings_source(model, settings_source(settings))
     return model
 
 

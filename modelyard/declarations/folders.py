@@ -19,6 +19,7 @@ from modelyard.declarations.load import DECLARATION_FILENAME
 from modelyard.declarations.settings import MODEL_SETTINGS_FILENAME, model_settings_for_folder
 from modelyard.declarations.validate import check_model_settings
 from modelyard.errors import InvalidModelFolder, Problem
+from modelyard.mlserver_internals import SOURCE_KEY
 
 if TYPE_CHECKING:  # MLServer is imported only where settings objects are built:
     from mlserver.settings import ModelSettings  # the operator does without it
@@ -132,7 +133,7 @@ def to_model_settings(data: dict[str, Any], source: Path) -> ModelSettings:
             ) from None
     if uri and "://" not in uri and not os.path.isabs(uri):
         params["uri"] = os.path.normpath(source.parent.resolve() / uri)
-    data["_source"] = str(source.resolve())
+    data[SOURCE_KEY] = str(source.resolve())
     try:
         return ModelSettings.model_validate(data)
     except ValidationError as e:

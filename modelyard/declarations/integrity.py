@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from packaging.utils import canonicalize_name
+
+from modelyard.mlserver_internals import settings_folder
 
 if TYPE_CHECKING:
     from mlserver.settings import ModelSettings
@@ -99,8 +100,9 @@ def artifact_path(settings: ModelSettings) -> Path | None:
             "and point model.uri at it"
         )
     path = Path(parsed.path if parsed.scheme else uri)
-    if not path.is_absolute() and settings._source:
-        path = Path(os.path.dirname(settings._source)) / path
+    folder = settings_folder(settings)
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
     return path
 
 

@@ -372,7 +372,7 @@ class _Checks:
         from mlserver.types import InferenceRequest, MetadataTensor
         from pydantic import ValidationError
 
-        from modelyard.serving.signature import check_request
+        from modelyard.declarations.signature import check_request
 
         try:
             request = InferenceRequest.model_validate(example)

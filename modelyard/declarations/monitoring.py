@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard.declarations.integrity import EXTRA_KEY
 from modelyard.errors import QualityError
+from modelyard.mlserver_internals import settings_folder
 
 if TYPE_CHECKING:  # `modelyard validate` runs without importing MLServer
     from mlserver.settings import ModelSettings
@@ -50,13 +51,14 @@ class QualityConfig:
         store = predictions.get("store") if isinstance(predictions, dict) else None
         if not store and not monitoring:
             return None
-        if not settings._source:
+        folder = settings_folder(settings)
+        if folder is None:
             return None  # settings made in memory: no folder to anchor a SQLite store on
         key = features.get("key") if isinstance(features, dict) else None
         return cls(
             model=settings.name,
             version=settings.version or "",
-            folder=Path(settings._source).parent,
+            folder=folder,
             store=store or DEFAULT_STORE,
             key=key,
             sample_rate=float(monitoring.get("payload_sample_rate", 0.0)),

@@ -32,10 +32,10 @@ from mlserver.types import (
 from mlserver.utils import generate_uuid
 from prometheus_client import Counter, Gauge, Summary
 
+from modelyard.declarations.signature import check_request, check_response, declared
 from modelyard.serving import metrics
 from modelyard.serving.lanes import LANE_ATTR, Lane, takes
 from modelyard.serving.models import InFlight, LoadedModels
-from modelyard.serving.signature import check_request, check_response, declared
 
 _T = TypeVar("_T")
 

@@ -32,9 +32,9 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceResponse, MetadataTensor
 from mlserver.utils import extract_headers
 
+from modelyard.declarations.signature import check_inputs, check_outputs, declared
 from modelyard.mlserver_internals import runtime_model
 from modelyard.serving.direct import runtime_classes
-from modelyard.serving.signature import check_inputs, check_outputs, declared
 from modelyard.serving.tensors import RAW_DTYPES, datatype_of
 
 logger = logging.getLogger(__name__)

@@ -21,10 +21,7 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
 from modelyard.declarations.integrity import verify_settings
-from modelyard.serving.artifacts import unreadable
-from modelyard.serving.direct import predict_directly
-from modelyard.serving.lanes import give_lane
-from modelyard.serving.signature import (
+from modelyard.declarations.signature import (
     OutputSignatureError,
     check_request,
     check_response,
@@ -32,6 +29,9 @@ from modelyard.serving.signature import (
     declared_signature,
     keep_signature,
 )
+from modelyard.serving.artifacts import unreadable
+from modelyard.serving.direct import predict_directly
+from modelyard.serving.lanes import give_lane
 
 logger = logging.getLogger(__name__)
 

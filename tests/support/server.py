@@ -37,6 +37,8 @@ class ServerProcess:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # The working directory: `python -m modelyard` in it imports the modelyard found there.
+    cwd: Path | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -69,6 +71,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         return self

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from modelyard.declarations.integrity import verify_settings, verify_sha256
 from modelyard.imports import load_class
+from modelyard.mlserver_internals import settings_folder
 from modelyard_runtimes.errors import ModelError, call_user
 from modelyard_runtimes.features import FeaturesOptions, FeatureSource
 from modelyard_runtimes.tensors import (
@@ -101,12 +102,13 @@ def extra_options(options: type[OptionsT], settings: ModelSettings) -> OptionsT:
 
 def model_folder(settings: ModelSettings) -> Path:
     """The folder of the settings file, which relative paths are relative to."""
-    if not settings._source:
+    folder = settings_folder(settings)
+    if folder is None:
         raise ValueError(
             f"model '{settings.name}': its settings have no source file, so relative paths "
             "cannot be resolved; load them with modelyard.declarations.folders.load_model_folder"
         )
-    return Path(settings._source).resolve().parent
+    return folder
 
 
 class PredictorPipeline:
