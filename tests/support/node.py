@@ -542,7 +542,7 @@ class NodeCluster:
             *runtime_args,
         ])  # fmt: skip
         self._wait(
-            lambda: self.docker("version", "--format", "{{.Server.Version}}", check=False) != "",
+            lambda: self.docker("version", "--format", "{{.Server.Version}}", check=False).strip(),
             deadline,
             "dockerd",
         )
