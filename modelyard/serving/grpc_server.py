@@ -19,6 +19,7 @@ from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import AllButModelInfer, InferenceServicer
 from modelyard.serving.grpc_front import GRPCFront
+from modelyard.serving.probes import add_probes
 from modelyard.serving.repository import Repository
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class GRPCServer:
         interceptors.append(AllButModelInfer(prom))
         self.servicer = InferenceServicer(data_plane, repository, GRPCInferMetrics(prom))
         self._interceptors = interceptors
+        self._data_plane = data_plane
         self._repository = repository
         self._server: aio.Server | None = None
         self._listening = False
@@ -67,6 +69,7 @@ class GRPCServer:
             ModelRepositoryServicer(self._repository),  # type: ignore[arg-type]
             server,
         )
+        add_probes(server, self._data_plane)
         server.add_insecure_port(address)
         return server
 

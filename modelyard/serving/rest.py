@@ -41,6 +41,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+HEALTH_PATHS = {"/v2/health/live": "live", "/v2/health/ready": "ready"}
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -91,7 +92,24 @@ class RestInfer:
             if match is not None:
                 await self.infer(scope, receive, send, match["name"], match["version"])
                 return
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in HEALTH_PATHS:
+            await self.health(HEALTH_PATHS[scope["path"]], send)
+            return
         await self.app(scope, receive, send)
+
+    async def health(self, what: str, send: Send) -> None:
+        """The Open Inference Protocol's health bodies: ``{"live": true}``,
+        ``{"ready": true}``; 200 when true, 400 when false, as MLServer answers."""
+        ok = await (self.data_plane.live() if what == "live" else self.data_plane.ready())
+        body = orjson.dumps({what: ok})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if ok else 400,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
