@@ -6,9 +6,10 @@ the prediction store.
   over a chunk at a time, and at most ``WRITES_IN_FLIGHT`` scored chunks wait for the
   store (written on a thread of their own while the next chunk is scored; a server's
   rows are read ahead on another).
-- ``Shard(i, n)`` keeps the entities whose key hashes to ``i`` (CRC-32 of the key's
-  UTF-8 text, modulo ``n``): the same partition in every process and every run, so
-  the n pods of a Kubernetes Indexed Job split one run between them.
+- ``Shard(i, n)`` scores the entities whose key hashes to ``i`` (``modelyard.batch.shards``:
+  MD5 of the key's text, modulo ``n``), filtered by the features database itself, so
+  each shard reads only its part: the same partition in every process and every run,
+  and the n pods of a Kubernetes Indexed Job split one run between them.
 - A row the model cannot score (a feature that does not decode, say) is found by
   halving the chunk that failed until the culprit is alone; bad rows are counted,
   logged and recorded in the store, and fail the run once there are more than
@@ -29,7 +30,6 @@ import re
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +47,7 @@ from mlserver.settings import ModelSettings
 
 from modelyard.batch import DEFAULT_CHUNK_ROWS
 from modelyard.batch.progress import BarReporter, count_in_background, reporter
+from modelyard.batch.shards import shard_of
 from modelyard.declarations.folders import (
     MARKER_FILENAMES,
     load_model_folder,
@@ -110,14 +111,15 @@ class Shard:
         return f"{self.index}/{self.count}"
 
     def mask(self, keys: Sequence[Any]) -> np.ndarray:
-        """Which of ``keys`` belong to this shard."""
-        if self.count == 1:
-            return np.ones(len(keys), dtype=bool)
+        """Which of ``keys`` belong to this shard (the database filters a run's rows
+        by the same definition)."""
         return np.fromiter(
-            (zlib.crc32(str(k).encode()) % self.count == self.index for k in keys),
-            dtype=bool,
-            count=len(keys),
+            (shard_of(k, self.count) == self.index for k in keys), dtype=bool, count=len(keys)
         )
+
+    @property
+    def part(self) -> tuple[int, int]:
+        return self.index, self.count
 
 
 @dataclass(frozen=True)
@@ -301,13 +303,15 @@ class _Scoring:
             if count is None:
                 count = isinstance(report, BarReporter)
             if count:
-                count_in_background(features.count, report)
+                count_in_background(functools.partial(features.count, shard.part), report)
             switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             try:
                 with _Writer(self.store, self.table, self.job.spec, self.run_id) as writer:
                     assert features.url is not None
-                    chunks = functools.partial(features.iter_all, self.options.chunk_rows)
+                    chunks = functools.partial(
+                        features.iter_all, self.options.chunk_rows, shard.part
+                    )
                     in_line = features.url.get_backend_name() in EMBEDDED_SOURCES
                     for chunk in chunks() if in_line else _read_ahead(chunks):
                         self.result.read += len(chunk)
@@ -323,8 +327,6 @@ class _Scoring:
             pipeline.close()
 
     def _score(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        if self.options.shard.count > 1:
-            chunk = chunk[self.options.shard.mask(chunk[self.key].tolist())]
         bad: list[tuple[Any, str]] = []
         nulls = chunk[self.key].isna().to_numpy()
         if nulls.any():

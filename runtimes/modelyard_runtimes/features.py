@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from modelyard.batch.shards import register_sqlite, shard_query
 from modelyard.store.databases import create_engine, database_message, describe, resolve_url
 from modelyard_runtimes.errors import FeatureSourceError, ModelError
 
@@ -45,6 +46,8 @@ class FeaturesOptions(BaseModel):
     key: str  # the entity id column, and the request input carrying the ids
     preprocess: str | None = None  # fitted transformer (joblib), relative to the folder
     preprocess_sha256: str | None = None  # verified before the transformer is unpickled
+    # The model's input columns, in order (default: the query's, the key left out).
+    columns: list[str] | None = None
 
 
 class FeatureSource:
@@ -79,6 +82,8 @@ class FeatureSource:
             raise FileNotFoundError(
                 f"model '{self.model}': features source {describe(self.url)}: {e}"
             ) from None
+        if self.url.get_backend_name() == "sqlite":
+            register_sqlite(self.engine)  # the hash a shard's rows are filtered on
         features = sa.text(self.sql).columns(sa.column(self.key)).subquery("features")
         self._query = (
             sa.select(sa.literal_column("*"))
@@ -148,27 +153,42 @@ class FeatureSource:
         ordered = [found[k] for k in unique if k in found]
         return pd.DataFrame.from_records(ordered, columns=self.columns)
 
-    def iter_all(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
-        """Every row of ``features.sql``, unfiltered, in chunks of ``rows_per_chunk``
-        rows streamed from the database (memory stays bounded)."""
+    def shard_sql(self, shard: tuple[int, int] = (0, 1)) -> str:
+        """``features.sql``, filtered to shard (index, count) by the database
+        (see ``modelyard.batch.shards``)."""
+        assert self.engine is not None, "open() first"
+        return shard_query(self.engine.dialect, self.sql, self.key, *shard)
+
+    def iter_all(
+        self, rows_per_chunk: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[pd.DataFrame]:
+        """Every row of ``features.sql`` (of one shard (index, count): the database
+        filters them), in chunks of ``rows_per_chunk`` rows streamed from the database
+        (memory stays bounded)."""
         assert self.engine is not None and self.url is not None, "open() first"
+        sql = self.shard_sql(shard)
         try:
             with self.engine.connect() as conn:
                 if self.url.get_backend_name() == "duckdb":
-                    yield from _duckdb_chunks(conn, self.sql, rows_per_chunk)
+                    yield from _duckdb_chunks(conn, sql, rows_per_chunk)
                     return
                 # stream_results: a server-side cursor where the driver has one, so
                 # the database hands the rows over a chunk at a time.
-                result = conn.execution_options(stream_results=True).execute(sa.text(self.sql))
+                result = conn.execution_options(stream_results=True).execute(sa.text(sql))
                 columns = list(result.keys())
                 # The driver's own rows (plain tuples) make a DataFrame in two thirds
                 # of the time SQLAlchemy's Row objects take.
                 cursor, driver_error = result.cursor, conn.dialect.loaded_dbapi.Error
-                while True:
+                # A server-side cursor's result has read its first row ahead (for the
+                # columns): the first chunk goes through it, or that row is lost.
+                first = [tuple(row) for row in result.fetchmany(rows_per_chunk)]
+                if first:
+                    yield pd.DataFrame.from_records(first, columns=columns)
+                while len(first) == rows_per_chunk:
                     try:
                         rows = cursor.fetchmany(rows_per_chunk)
                     except driver_error as e:
-                        raise DBAPIError(self.sql, None, e) from e
+                        raise DBAPIError(sql, None, e) from e
                     if not rows:
                         break
                     yield pd.DataFrame.from_records(rows, columns=columns)
@@ -178,11 +198,11 @@ class FeatureSource:
                 f"{database_message(e)}"
             ) from None
 
-    def count(self) -> int:
-        """How many rows ``features.sql`` returns (for a batch run's progress)."""
+    def count(self, shard: tuple[int, int] = (0, 1)) -> int:
+        """How many rows ``features.sql`` returns for a shard (for a run's progress)."""
         assert self.engine is not None, "open() first"
         with self.engine.connect() as conn:
-            query = sa.text(f"SELECT COUNT(*) FROM ({self.sql}) AS features")
+            query = sa.text(f"SELECT COUNT(*) FROM ({self.shard_sql(shard)}) AS features")
             return conn.execute(query).scalar_one()
 
 
