@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
 import grpc
-import numpy as np
 from grpc import aio
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.grpc import dataplane_pb2 as pb
@@ -32,14 +31,13 @@ from mlserver.grpc.converters import (
 )
 from mlserver.grpc.servicers import InferenceServicer as MLServerInferenceServicer
 from mlserver.grpc.utils import to_metadata
-from mlserver.raw import unpack
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
 
 from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.repository import Repository
-from modelyard.serving.tensors import RAW_DTYPES
+from modelyard.serving.tensors import raw_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +101,7 @@ def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, content: bytes | No
             f"input '{tensor.name}' has no contents: send its data in its contents or "
             "as one of raw_input_contents, in the order of the inputs"
         )
-    dtype = RAW_DTYPES.get(tensor.datatype)
-    if dtype is None:  # BYTES: length-prefixed elements
-        return TensorData(unpack(tensor, content))
-    if len(content) % dtype.itemsize:
-        raise InferenceError(
-            f"input '{tensor.name}': {len(content)} raw bytes are not a whole number of "
-            f"{tensor.datatype} values ({dtype.itemsize} bytes each)"
-        )
-    return TensorData.model_construct(root=np.frombuffer(content, dtype))
+    return raw_tensor(tensor.name, tensor.datatype, tensor.shape, content)
 
 
 class Answer(NamedTuple):

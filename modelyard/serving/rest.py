@@ -19,18 +19,17 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
-from mlserver.codecs.json import encode_to_json_bytes
 from mlserver.errors import MLServerError
 from mlserver.handlers import get_custom_handlers
 from mlserver.model import MLModel
 from mlserver.rest.app import create_app
 from mlserver.rest.utils import matches
 from mlserver.settings import Settings
-from mlserver.types import InferenceRequest
 from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 
 from modelyard.serving import metrics
+from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.repository import Repository
 
@@ -119,11 +118,13 @@ class RestInfer:
         label = name if self.data_plane.models.find(name) is not None else metrics.UNKNOWN
         metrics.REST_REQUESTS.labels(model=label, code=str(status)).inc()
         metrics.REST_DURATION.labels(model=label).observe(time.perf_counter() - start)
+        if not any(k == b"content-type" for k, _ in headers):
+            headers = [*JSON_HEADERS, *headers]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -137,11 +138,14 @@ class RestInfer:
         except PayloadTooLarge as e:
             return 413, [], _error(str(e))
         try:
-            payload = InferenceRequest.model_validate(orjson.loads(raw))
+            payload = parse_request(raw, request_headers.get(HEADER))
         except orjson.JSONDecodeError as e:
             return 400, [], _error(f"request body is not valid JSON: {e}")
         except ValidationError as e:
             return 400, [], _error(_describe(e))
+        except MLServerError as e:
+            return e.status_code, [], _error(str(e))
+        binary = binary_outputs(payload)
         insert_headers(payload, request_headers)
         try:
             response = await self.data_plane.infer(payload, name, version)
@@ -151,10 +155,13 @@ class RestInfer:
             logger.exception("model '%s': inference failed", name)
             return 500, [], _error(f"{type(e).__name__}: {e}")
         extra = extract_headers(response) or {}
-        body = encode_to_json_bytes(response.model_dump(exclude_unset=True, exclude_none=True))
+        body, headers = encode_response(response, binary)
         return (
             200,
-            [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()],
+            [
+                *headers,
+                *((k.encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()),
+            ],
             body,
         )
 

@@ -268,8 +268,8 @@ def test_grpc_calls_are_measured_by_method_and_code(repo_server: ServerProcess) 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ([np.zeros(4, "<f8").tobytes()[:-3]], "29 raw bytes are not a whole number of FP64"),
-        ([np.zeros(3, "<f8").tobytes()], "carries 3 values, but its shape [1, 4] needs 4"),
+        ([np.zeros(4, "<f8").tobytes()[:-3]], "29 raw bytes do not fit its shape [1, 4] of FP64"),
+        ([np.zeros(3, "<f8").tobytes()], "24 raw bytes do not fit its shape [1, 4] of FP64"),
         ([], "input 'input-0' carries 0 values"),
     ],
     ids=["partial-value", "too-few-values", "no-contents"],
