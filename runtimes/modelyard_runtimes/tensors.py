@@ -23,6 +23,7 @@ from mlserver.types import (
     ResponseOutput,
 )
 
+from modelyard.serving.tensors import NUMPY_DTYPES, datatype_of
 from modelyard_runtimes.errors import ModelError
 
 # The output flagging the requested ids that matched nothing.
@@ -31,21 +32,6 @@ MISSING_OUTPUT = "missing"
 # (MLServer's sklearn runtime says the same).
 DEFAULT_OUTPUT = "predict"
 
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": object,
-}
 ID_DATATYPES = {"BYTES", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
 
@@ -125,12 +111,10 @@ def _as_text(value: Any) -> str:
 
 
 def _infer_datatype(array: np.ndarray) -> str:
-    if array.dtype.kind in "OUS":
-        return "BYTES"
-    for datatype, dtype in NUMPY_DTYPES.items():
-        if dtype is not object and array.dtype == np.dtype(dtype):
-            return datatype
-    raise ModelError(f"cannot send numpy dtype {array.dtype} over V2; convert it to a number")
+    datatype = datatype_of(array.dtype)
+    if datatype is None:
+        raise ModelError(f"cannot send numpy dtype {array.dtype} over V2; convert it to a number")
+    return datatype
 
 
 def encode_output(

@@ -25,13 +25,13 @@ from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelyard.serving.tensors import NUMPY_DTYPES
 from modelyard.store.connection import PredictionStore
 from modelyard.store.runs import RunInfo
 from modelyard.store.tables import PREDICTED_AT_COLUMN, StoreError, utc
 from modelyard_runtimes.predictor.pipeline import extra_options, model_folder
 from modelyard_runtimes.tensors import (
     MISSING_OUTPUT,
-    NUMPY_DTYPES,
     align,
     cast_column,
     decode_ids,

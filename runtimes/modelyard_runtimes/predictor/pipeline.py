@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from modelyard.declarations.integrity import verify_settings, verify_sha256
 from modelyard.imports import load_class
 from modelyard.mlserver_internals import settings_folder
+from modelyard.serving.tensors import NUMPY_DTYPES
 from modelyard_runtimes.errors import ModelError, call_user
 from modelyard_runtimes.features import FeaturesOptions, FeatureSource
 from modelyard_runtimes.tensors import (
     DEFAULT_OUTPUT,
     MISSING_OUTPUT,
-    NUMPY_DTYPES,
     align,
     cast_column,
     column,
