@@ -140,7 +140,10 @@ def kubectl_binary() -> Path:
     if target.exists():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        run("apt-get", "download", "kubernetes-client", cwd=tmp)
+        if subprocess.run(["apt-get", "download", "kubernetes-client"], cwd=tmp,
+                          capture_output=True).returncode != 0:  # fmt: skip
+            run("apt-get", "update", "-qq")
+            run("apt-get", "download", "kubernetes-client", cwd=tmp)
         deb = next(Path(tmp).glob("kubernetes-client_*.deb"))
         run("dpkg-deb", "-x", str(deb), f"{tmp}/root")
         shutil.copy2(f"{tmp}/root/usr/bin/kubectl", target)
