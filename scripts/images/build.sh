@@ -164,6 +164,8 @@ wheelhouse() {
     [[ $(find "$dir" -name '*.whl' | wc -l) -ge $(grep -c . "$dir/requirements.txt") ]] ||
       die "pip wheel left packages out of $dir"
     touch "$dir/.complete"
+    # One wheelhouse is kept: an older set of versions will not be asked for again.
+    find "$CACHE/wheels" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
   fi
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
