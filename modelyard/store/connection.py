@@ -14,8 +14,16 @@ from sqlalchemy.engine import URL
 
 from modelyard.store.databases import describe, resolve_url
 from modelyard.store.predictions import Predictions
-from modelyard.store.runs import RunLedger
-from modelyard.store.tables import Bookkeeping, StoreError, Tables, errors
+from modelyard.store.runs import RunInfo, RunLedger
+from modelyard.store.tables import (
+    MODEL_COLUMN,
+    RUN_COLUMN,
+    VERSION_COLUMN,
+    Bookkeeping,
+    StoreError,
+    Tables,
+    errors,
+)
 
 # SQLite: how long a writer waits for another (a shard of the same run) to commit.
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -87,6 +95,26 @@ class PredictionStore:
             conn.exec_driver_sql(begin)
 
         return engine
+
+    def keep_runs(self, model: str, keep: int) -> list[RunInfo]:
+        """Drop the rows and records of the runs of ``model`` beyond the ``keep`` complete
+        ones that finished last (see ``RunLedger.expired``); each run in one transaction.
+        Returns the runs dropped."""
+        dropped = self.ledger.expired(model, keep)
+        for run in dropped:
+            rows = sa.table(run.table, sa.column(MODEL_COLUMN), sa.column(VERSION_COLUMN),
+                            sa.column(RUN_COLUMN))  # fmt: skip
+            with errors(self.engine, f"dropping run {run.run_id}"), self.engine.begin() as conn:
+                if sa.inspect(conn).has_table(run.table):
+                    conn.execute(
+                        rows.delete().where(
+                            rows.c[MODEL_COLUMN] == run.model,
+                            rows.c[VERSION_COLUMN] == run.version,
+                            rows.c[RUN_COLUMN] == run.run_id,
+                        )
+                    )
+                self.ledger.forget(conn, run)
+        return dropped
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,8 +1,10 @@
 """Predictions in and out of a model version's table: a scored chunk upserted in one
-transaction, and the rows of a run read back by entity id."""
+transaction (PostgreSQL: COPY into a staging table, then one upsert), and the rows of
+a run read back by entity id."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,8 @@ from modelyard.store.tables import (
     errors,
 )
 
-# SQLite: the temporary tables a chunk's declared columns are staged in (``_stage``).
+# The temporary tables a chunk is staged in: SQLite, a table per declared column
+# (``_stage``); PostgreSQL, the chunk's rows COPYed in (``_copy``).
 STAGE_TABLE = "modelyard_stage"
 
 
@@ -33,9 +36,11 @@ class Predictions:
     """The predictions tables of one store: what a batch run writes and the lookup
     model reads."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, copy: bool = True):
         self.engine = engine
         self.dialect = engine.dialect.name
+        # PostgreSQL: write through COPY and one upsert (else one INSERT per row).
+        self.copy = copy and engine.dialect.driver == "psycopg"
         self._upserts: dict[tuple[str, ...], str] = {}
 
     def _upsert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
@@ -110,6 +115,8 @@ class Predictions:
                 self._stage(conn, frame, spec.values)
                 keys = _json_array(frame[spec.key].to_numpy())
                 conn.exec_driver_sql(sql, (*constants, keys))
+            elif self.dialect == "postgresql" and self.copy:
+                self._copy(conn, table, spec, frame, constants)
             else:
                 # Plain Python values column by column, zipped into rows: none of the
                 # per-row work of SQLAlchemy's parameter handling.
@@ -120,6 +127,39 @@ class Predictions:
                     sql, [dict(zip(names, (*constants, *row), strict=True)) for row in rows]
                 )
         return len(frame)
+
+    def _copy(
+        self, conn: sa.Connection, table: sa.Table, spec: PredictionsSpec, frame: pd.DataFrame,
+        constants: tuple[Any, ...],
+    ) -> None:  # fmt: skip
+        """PostgreSQL: the chunk COPYed into a temporary staging table (emptied at
+        commit), then one INSERT ... SELECT ... ON CONFLICT DO UPDATE into ``table``."""
+        q = self.engine.dialect.identifier_preparer.quote
+        data = [spec.key, *spec.values]
+        # Per table and columns: a connection's staging table outlives a changed declaration.
+        digest = hashlib.sha1("\0".join([table.name, *data]).encode()).hexdigest()[:12]
+        stage = f"{STAGE_TABLE}_{digest}"
+        keys = [c.name for c in table.primary_key]
+        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
+        listed = ", ".join(q(c) for c in data)
+        updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                f"SELECT {listed} FROM {q(table.name)} WITH NO DATA"
+            )
+            with cursor.copy(f"COPY {stage} ({listed}) FROM STDIN") as copy:
+                for row in zip(*[frame[c].tolist() for c in data], strict=True):
+                    copy.write_row(row)
+            cursor.execute(
+                f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in names)}) "
+                f"SELECT %s, %s, %s, %s, {listed} FROM {stage} "
+                f"ON CONFLICT ({', '.join(q(c) for c in keys)}) DO UPDATE SET {updates}",
+                constants,
+            )
+        finally:
+            cursor.close()
 
     def read(
         self, table: sa.Table, run: RunInfo, key: str, ids: Sequence[Any], columns: Sequence[str]

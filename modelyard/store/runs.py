@@ -227,6 +227,46 @@ class RunLedger:
             row = conn.execute(query).first()
         return RunInfo.from_row(row._mapping) if row is not None else None
 
+    def runs_of(self, model: str) -> list[RunInfo]:
+        """Every run of ``model`` (any version), the last to finish first."""
+        r = self.runs.c
+        query = (
+            sa.select(self.runs)
+            .where(r.model == model)
+            .order_by(r.finished_at.desc(), r.run_id.desc())
+        )
+        with errors(self.engine, "reading its runs"), self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(RUNS_TABLE):
+                return []
+            return [RunInfo.from_row(row._mapping) for row in conn.execute(query)]
+
+    def expired(self, model: str, keep: int) -> list[RunInfo]:
+        """The runs of ``model`` (any version) that ``keep_runs: keep`` drops: complete
+        runs beyond the ``keep`` that finished last, and failed runs older than the
+        latest complete one. The latest complete run, and runs still being written,
+        never are."""
+        if keep < 1:
+            raise ValueError(f"keep_runs {keep}: keep at least the latest complete run (1)")
+        runs = [run for run in self.runs_of(model) if run.status != RunStatus.RUNNING]
+        complete = [run for run in runs if run.status == RunStatus.COMPLETE]
+        if not complete:
+            return []
+        newest = complete[0].finished_at
+        assert newest is not None
+        return complete[keep:] + [
+            run for run in runs
+            if run.status == RunStatus.FAILED and run.finished_at is not None
+            and run.finished_at < newest
+        ]  # fmt: skip
+
+    def forget(self, conn: sa.Connection, run: RunInfo) -> None:
+        """Remove ``run`` from the ledger (its rows are the caller's to delete)."""
+        key = dict(model=run.model, version=run.version, run_id=run.run_id)
+        for table in (self.bad_rows, self.shards, self.runs):
+            conn.execute(
+                table.delete().where(*[table.c[name] == value for name, value in key.items()])
+            )
+
     def record_bad_rows(
         self, spec: PredictionsSpec, run_id: str, shard: int, bad: Sequence[tuple[Any, str]]
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -122,3 +123,11 @@ def run_info(url: str, run_id: str) -> RunInfo | None:
 def edit_declaration(folder: Path, edit: Callable[[str], str]) -> None:
     path = folder / "model.yaml"
     path.write_text(edit(path.read_text()))
+
+
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, kind: str, stem: str) -> str:
+    """A fresh database for a test: a SQLite file, or one on the session's PostgreSQL."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/{stem}.db"
+    server = request.getfixturevalue("postgres")
+    return server.create_database(f"{stem}_{re.sub(r'[^a-z0-9]+', '_', tmp_path.name.lower())}")
