@@ -17,6 +17,7 @@ COMMANDS = {
     "new": "modelyard.commands.new:new",
     "render": "modelyard.commands.render:render",
     "batch": "modelyard.commands.batch:batch",
+    "predictions": "modelyard.commands.predictions:predictions",
     "feedback": "modelyard.commands.feedback:feedback",
     "metrics": "modelyard.commands.metrics:metrics",
 }

@@ -74,6 +74,8 @@ EMBEDDED_SOURCES = ("sqlite", "duckdb")
 SWITCH_INTERVAL_S = 0.0005
 # Bad rows named in the log (all of them are in the store's bad-rows table).
 LOGGED_BAD_ROWS = 10
+# Scores a model on any V2 runtime (sklearn, xgboost, ...) from its declaration alone.
+RUNTIME_BATCH = "modelyard_runtimes.runtime_batch.RuntimeBatch"
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 
 
@@ -145,6 +147,7 @@ class RunResult:
     load_seconds: float = 0.0  # the model, before the first row
     run: RunInfo | None = None
     error: str | None = None
+    exported: str | None = None  # where the complete run was exported
     bad_examples: list[tuple[Any, str]] = field(default_factory=list)
 
     @property
@@ -162,7 +165,8 @@ class RunResult:
         run = self.run
         assert run is not None
         if run.status == RunStatus.COMPLETE:
-            return f"{head}; run complete ({run.rows:,} rows, {run.shards} shard(s))"
+            exported = f", exported to {self.exported}" if self.exported else ""
+            return f"{head}; run complete ({run.rows:,} rows, {run.shards} shard(s)){exported}"
         return f"{head}; run {run.status} ({run.shards_done}/{run.shards} shards complete)"
 
 
@@ -178,8 +182,8 @@ class BatchRuntime(Protocol):
 
 
 class BatchJob:
-    """The batch scoring of one model folder (a ``runtime: predictor`` declaration
-    with ``features`` and ``predictions``)."""
+    """The batch scoring of one model folder (a declaration of any runtime with
+    ``features`` and ``predictions``)."""
 
     def __init__(self, target: Path):
         folder = resolve_model_folder(target)
@@ -194,9 +198,10 @@ class BatchJob:
         runtime = _batch_runtime(self.settings)
         if runtime is None:
             raise BatchError(
-                f"model '{name}' runs on {_implementation(self.settings)}; batch runs score "
-                "with the predictor runtime: declare runtime: predictor with features and "
-                "predictions"
+                f"model '{name}' ({_implementation(self.settings)}) declares no features and "
+                "predictions; a batch run streams features.sql through the model into "
+                "predictions.store: add features (sql, source, key) and predictions (columns, "
+                "store, and outputs unless runtime: predictor)"
             )
         self.runtime = runtime
         options = runtime.batch_options(self.settings)
@@ -218,6 +223,8 @@ class BatchJob:
         self.spec = PredictionsSpec.of(name, version, options.features.key, predictions.columns)
         self.store_url: str = extra["store"]
         self.shards: int | None = extra.get("shards")
+        self.keep_runs: int | None = extra.get("keep_runs")
+        self.export: dict[str, Any] | None = extra.get("export")
         self.schedule: str | None = extra.get("schedule")
 
     def open_store(self, writer: bool = True) -> PredictionStore:
@@ -266,9 +273,38 @@ class BatchJob:
             result.run = store.ledger.finish_shard(
                 spec, run_id, options.shard.index, result.rows, result.bad_rows
             )
+            if result.run.status == RunStatus.COMPLETE:
+                self._after_complete(store, result)
             return result
         finally:
             store.close()
+
+    def _after_complete(self, store: PredictionStore, result: RunResult) -> None:
+        """What the declaration asks for once a run is complete (by whichever shard
+        completes it): older runs dropped (``keep_runs``), the run exported (``export``).
+        A failure here fails the command, not the run: it stays complete and the latest."""
+        run = result.run
+        assert run is not None
+        try:
+            if self.keep_runs:
+                for dropped in store.keep_runs(self.spec.model, self.keep_runs):
+                    logger.info(
+                        "model '%s': dropped run %s (version %s, %d rows): keep_runs %d",
+                        dropped.model, dropped.run_id, dropped.version, dropped.rows,
+                        self.keep_runs,
+                    )  # fmt: skip
+            if self.export:
+                from modelyard.store.export import Filter, export_run
+
+                exported = export_run(
+                    store, run, self.export["to"], self.export.get("format", "parquet"),
+                    [Filter.parse(w) for w in self.export.get("where", [])],
+                )  # fmt: skip
+                result.exported = exported.path
+                logger.info("model '%s': run %s exported to %s (%d rows)",
+                            run.model, run.run_id, exported.path, exported.rows)  # fmt: skip
+        except (ModelyardError, StoreError) as e:
+            result.error = f"run {run.run_id} is complete, but: {e}"
 
 
 class _Scoring:
@@ -500,11 +536,22 @@ def _implementation(settings: ModelSettings) -> str:
 
 
 def _batch_runtime(settings: ModelSettings) -> BatchRuntime | None:
-    """The runtime class ``settings`` name, when it scores batches."""
+    """The runtime class ``settings`` name, when it scores batches itself; else, for a
+    model declaring features and predictions, the runtime-agnostic pipeline that drives
+    its runtime (``RUNTIME_BATCH``)."""
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+    own = _import(settings.implementation_)
+    if isinstance(own, type) and isinstance(own, BatchRuntime):
+        return own
+    if not (extra.get("features") and extra.get("predictions")):
+        return None
+    return _import(RUNTIME_BATCH)
+
+
+def _import(path: str) -> Any:
     # Imported without ModelSettings.implementation, which reloads the module.
-    module, _, name = settings.implementation_.rpartition(".")
+    module, _, name = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-    return cls if isinstance(cls, type) and isinstance(cls, BatchRuntime) else None

@@ -41,6 +41,16 @@ def artifact_problems(file: Path) -> list[Problem]:
     return [Problem(str(file), pointer, error)] if error else []
 
 
+def query_problems(file: Path) -> list[Problem]:
+    """A declaration's features query, run with LIMIT 0 against its source and held
+    to the model's input."""
+    if file.suffix == ".json":
+        return []
+    from modelyard.declarations.features_query import features_query_problems
+
+    return features_query_problems(file)
+
+
 def targets(path: Path) -> list[Path] | Problem:
     """The files to check for a PATH argument: the file itself, a model folder's
     marker file, or those of every model folder in a directory."""
@@ -79,7 +89,9 @@ def validate(paths: tuple[Path, ...]) -> None:
 
     PATHS are model.yaml or model-settings.json files, model folders, or folders of
     model folders (such as model-settings/). Each problem is printed as
-    `file: /json/pointer: message`. Exits 0 when everything is valid, 2 otherwise.
+    `file: /json/pointer: message`. A declaration's features.sql is run against its
+    source with LIMIT 0 and its columns held to the model's input (count and type).
+    Exits 0 when everything is valid, 2 otherwise.
     """
     checked = invalid = total = 0
     for path in paths:
@@ -89,7 +101,7 @@ def validate(paths: tuple[Path, ...]) -> None:
             checked, invalid, total = checked + 1, invalid + 1, total + 1
             continue
         for file in found:
-            problems = file_problems(file) or artifact_problems(file)
+            problems = file_problems(file) or artifact_problems(file) or query_problems(file)
             checked += 1
             if problems:
                 invalid += 1

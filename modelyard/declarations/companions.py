@@ -1,7 +1,7 @@
 """Models served next to a folder's own, generated from its settings.
 
-A batch-scored model (``runtime: predictor`` with ``features`` and a
-``predictions.store``) gets ``<name>-lookup``: the lookup runtime over the store its
+A batch-scored model (any runtime, with ``features`` and a ``predictions.store``)
+gets ``<name>-lookup``: the lookup runtime over the store its
 batch runs write, answering by entity id with the latest complete run's predictions.
 Nothing to declare: whatever ``modelyard batch run`` writes, the lookup model reads.
 
@@ -19,7 +19,6 @@ from typing import Any
 from mlserver.settings import ModelSettings
 
 from modelyard.declarations.monitoring import QualityConfig
-from modelyard.declarations.settings import IMPLEMENTATIONS
 from modelyard.mlserver_internals import set_settings_source, settings_source
 
 LOOKUP_SUFFIX = "-lookup"
@@ -34,12 +33,7 @@ def lookup_settings(settings: ModelSettings) -> ModelSettings | None:
     extra: dict[str, Any] = (settings.parameters.extra if settings.parameters else None) or {}
     predictions = extra.get("predictions") or {}
     features = extra.get("features") or {}
-    if (
-        settings.implementation_ != IMPLEMENTATIONS["predictor"]
-        or not predictions.get("store")
-        or not predictions.get("columns")
-        or not features.get("key")
-    ):
+    if not predictions.get("store") or not predictions.get("columns") or not features.get("key"):
         return None
     key: str = features["key"]
     columns: dict[str, str] = dict(predictions["columns"])

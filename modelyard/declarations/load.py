@@ -125,6 +125,7 @@ class _Checks:
         yield from self.signature()
         yield from self.runtime()
         yield from self.schedule()
+        yield from self.feature_columns()
         yield from self.deployment()
         yield from self.example()
         yield from self.monitoring()
@@ -341,6 +342,59 @@ class _Checks:
                 + ", ".join(CRON_MACROS),
             )
 
+    def feature_columns(self) -> Iterator[tuple[str, str]]:
+        columns = self.get("features", "columns")
+        if isinstance(columns, list):
+            seen: set[str] = set()
+            for i, name in enumerate(columns):
+                if name in seen:
+                    yield pointer(["features", "columns", i]), f"{name!r} is listed twice"
+                seen.add(name)
+
+    def outputs(self) -> Iterator[tuple[str, str]]:
+        """``predictions.outputs``: what fills the columns when no predictor class does."""
+        predictions = self.get("predictions")
+        if not isinstance(predictions, dict):
+            return
+        outputs, columns = predictions.get("outputs"), predictions.get("columns")
+        runtime, key = self.get("runtime"), self.get("features", "key")
+        if runtime == "predictor":
+            if outputs is not None:
+                yield (
+                    "/predictions/outputs",
+                    "only read for sklearn, xgboost, huggingface and custom models; a predictor "
+                    "class returns the prediction columns itself: remove it",
+                )
+            return
+        if outputs is None:
+            if self.get("features") is not None:
+                yield (
+                    "/predictions",
+                    f"runtime {runtime} needs predictions.outputs to say which model output "
+                    "fills which column, e.g. outputs: {predict: label, predict_proba: "
+                    "[p_setosa, p_versicolor, p_virginica]}",
+                )
+            return
+        if not isinstance(outputs, dict) or not isinstance(columns, dict):
+            return
+        filled: dict[str, str] = {}
+        for output, names in outputs.items():
+            for i, name in enumerate([names] if isinstance(names, str) else names):
+                where = ["predictions", "outputs", output] + (
+                    [i] if isinstance(names, list) else []
+                )
+                if name in filled:
+                    yield pointer(where), f"{name!r} is already filled by {filled[name]}"
+                filled[name] = output
+                if name == key:
+                    yield pointer(where), f"{name!r} is the key (features.key); name another column"
+                elif name not in columns:
+                    yield (
+                        pointer(where),
+                        f"{name!r} is not one of predictions.columns ({', '.join(columns)}); "
+                        "declare it there with its datatype or fix the name",
+                    )
+
     def deployment(self) -> Iterator[tuple[str, str]]:
         base = self.get("deployment")
         if not isinstance(base, dict):
@@ -393,10 +447,14 @@ def check_declaration(data: dict[str, Any], path: Path) -> list[Problem]:
     file = str(path)
     problems = schema_problems(declaration_validator(), data, file)
     flagged = [p.pointer for p in problems]
-    for ptr, message in _Checks(data, folder).all():
+    checks = _Checks(data, folder)
+    for ptr, message in checks.all():
         # A value the schema already refused (or refused part of) is not checked again.
         if not any(is_within(ptr, f) or is_within(f, ptr) for f in flagged):
             problems.append(Problem(file, ptr, message))
+    if not problems:
+        # How a batch run maps the outputs, once the model itself is declared right.
+        problems += [Problem(file, ptr, message) for ptr, message in checks.outputs()]
     return sorted(dict.fromkeys(problems), key=lambda p: pointer_key(p.pointer))
 
 

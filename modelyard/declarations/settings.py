@@ -44,13 +44,15 @@ def _extra(decl: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if runtime == "predictor":
         extra["predictor"] = decl["predictor"]
-        for key in ("features", "predictions"):
-            if key in decl:
-                extra[key] = decl[key]
         if "parameters" in model:
             extra["parameters"] = model["parameters"]
     elif runtime in ("huggingface", "custom"):
         extra.update(model.get("parameters") or {})
+    # Batch scoring and lookups by entity id, whatever the runtime (the pre-built
+    # runtimes ignore keys of extra they do not know).
+    for key in ("features", "predictions"):
+        if key in decl:
+            extra[key] = decl[key]
     # sha256 and versions, checked before any runtime loads the artifact, and monitoring.
     carried: dict[str, Any] = {k: model[k] for k in ("sha256", "versions") if k in model}
     if decl.get("monitoring"):

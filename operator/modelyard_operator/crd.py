@@ -143,6 +143,13 @@ def structural(schema: Mapping[str, Any], defs: Mapping[str, Any], where: str = 
         # Keywords beside $ref (a more specific description) win over the definition's.
         node = {**defs[ref[len(prefix) :]], **node}
         return structural(node, defs, where)
+    branches = node.get("oneOf") or node.get("anyOf") or []
+    if "type" not in node and len({b.get("type") for b in branches}) > 1:
+        # A value of one type or another (a column or a list of columns): a structural
+        # schema types every node, so the API server keeps it as written and the
+        # operator's spec checks it.
+        kept = {k: node[k] for k in ("description",) if k in node}
+        return {**kept, "x-kubernetes-preserve-unknown-fields": True}
     unknown = set(node) - KEPT - DROPPED
     if unknown:
         raise SchemaConversionError(

@@ -110,6 +110,10 @@ class Predictions(_Frozen):
     schedule: str | None = None
     store: str | None = None
     shards: int = Field(default=1, ge=1)
+    # Read by `modelyard batch run`.
+    outputs: dict[str, str | list[str]] | None = None
+    keep_runs: int | None = Field(default=None, ge=1)
+    export: dict[str, Any] | None = None
 
 
 class Serving(_Frozen):
@@ -235,12 +239,8 @@ class Model:
 
     def _batch_problems(self) -> list[str]:
         """What `modelyard batch run` needs, checked before a CronJob fails every night."""
-        problems, fix = [], "or remove predictions.schedule"
-        if self.spec.runtime != "predictor":
-            problems.append(
-                f"predictions.schedule runs `modelyard batch run`, which scores with the "
-                f"predictor runtime, not {self.spec.runtime}: declare runtime: predictor {fix}"
-            )
+        problems: list[str] = []
+        fix = "or remove predictions.schedule"
         if not self.declaration.get("features"):
             problems.append(f"predictions.schedule needs features (sql, source, key) {fix}")
         if not (self.spec.predictions and self.spec.predictions.store):

@@ -217,7 +217,7 @@ def test_a_folder_without_predictions_is_refused(tmp_path: Path) -> None:
         [MODELYARD, "batch", "run", str(target)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1
-    assert "predictor runtime" in result.stderr
+    assert "declares no features and predictions" in result.stderr
 
 
 def test_postgresql_store_keeps_one_row_per_entity_on_rerun(

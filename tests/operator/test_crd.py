@@ -47,6 +47,18 @@ def test_free_form_values_are_preserved() -> None:
     assert converted["properties"]["data"] == {"type": "array", "items": preserved}
 
 
+def test_a_value_of_one_type_or_another_is_preserved() -> None:
+    column_or_columns = {
+        "description": "a column or a list of columns",
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+    converted = crd.structural({"type": "object", "additionalProperties": column_or_columns}, {})
+    assert converted["additionalProperties"] == {
+        "description": "a column or a list of columns",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+
+
 def test_a_rule_without_a_structural_equivalent_fails_loudly() -> None:
     schema = {"type": "object", "properties": {"kind": {"type": "string", "const": "x"}}}
     with pytest.raises(crd.SchemaConversionError, match=r"#/properties/kind: keywords \['const'\]"):

@@ -189,6 +189,25 @@ def test_requests_in_flight_scale_on_the_servers_gauge() -> None:
     ]
 
 
+def test_a_scheduled_no_code_model_gets_its_cronjob() -> None:
+    spec = {
+        **MINIMAL,
+        "folder": "s3://models/iris/",
+        "model": {"uri": "model.joblib"},
+        "features": {"sql": "features.sql", "source": "${FEATURES_DB_URL}", "key": "id"},
+        "predictions": {
+            "columns": {"id": "BYTES", "label": "INT64", "p0": "FP64", "p1": "FP64"},
+            "outputs": {"predict": "label", "predict_proba": ["p0", "p1"]},
+            "store": "${PREDICTIONS_DB_URL}",
+            "schedule": "0 3 * * *",
+        },
+    }
+    cronjob = render_all(model("iris", spec), CURRENT)["CronJob"]
+    assert cronjob is not None and cronjob["spec"]["schedule"] == "0 3 * * *"
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["modelyard", "batch", "run"]
+
+
 def test_batch_runs_the_batch_command_on_every_shard() -> None:
     cronjob = render_all(model("gender", FULL), CURRENT)["CronJob"]
     job = cronjob["spec"]["jobTemplate"]["spec"]
@@ -243,7 +262,7 @@ def test_shards_need_indexed_jobs() -> None:
         (
             "iris",
             {**MINIMAL, "predictions": {"columns": {"x": "FP32"}, "schedule": "@daily"}},
-            r"the predictor runtime, not sklearn.*needs features.*needs predictions.store",
+            r"predictions.schedule needs features.*needs predictions.store",
         ),
         ("iris", {"version": "1", "runtime": "sklearn"}, "runtime sklearn needs model.uri"),
         ("p", {"version": "1", "runtime": "predictor"}, "runtime predictor needs 'predictor'"),
