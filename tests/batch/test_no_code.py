@@ -301,3 +301,59 @@ def test_features_columns_and_keep_runs_from_the_declaration(
     x = flowers().set_index(KEY).sort_index()[FEATURES].to_numpy(np.float64)
     assert np.array_equal(rows[PROBA].to_numpy(), model.predict_proba(x))  # type: ignore[attr-defined]
     assert stored(databases[1], "r1").empty and stored(databases[1], "r2").empty
+
+
+CUSTOM_RUNTIME = """
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.types import InferenceResponse
+
+
+class Lengths(MLModel):
+    async def load(self):
+        return True
+
+    async def predict(self, payload):
+        texts = StringCodec.decode_input(payload.inputs[0])
+        lengths = np.array([len(t) for t in texts], dtype=np.int64)
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output("length", lengths)],
+        )
+"""
+
+
+def test_a_custom_runtime_scores_a_text_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "lengths.py").write_text(CUSTOM_RUNTIME)
+    (folder / "features.sql").write_text("SELECT review_id, body FROM reviews\n")
+    reviews = pd.DataFrame({"review_id": ["r1", "r2", "r3"], "body": ["good", "", "very bad"]})
+    engine = sa.create_engine(f"sqlite:///{folder}/features.db")
+    try:
+        reviews.to_sql("reviews", engine, index=False)
+    finally:
+        engine.dispose()
+    store = f"sqlite:///{tmp_path}/store.db"
+    monkeypatch.setenv("PREDICTIONS_DB_URL", store)
+    decl = {
+        "name": "lengths", "version": "1", "runtime": "custom",
+        "implementation": "lengths.Lengths",
+        "features": {"sql": "features.sql", "source": "sqlite:///features.db",
+                     "key": "review_id"},
+        "predictions": {"columns": {"review_id": "BYTES", "chars": "INT64"},
+                        "outputs": {"length": "chars"}, "store": "${PREDICTIONS_DB_URL}"},
+    }  # fmt: skip
+    (folder / "model.yaml").write_text(yaml.safe_dump(decl))
+    assert declaration_problems(folder / "model.yaml") == []
+    result = BatchJob(folder).run(RunOptions(run_id="r", bar=False))
+    assert result.error is None, result.error
+    engine = sa.create_engine(store)
+    try:
+        rows = pd.read_sql(f"SELECT review_id, chars FROM {table_name('lengths', '1')}", engine)
+    finally:
+        engine.dispose()
+    assert dict(zip(rows.review_id, rows.chars, strict=True)) == {"r1": 4, "r2": 0, "r3": 8}
