@@ -10,7 +10,7 @@
   store, rows/s against the same model scoring the same rows in memory, peak memory.
 
 Every alternative is measured in the same run. `python -m benchmarks.batch_scale
-[--rows N] [--skip-end-to-end]`.
+[--rows N] [--skip-end-to-end]`; the figures go to benchmarks/results/batch_scale.json.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from modelyard.store.tables import PredictionsSpec, now
 from tests.support.postgres import PostgresServer
 
 SHARD_COUNTS = (1, 2, 4)
+RESULTS = Path(__file__).parent / "results" / "batch_scale.json"
 
 
 def features_frame(rows: int) -> pd.DataFrame:
@@ -162,7 +163,9 @@ def main() -> None:
     finally:
         server.stop()
     out["load_average_after"] = os.getloadavg()[0]
-    Path("benchmarks/batch_scale.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"figures in {RESULTS}")
 
 
 if __name__ == "__main__":
