@@ -47,7 +47,8 @@ def column_types(engine: sa.Engine, sql: str) -> list[tuple[str, str | None]]:
             finally:
                 conn.exec_driver_sql(f"DROP VIEW temp.{PROBE_VIEW}")
             return [(r[1], r[2] or None) for r in rows]
-        description = conn.exec_driver_sql(limited).cursor.description
+        # Through text(), as the runtime runs it: a '%' in the query is not a placeholder.
+        description = conn.execute(sa.text(limited)).cursor.description
         return [(c[0], _type_name(c)) for c in description]
 
 

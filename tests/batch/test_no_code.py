@@ -260,6 +260,9 @@ def test_validate_runs_the_features_query_and_catches_columns_that_do_not_fit(
     decl = yaml.safe_load((folder / "model.yaml").read_text())
     decl["inputs"] = [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
     (folder / "model.yaml").write_text(yaml.safe_dump(decl))
+    (folder / "features.sql").write_text(
+        f"SELECT {KEY}, {', '.join(FEATURES)} FROM flowers WHERE {KEY} LIKE 'f%'\n"
+    )
     result = CliRunner().invoke(main, ["validate", str(folder)])
     assert result.exit_code == 0, result.output
     # One column too many, and a text column where the model takes numbers.
