@@ -50,11 +50,19 @@ def child_pids(server: ServerProcess) -> list[int]:
     return sorted(int(p) for p in out.split())
 
 
+def process_pid(server: ServerProcess, index: int) -> int:
+    """The pid of the server's process ``index``, as its status publishes it (pids wrap:
+    process 0 need not have the lower one)."""
+    pid = server.status()["processes"][index]["pid"]
+    assert pid in child_pids(server), (pid, child_pids(server))
+    return int(pid)
+
+
 def kill_one(server: ServerProcess, which: int) -> None:
     """SIGKILL one of the server's processes; returns once the supervisor started another."""
     pids = child_pids(server)
     assert len(pids) == 2, pids
-    os.kill(pids[which], signal.SIGKILL)
+    os.kill(process_pid(server, which), signal.SIGKILL)
     wait_for(lambda: len(set(child_pids(server)) - set(pids)) == 1, what="a new process")
 
 
@@ -269,7 +277,7 @@ def test_a_busy_metrics_port_does_not_take_the_server_down(serve_dir, tmp_path: 
     write_iris(models / "iris", "1")
     server = serve_dir(models, *TWO)
     assert sample(metrics_text(server), "modelyard_registry_loads_total", model="iris") == 2
-    first = child_pids(server)[0]  # process 0 serves the metrics
+    first = process_pid(server, 0)  # process 0 serves the metrics
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     os.kill(first, signal.SIGKILL)
