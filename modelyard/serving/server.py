@@ -10,7 +10,7 @@ takes its REST and gRPC ports only once every folder has been tried and it serve
 model versions they serve, so no connection reaches a process still loading. At the
 server's first start, the ports answer while the models load (liveness probes pass).
 Readiness is honest: `/v2/health/ready` stays false until every process of the server
-has served once and this one's gRPC port takes calls.
+has served once, and while a running process's gRPC port does not take calls.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Server:
         return self._serving and self.registry.ready() and self.grpc.listening
 
     def ready(self) -> bool:
-        return self.process_ready() and self.siblings.all_started()
+        return self.process_ready() and self.siblings.all_ready()
 
     async def status(self) -> dict[str, Any]:
         processes = [

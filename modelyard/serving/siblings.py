@@ -130,6 +130,14 @@ class Siblings:
             return True
         return all(started_file(self.state_dir, i).exists() for i in range(self.count))
 
+    def all_ready(self) -> bool:
+        """Every process has served once, and every running one that has said how it
+        is serves now: one whose gRPC port is down makes the server not ready, one that
+        died and starts again (taking no connection meanwhile) does not."""
+        if self.state_dir is None:
+            return True
+        return self.all_started() and all(p is None or p["ready"] for p in self.processes())
+
     def others_versions(self) -> list[dict[str, str]]:
         """The model versions of every other process that serves."""
         return [
