@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -62,13 +63,25 @@ def verify_sha256(model: str, path: Path, expected: str) -> None:
         )
 
 
+def _installed(name: str) -> str | None:
+    """The installed version of a distribution, or None. Looked up again once with
+    fresh caches before saying it is missing: importlib.metadata caches what it found
+    on each path entry, and a miss there must not refuse a model that is installed."""
+    for attempt in range(2):
+        try:
+            return version(canonicalize_name(name))
+        except PackageNotFoundError:
+            if attempt == 0:
+                importlib.invalidate_caches()
+    return None
+
+
 def version_mismatches(declared: Mapping[str, str]) -> list[str]:
     """One line per declared library whose installed version differs (or is missing)."""
     problems = []
     for name, wanted in sorted(declared.items()):
-        try:
-            installed = version(canonicalize_name(name))
-        except PackageNotFoundError:
+        installed = _installed(name)
+        if installed is None:
             problems.append(f"{name} {wanted} is declared but not installed")
             continue
         if installed != str(wanted):
