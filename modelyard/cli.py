@@ -20,6 +20,7 @@ COMMANDS = {
     "predictions": "modelyard.commands.predictions:predictions",
     "feedback": "modelyard.commands.feedback:feedback",
     "metrics": "modelyard.commands.metrics:metrics",
+    "drift": "modelyard.commands.drift:drift",
 }
 
 

@@ -321,6 +321,11 @@ class _Scoring:
         self.options = options
         self.result = result
         self.key = job.spec.key
+        from modelyard.quality.drift import BatchSample
+
+        # With a drift reference: a uniform sample of the inputs and outputs, kept for
+        # `modelyard drift` and the server's modelyard_drift gauges.
+        self.sample = BatchSample.of(job.settings)
 
     def run(self) -> None:
         pipeline = self.job.runtime.batch_pipeline(self.job.settings)
@@ -354,7 +359,13 @@ class _Scoring:
                         scores = self._score(chunk)
                         self.result.rows += len(scores)
                         writer.submit(scores)
+                        if self.sample is not None:
+                            self.sample.add_scored(chunk, scores, self.key)
                         report.update(self.result.read, self.result.rows, self.result.bad_rows)
+                if self.sample is not None:
+                    spec = self.job.spec
+                    self.sample.write(self.store.engine, spec.model, spec.version, self.run_id,
+                                      shard.index)  # fmt: skip
             finally:
                 sys.setswitchinterval(switch_interval)
                 report.close()

@@ -36,6 +36,7 @@ class QualityConfig:
     task: str | None = None
     prediction: str | None = None
     scores: dict[str, str] = field(default_factory=dict)  # class label -> column
+    reference: str | None = None  # the reference sample for drift, in the model folder
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> QualityConfig | None:
@@ -65,6 +66,7 @@ class QualityConfig:
             task=monitoring.get("task"),
             prediction=monitoring.get("prediction"),
             scores=dict(monitoring.get("scores") or {}),
+            reference=monitoring.get("reference"),
         )
 
     @property

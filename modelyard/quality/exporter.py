@@ -97,6 +97,17 @@ def export_runs(config: QualityConfig, store: QualityStore, schedule: str | None
         )
 
 
+def export_drift(config: QualityConfig, store: QualityStore) -> None:
+    """Set ``modelyard_drift`` of the served version (day, week and the last N logged
+    requests) and of the latest batch run: the same computation as ``modelyard drift``."""
+    from modelyard.quality import drift
+
+    windows = [drift.DAY, drift.WEEK, drift.last_window()]
+    frame = drift.drift(config, store, windows)
+    for labels, statistic, value in drift.statistics_of(frame):
+        metrics.DRIFT.labels(model=config.model, statistic=statistic, **labels).set(value)
+
+
 class Models(Protocol):
     """What the exporter reads of a server: the models it serves."""
 
@@ -140,6 +151,8 @@ class QualityExporter:
                     evaluator = Evaluator(config, store)
                     evaluator.refresh()
                     export_metrics(config, evaluator.stored())
+                if config.reference is not None:
+                    export_drift(config, store)
                 self._reported.pop(config.model, None)
             except Exception as e:  # one model's store never stops the others' gauges
                 self._report(config.model, f"{type(e).__name__}: {e}")

@@ -78,3 +78,13 @@ BATCH_LAST_DUE = Gauge(
     ["model"],
     multiprocess_mode="mostrecent",
 )
+# Drift of each declared feature (and prediction output) from the model's reference
+# sample (modelyard.quality.drift): per statistic and window (day, week, last:N of the
+# payload log; run, run:previous of the latest batch run).
+DRIFT = Gauge(
+    "modelyard_drift",
+    "Drift from the reference sample, per feature, statistic (psi, ks, ks_pvalue, chi2, "
+    "chi2_pvalue, missing, samples) and window",
+    ["model", "version", "feature", "statistic", "window"],
+    multiprocess_mode="mostrecent",
+)
