@@ -21,6 +21,7 @@ import helm_python as helm
 import pytest
 from kubernetes import client as k8s
 
+from tests.support.kube import wait_for
 from tests.support.node import BRIDGE_CIDR, BRIDGE_IP, NodeCluster
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
@@ -136,7 +137,7 @@ def release(node: NodeCluster, api: k8s.ApiClient) -> Iterator[dict[str, Any]]:
             status = apps.read_namespaced_deployment(RELEASE, SYSTEM_NAMESPACE).status
             return (status.available_replicas or 0) >= 1
 
-        wait(operator_available, 180, "the operator's Deployment available")
+        wait_for(operator_available, 180, what="the operator's Deployment available", interval=0.5)
         timed("chart installed, operator pod Ready", time.monotonic() - began)
         yield installed
 
@@ -151,20 +152,10 @@ def namespace(api: k8s.ApiClient, s3: S3Server, postgres: PostgresServer) -> str
         NAMESPACE,
         k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=STORE_SECRET), string_data=data),
     )
-    wait(
+    wait_for(
         lambda: core.list_namespaced_service_account(NAMESPACE).items,
         60,
-        "the namespace's default ServiceAccount",
+        what="the namespace's default ServiceAccount",
+        interval=0.5,
     )
     return NAMESPACE
-
-
-def wait(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ from tests.cluster.conftest import (
     STORE_SECRET,
     SYSTEM_NAMESPACE,
     timed,
-    wait,
 )
+from tests.support.kube import wait_for
 from tests.support.node import BRIDGE_IP, NODE_NAME, NodeCluster
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import CREDENTIALS, S3Server
@@ -114,7 +115,7 @@ def model_ready(api: k8s.ApiClient, name: str) -> bool:
 
 def wait_ready(api: k8s.ApiClient, name: str, timeout: float = 420) -> float:
     began = time.monotonic()
-    wait(lambda: model_ready(api, name), timeout, f"Model {name} Ready", interval=1)
+    wait_for(lambda: model_ready(api, name), timeout, what=f"Model {name} Ready", interval=1)
     return time.monotonic() - began
 
 
@@ -154,10 +155,11 @@ def node_ports(api: k8s.ApiClient, model: str) -> tuple[int, int]:
     # Answering once kube-proxy has programmed the ports.
     request = v2_requests()["iris"] if model.startswith("iris") else None
     if request is not None:
-        wait(
+        wait_for(
             lambda: _try(v2_client.rest, f"http://{BRIDGE_IP}:{ports['http']}", request),
             60,
-            f"the NodePort of {model}",
+            what=f"the NodePort of {model}",
+            interval=0.5,
         )
     return ports["http"], ports["grpc"]
 
@@ -199,7 +201,7 @@ def run_pod(api: k8s.ApiClient, name: str, command: list[str], timeout: float = 
         phase = core.read_namespaced_pod(name, NAMESPACE).status.phase
         return phase if phase in ("Succeeded", "Failed") else None
 
-    phase = wait(finished, timeout, f"pod {name} to finish", interval=1)
+    phase = wait_for(finished, timeout, what=f"pod {name} to finish", interval=1)
     log = pod_log(api, name)
     assert phase == "Succeeded", f"pod {name} {phase}:\n{log}"
     return log
@@ -381,7 +383,9 @@ def test_v2_through_port_forward_and_a_node_port(
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait(lambda p=grpc_port: _listening(p), 30, f"port-forward to {key}")
+            wait_for(
+                partial(_listening, grpc_port), 30, what=f"port-forward to {key}", interval=0.5
+            )
             answers[key] = v2_client.call("127.0.0.1", http_port, grpc_port, request)
         finally:
             forward.terminate()
@@ -391,10 +395,11 @@ def test_v2_through_port_forward_and_a_node_port(
     through_node = {}
     for key, request in requests.items():
         http_port, grpc_port = node_ports(api, request["model"])
-        through_node[key] = wait(
-            lambda r=request, h=http_port, g=grpc_port: _try(v2_client.call, BRIDGE_IP, h, g, r),
+        through_node[key] = wait_for(
+            partial(_try, v2_client.call, BRIDGE_IP, http_port, grpc_port, request),
             30,
-            f"NodePort of {key}",
+            what=f"NodePort of {key}",
+            interval=0.5,
         )
     check_answers(through_node)
 
@@ -506,13 +511,20 @@ def test_a_version_change_under_load_fails_no_request(
         time.sleep(3)
         began = time.monotonic()
         kubectl_apply(node, manifest("iris", folders["iris-2"], version="2"))
-        wait(lambda: get_model(api, "iris")["metadata"]["generation"] > 1, 30, "generation 2")
+        wait_for(
+            lambda: get_model(api, "iris")["metadata"]["generation"] > 1,
+            30,
+            what="generation 2",
+            interval=0.5,
+        )
         wait_ready(api, "iris")
-        wait(lambda: rollout_done(api, "iris"), 300, "the iris rollout", interval=1)
+        wait_for(lambda: rollout_done(api, "iris"), 300, what="the iris rollout", interval=1)
         took = time.monotonic() - began
         # The old pods answer until they have stopped (the gRPC channel stays on one of
         # them until then); from there on only the new version answers.
-        wait(lambda: only_new_pods(api, "iris"), 120, "the old iris pods to stop", interval=1)
+        wait_for(
+            lambda: only_new_pods(api, "iris"), 120, what="the old iris pods to stop", interval=1
+        )
         load.versions = {"rest": set(), "grpc": set()}
         time.sleep(3)
     timed("rollout of iris 1 -> 2 under load", took)
@@ -535,7 +547,7 @@ def test_a_broken_version_stalls_with_the_old_pods_serving(
         return status if status.get("phase") == "Failed" else None
 
     with Load(http_port, grpc_port) as load:
-        status = wait(failed, PROGRESS_DEADLINE + 240, "Model iris Failed", interval=1)
+        status = wait_for(failed, PROGRESS_DEADLINE + 240, what="Model iris Failed", interval=1)
     timed("broken version reported Failed", time.monotonic() - began)
     [condition] = status["conditions"]
     print(f"\nstalled rollout: {condition['message']}")
@@ -554,7 +566,7 @@ def test_a_broken_version_stalls_with_the_old_pods_serving(
     # Putting the good version back heals it.
     kubectl_apply(node, manifest("iris", folders["iris-2"], version="2"))
     wait_ready(api, "iris")
-    wait(lambda: rollout_done(api, "iris"), 300, "the iris rollback", interval=1)
+    wait_for(lambda: rollout_done(api, "iris"), 300, what="the iris rollback", interval=1)
 
 
 def runs(postgres: PostgresServer, run_id: str) -> list[dict[str, Any]]:
@@ -585,7 +597,7 @@ def wait_jobs(api: k8s.ApiClient, names: list[str], timeout: float = 420) -> Non
                 return False
         return True
 
-    wait(done, timeout, f"jobs {names}", interval=1)
+    wait_for(done, timeout, what=f"jobs {names}", interval=1)
 
 
 def test_the_cronjobs_job_runs_in_a_pod_and_the_lookup_answers_from_it(
@@ -615,7 +627,7 @@ def test_the_cronjobs_job_runs_in_a_pod_and_the_lookup_answers_from_it(
         answer = _try(v2_client.call, BRIDGE_IP, http_port, grpc_port, lookup)
         return answer if answer and answer["grpc"]["outputs"]["missing"] == [False, True] else None
 
-    stored = wait(answered, 60, "gender-lookup answering from the run")
+    stored = wait_for(answered, 60, what="gender-lookup answering from the run", interval=0.5)
     online = v2_client.call(BRIDGE_IP, http_port, grpc_port, v2_requests()["gender"])
     # The batch run scored with the same predictor as the online model.
     assert same(stored["grpc"]["outputs"]["male_percentile"][0],
@@ -687,7 +699,7 @@ def test_an_operator_restart_changes_no_child(
             f"[{NAMESPACE}/{name}] Handler 'reconcile' succeeded" in log for name in EXAMPLES
         )
 
-    wait(new_pod_resumed, 180, "the restarted operator to resume every Model", interval=1)
+    wait_for(new_pod_resumed, 180, what="the restarted operator to resume every Model", interval=1)
     timed("operator restarted and resumed", time.monotonic() - began)
     time.sleep(5)
     assert children_versions(node) == before
@@ -754,7 +766,9 @@ def test_gpu_models_land_on_the_labelled_tainted_node(
                 for c in pod.status.conditions or []
             )
 
-        wait(unschedulable, 60, "the A100 pod to be refused by the scheduler")
+        wait_for(
+            unschedulable, 60, what="the A100 pod to be refused by the scheduler", interval=0.5
+        )
     finally:
         core.patch_node(NODE_NAME, {"spec": {"taints": None}})
         for name in ("iris-gpu", "iris-gke", "iris-nowhere"):
@@ -774,7 +788,7 @@ def test_deleting_a_model_collects_its_children(
         )  # fmt: skip
         return not left.strip()
 
-    wait(gone, 180, "breast-cancer's children to be collected", interval=1)
+    wait_for(gone, 180, what="breast-cancer's children to be collected", interval=1)
     timed("Model deleted -> children and pods gone", time.monotonic() - began)
     # The other Models are untouched.
     assert model_ready(api, "iris") and model_ready(api, "gender")

@@ -95,8 +95,64 @@ class _Process:
         return "\n".join(lines[-tail:])
 
 
+class AdminAccess:
+    """An API server reached as the admin of the token file: the kubeconfig and CA of
+    `workdir`, plain GETs. The clusters here (this control plane, the node of
+    tests/support/node.py) set `workdir`, `token` and `server`."""
+
+    workdir: Path
+    token: str
+
+    @property
+    def server(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        # Written by kube-apiserver itself (--cert-dir): the serving certificate and the
+        # self-signed CA that issued it; valid for its bind address.
+        return self.workdir / "certs" / "apiserver.crt"
+
+    def api_client(self) -> client.ApiClient:
+        """A new client of the official library, independent of its global default config."""
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def _write_kubeconfig(self) -> None:
+        cluster = {"server": self.server, "certificate-authority": str(self.ca_file)}
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            "current-context": "test",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+
+    def _get(self, path: str) -> requests.Response:
+        return requests.get(
+            self.server + path,
+            headers={"Authorization": f"Bearer {self.token}"},
+            verify=str(self.ca_file),
+            timeout=2,
+        )
+
+    def _ok(self, path: str) -> bool:
+        """`path` answers 200 (False while the API server is not up yet)."""
+        if not self.ca_file.exists():
+            return False
+        try:
+            return self._get(path).status_code == 200
+        except requests.RequestException:
+            return False
+
+
 @dataclass
-class KubeCluster:
+class KubeCluster(AdminAccess):
     """A control plane in `workdir`, on free loopback ports, with an admin kubeconfig.
 
     Use as a context manager, or call `start()` and `stop()`.
@@ -115,16 +171,6 @@ class KubeCluster:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    @property
-    def kubeconfig(self) -> Path:
-        return self.workdir / "kubeconfig"
-
-    @property
-    def ca_file(self) -> Path:
-        # Written by kube-apiserver itself (--cert-dir): the serving certificate and the
-        # self-signed CA that issued it; valid for 127.0.0.1 because that is the bind address.
-        return self.workdir / "certs" / "apiserver.crt"
-
     def start(self, timeout: float = 60.0) -> KubeCluster:
         began = time.monotonic()
         deadline = began + timeout
@@ -133,13 +179,13 @@ class KubeCluster:
             self._write_credentials()
             self._start_etcd()
             self._start_apiserver()
-            self._wait(self._apiserver_ready, deadline, "kube-apiserver /readyz")
+            self._wait(lambda: self._ok("/readyz"), deadline, "kube-apiserver /readyz")
             self._write_kubeconfig()
             self._start_controller_manager()
             # The serviceaccount controller creating `default` proves the controller
             # manager is up; Pods (so ReplicaSets) are refused until it exists.
-            self._wait(lambda: self._has_default_service_account("default"), deadline,
-                       "kube-controller-manager (default ServiceAccount)")  # fmt: skip
+            self._wait(lambda: self._ok("/api/v1/namespaces/default/serviceaccounts/default"),
+                       deadline, "kube-controller-manager (default ServiceAccount)")  # fmt: skip
         except BaseException as exc:
             logs = self.logs()
             self.stop()
@@ -163,10 +209,6 @@ class KubeCluster:
             f"----- {p.name} (last {tail} lines of {p.log_path}) -----\n{p.log(tail)}"
             for p in self.processes
         )
-
-    def api_client(self) -> client.ApiClient:
-        """A new client of the official library, independent of its global default config."""
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     @cached_property
     def client(self) -> client.ApiClient:
@@ -241,38 +283,6 @@ class KubeCluster:
             "--profiling=false",
             "--v=1",
         ])  # fmt: skip
-
-    def _write_kubeconfig(self) -> None:
-        cluster = {"server": self.server, "certificate-authority": str(self.ca_file)}
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "test", "cluster": cluster}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-            "current-context": "test",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
-
-    def _get(self, path: str) -> requests.Response:
-        return requests.get(
-            self.server + path,
-            headers={"Authorization": f"Bearer {self.token}"},
-            verify=str(self.ca_file),
-            timeout=2,
-        )
-
-    def _apiserver_ready(self) -> bool:
-        if not self.ca_file.exists():
-            return False
-        try:
-            return self._get("/readyz").status_code == 200
-        except requests.RequestException:
-            return False
-
-    def _has_default_service_account(self, namespace: str) -> bool:
-        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
-        return self._get(path).status_code == 200
 
     def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
         while time.monotonic() < deadline:

@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-import yaml
-from kubernetes import client, config
+from kubernetes import client
 
-from tests.support.kube import cache_dir, ensure_binaries
+from tests.support.kube import AdminAccess, cache_dir, ensure_binaries
 from tests.support.server import free_port
 
 BRIDGE = "modelyard0"
@@ -371,7 +369,7 @@ class _Process:
 
 
 @dataclass
-class NodeCluster:
+class NodeCluster(AdminAccess):
     """Start with `up()` (or as a context manager); `down()` undoes it all."""
 
     workdir: Path
@@ -390,17 +388,6 @@ class NodeCluster:
     @property
     def server(self) -> str:
         return f"https://{BRIDGE_IP}:{self.port}"
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.workdir / "kubeconfig"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.workdir / "certs" / "apiserver.crt"
-
-    def api_client(self) -> client.ApiClient:
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def docker_env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": DOCKER_HOST}
@@ -545,7 +532,9 @@ class NodeCluster:
             *runtime_args,
         ])  # fmt: skip
         self._wait(
-            lambda: self.docker("version", "--format", "{{.Server.Version}}", check=False).strip(),
+            lambda: bool(
+                self.docker("version", "--format", "{{.Server.Version}}", check=False).strip()
+            ),
             deadline,
             "dockerd",
         )
@@ -581,34 +570,6 @@ class NodeCluster:
         run(*openssl, "x509", "-req", "-in", str(w / "apiserver-kubelet.csr"),
             "-CA", str(w / "kubelet-ca.crt"), "-CAkey", str(w / "kubelet-ca.key"),
             "-CAcreateserial", "-days", "2", "-out", str(w / "apiserver-kubelet.crt"))  # fmt: skip
-
-    def _write_kubeconfig(self) -> None:
-        cluster = {"server": self.server, "certificate-authority": str(self.ca_file)}
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "test", "cluster": cluster}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-            "current-context": "test",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
-
-    def _get(self, path: str) -> requests.Response:
-        return requests.get(
-            self.server + path,
-            headers={"Authorization": f"Bearer {self.token}"},
-            verify=str(self.ca_file),
-            timeout=2,
-        )
-
-    def _ok(self, path: str) -> bool:
-        if not self.ca_file.exists():
-            return False
-        try:
-            return self._get(path).status_code == 200
-        except requests.RequestException:
-            return False
 
     def _start_control_plane(self, deadline: float) -> None:
         w = self.workdir
