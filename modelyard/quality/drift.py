@@ -456,7 +456,7 @@ def drift_rows(
         if name not in current.columns:
             continue
         column = current[name]
-        if column.isna().all() and len(column):
+        if not column.notna().any():
             # Not carried by these payloads at all (another model's outputs, an
             # input not sent): nothing to compare, rather than 100% missing.
             continue
