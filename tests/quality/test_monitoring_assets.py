@@ -128,7 +128,7 @@ def test_dashboards_are_grafana_dashboards_on_a_chosen_data_source() -> None:
         for i, (x, y, w, h) in enumerate(boxes):  # no panel covers another
             for x2, y2, w2, h2 in boxes[i + 1 :]:
                 assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, path.name
-    assert len(set(uids)) == len(uids) == 3
+    assert len(set(uids)) == len(uids) == 4
 
 
 def test_rules_and_dashboards_name_only_exported_metrics() -> None:
