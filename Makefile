@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 FRONT := $(BIN)/modelyard-grpc-front
 HOST ?= 127.0.0.1
 
-MODELS := model-settings/iris/model.joblib \
-          model-settings/breast-cancer/model.ubj \
+MODELS := model-settings/iris/model.joblib model-settings/iris/reference.parquet \
+          model-settings/breast-cancer/model.ubj model-settings/breast-cancer/reference.parquet \
           model-settings/sentiment/model.safetensors \
-          examples/customer-profile/model.joblib
+          examples/customer-profile/model.joblib examples/customer-profile/reference.parquet
 
 .PHONY: serve test lint format bench generate models install clean
 .PHONY: kube kube-binaries postgres-server promtool
@@ -62,9 +62,11 @@ generate: $(STAMP)
 
 models: $(MODELS)
 
-model-settings/iris/model.joblib: examples/iris/train.py $(STAMP)
+# Each train.py writes its model and its drift reference (reference.parquet) at once.
+model-settings/iris/model.joblib model-settings/iris/reference.parquet &: examples/iris/train.py $(STAMP)
 	$(BIN)/python $<
-model-settings/breast-cancer/model.ubj: examples/breast-cancer/train.py $(STAMP)
+model-settings/breast-cancer/model.ubj model-settings/breast-cancer/reference.parquet &: \
+		examples/breast-cancer/train.py $(STAMP)
 	$(BIN)/python $<
 model-settings/sentiment/model.safetensors: examples/sentiment/train.py $(STAMP)
 	$(BIN)/python $<
@@ -73,8 +75,9 @@ model-settings/sentiment/model.safetensors: examples/sentiment/train.py $(STAMP)
 # in model.yaml).
 examples/customer-profile/features.db: examples/customer-profile/make_data.py $(STAMP)
 	$(BIN)/python $<
-examples/customer-profile/model.joblib: examples/customer-profile/train.py \
-		examples/customer-profile/features.sql examples/customer-profile/features.db $(STAMP)
+examples/customer-profile/model.joblib examples/customer-profile/reference.parquet &: \
+		examples/customer-profile/train.py examples/customer-profile/features.sql \
+		examples/customer-profile/features.db $(STAMP)
 	$(BIN)/python $<
 
 clean:

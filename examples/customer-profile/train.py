@@ -9,7 +9,8 @@ Reads the features with the same `features.sql` the model serves with, fits
   a percentile;
 
 and pins both in `model.yaml` (`model.sha256`, `features.preprocess_sha256`,
-`model.versions`), so a different file or library refuses to load. Deterministic;
+`model.versions`), so a different file or library refuses to load; and writes
+`reference.parquet`, a sample of the training features for drift. Deterministic;
 rerun by `make models`.
 
     python train.py        # after python make_data.py
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 KEY = "user_id"
 CATEGORICAL = ["country"]
 QUANTILES = 1001  # percentile resolution: a tenth of a point
+REFERENCE_ROWS = 10_000
 
 
 def load_training_data(db: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -93,6 +95,10 @@ def main() -> None:
         "preprocess_sha256": hashlib.sha256((HERE / "preprocess.pkl").read_bytes()).hexdigest(),
     }
     pin(HERE / "model.yaml", hashes, {"scikit-learn": sklearn.__version__})
+    # The drift reference (monitoring.reference): a sample of the training features,
+    # the columns of features.sql that batch runs read.
+    sample = x_train.sample(min(len(x_train), REFERENCE_ROWS), random_state=0)
+    sample.to_parquet(HERE / "reference.parquet", index=False)
     print(f"model.joblib: accuracy {accuracy:.3f} on {len(y_test)} held-out users")
 
 

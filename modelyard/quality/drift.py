@@ -355,7 +355,12 @@ class BatchSample:
         config = QualityConfig.from_settings(settings)
         if config is None or config.reference is None:
             return None
-        return cls(list(reference_of(config).features))
+        try:
+            reference = reference_of(config)
+        except QualityError as e:  # the run's predictions matter more than its drift
+            logger.warning("model '%s': no drift sample kept: %s", config.model, e)
+            return None
+        return cls(list(reference.features))
 
     def add_scored(self, inputs: pd.DataFrame, outputs: pd.DataFrame, key: str) -> None:
         """A chunk's inputs and the predictions made of them (joined by ``key``)."""
