@@ -13,6 +13,10 @@
 //	reply:   u32 length | u8 gRPC code | u32 metadata length | trailing metadata |
 //	         ModelInferResponse bytes (code 0) or the error's message
 //	metadata: repeated (u16 key length | key | u32 value length | value)
+//
+// A call whose metadata is over --max-metadata-bytes is refused by gRPC itself; a key
+// longer than the frame's 16-bit length holds (only under a raised limit) is refused
+// with INVALID_ARGUMENT, never cut short.
 package main
 
 import (
@@ -89,10 +93,17 @@ func (f *front) give(c *inferConn) {
 // the client's metadata, from the metadata the client sent: they are not passed on.
 func pseudoHeader(key string) bool { return strings.HasPrefix(key, ":") }
 
-func appendMetadata(buf []byte, md metadata.MD) []byte {
+const maxKeyLength = 1<<16 - 1
+
+func appendMetadata(buf []byte, md metadata.MD) ([]byte, error) {
 	for key, values := range md {
 		if pseudoHeader(key) {
 			continue
+		}
+		if len(key) > maxKeyLength {
+			return nil, status.Errorf(codes.InvalidArgument,
+				"metadata key of %d bytes is longer than the %d bytes allowed; use a shorter key",
+				len(key), maxKeyLength)
 		}
 		for _, v := range values {
 			buf = binary.LittleEndian.AppendUint16(buf, uint16(len(key)))
@@ -101,7 +112,7 @@ func appendMetadata(buf []byte, md metadata.MD) []byte {
 			buf = append(buf, v...)
 		}
 	}
-	return buf
+	return buf, nil
 }
 
 func parseMetadata(b []byte) (metadata.MD, error) {
@@ -128,12 +139,14 @@ func parseMetadata(b []byte) (metadata.MD, error) {
 
 // call hands one request to the process and reads its reply.
 func (f *front) call(md metadata.MD, request []byte) (byte, metadata.MD, []byte, error) {
+	head, err := appendMetadata(make([]byte, 8, 256), md)
+	if err != nil {
+		return 0, nil, nil, err
+	}
 	c, err := f.take()
 	if err != nil {
 		return 0, nil, nil, err
 	}
-	head := make([]byte, 8, 256)
-	head = appendMetadata(head, md)
 	binary.LittleEndian.PutUint32(head[4:], uint32(len(head)-8))
 	binary.LittleEndian.PutUint32(head, uint32(len(head)-4+len(request)))
 	// Written together with one system call, without copying the request after it.
@@ -176,6 +189,9 @@ func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	code, trailer, body, err := f.call(md, request)
 	if err != nil {
+		if _, refused := status.FromError(err); refused {
+			return err
+		}
 		return status.Errorf(codes.Unavailable, "modelyard: the server process did not answer: %v", err)
 	}
 	stream.SetTrailer(trailer)
@@ -256,6 +272,7 @@ func main() {
 	inferPath := flag.String("infer", "", "Unix socket of the process's ModelInfer handler")
 	backendPath := flag.String("backend", "", "Unix socket of the process's gRPC server")
 	maxBytes := flag.Int("max-message-bytes", 64<<20, "largest request or response")
+	maxMetadata := flag.Uint("max-metadata-bytes", 16<<10, "largest metadata (headers) of one call")
 	flag.Parse()
 	log.SetPrefix("modelyard-grpc-front: ")
 	// The front end's live heap is a few MB, and with Go's default GC target the
@@ -290,6 +307,7 @@ func main() {
 		grpc.UnknownServiceHandler(f.handle),
 		grpc.MaxRecvMsgSize(*maxBytes),
 		grpc.MaxSendMsgSize(*maxBytes),
+		grpc.MaxHeaderListSize(uint32(*maxMetadata)),
 		// Fixed flow-control windows large enough for a 1,000-row request: with the
 		// default 64 KB and its estimate of the link, a request waited for window
 		// updates, and every request cost a ping (with the writev in call: about 1.08x
@@ -297,23 +315,34 @@ func main() {
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(4<<20),
 	)
-	stop := func() {
+	stop := func(grace time.Duration) {
 		done := make(chan struct{})
 		go func() { server.GracefulStop(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(grace):
 			server.Stop()
 		}
 		os.Exit(0)
 	}
 	// Its lifetime is that of the process that started it, which holds its stdin and
-	// closes it to stop it. A Ctrl-C or SIGTERM sent to the whole process group must
+	// closes it to stop it, after a line "stop <seconds>" giving the time the calls in
+	// flight have to finish. A Ctrl-C or SIGTERM sent to the whole process group must
 	// not close the port while that process still drains its calls.
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
 	go func() {
-		io.Copy(io.Discard, stdin)
-		stop()
+		grace := 5 * time.Second
+		for {
+			line, err := stdin.ReadString('\n')
+			var seconds float64
+			if _, scanErr := fmt.Sscanf(line, "stop %g", &seconds); scanErr == nil {
+				grace = time.Duration(seconds * float64(time.Second))
+			}
+			if err != nil {
+				break
+			}
+		}
+		stop(grace)
 	}()
 	// The process that started this one waits for this line.
 	fmt.Printf("listening on %s\n", lis.Addr())

@@ -7,6 +7,12 @@ from pathlib import Path
 import click
 
 from modelyard.logs import configure_logging
+from modelyard.serving.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_GRACE_S,
+)
 from modelyard.serving.listeners import PortInUse, check_free
 from modelyard.serving.processes import auto_processes, process_index, supervise
 
@@ -38,6 +44,42 @@ EXIT_PORT_IN_USE = 2
     help="Largest request or response, over REST and gRPC alike.",
 )
 @click.option(
+    "--max-metadata-kb",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Largest gRPC metadata (headers) of one call; a call over it is refused.",
+)
+@click.option(
+    "--header-timeout-s",
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="REST: time a client has to send a request's headers (408 after it).",
+)
+@click.option(
+    "--body-timeout-s",
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="REST: time a client has to send a request's whole body (408 after it).",
+)
+@click.option(
+    "--idle-timeout-s",
+    default=DEFAULT_IDLE_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="REST: time an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--shutdown-grace-s",
+    default=DEFAULT_SHUTDOWN_GRACE_S,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="On SIGTERM, time the requests received have to be answered before the "
+    "process exits anyway.",
+)
+@click.option(
     "--processes",
     default="auto",
     show_default=True,
@@ -59,6 +101,11 @@ def serve(
     metrics_port: int,
     workers: int,
     max_message_mb: int,
+    max_metadata_kb: int,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    idle_timeout_s: float,
+    shutdown_grace_s: float,
     processes: str,
     no_pin: bool,
     no_watch: bool,
@@ -93,10 +140,13 @@ def serve(
             str(directory.resolve()), "--host", host, "--http-port", str(http_port),
             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
             "--workers", str(workers), "--max-message-mb", str(max_message_mb),
+            "--max-metadata-kb", str(max_metadata_kb),
+            "--header-timeout-s", str(header_timeout_s), "--body-timeout-s", str(body_timeout_s),
+            "--idle-timeout-s", str(idle_timeout_s), "--shutdown-grace-s", str(shutdown_grace_s),
             "--processes", str(count),
             *(["--no-watch"] if no_watch else []), *(["--debug"] if debug else []),
         ]  # fmt: skip
-        sys.exit(supervise(child, count, pin=not no_pin))
+        sys.exit(supervise(child, count, pin=not no_pin, grace_s=shutdown_grace_s))
     opts = ServeOptions(
         directory=directory.resolve(),
         host=host,
@@ -105,6 +155,11 @@ def serve(
         metrics_port=metrics_port,
         workers=workers,
         max_message_mb=max_message_mb,
+        max_metadata_kb=max_metadata_kb,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        idle_timeout_s=idle_timeout_s,
+        shutdown_grace_s=shutdown_grace_s,
         watch=not no_watch,
         debug=debug,
     )

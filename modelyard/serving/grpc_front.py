@@ -148,6 +148,7 @@ class GRPCFront:
         # The gRPC server's settings, given to `start`.
         self.listen = ""
         self.max_message_bytes = 0
+        self.max_metadata_bytes = 0
         self.directory: Path | None = None  # made by `start`, removed by `stop`
         self._server: asyncio.AbstractServer | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -169,11 +170,18 @@ class GRPCFront:
         """Where MLServer's gRPC server listens instead of the port."""
         return f"unix:{self.backend_path}"
 
-    async def start(self, listen: str, max_message_bytes: int, servicer: InferenceServicer) -> None:
+    async def start(
+        self,
+        listen: str,
+        max_message_bytes: int,
+        max_metadata_bytes: int,
+        servicer: InferenceServicer,
+    ) -> None:
         """Listen on the infer socket and start the front end for the gRPC port
         ``listen``, which waits for `open`."""
         self.listen = listen
         self.max_message_bytes = max_message_bytes
+        self.max_metadata_bytes = max_metadata_bytes
         self.directory = Path(tempfile.mkdtemp(prefix="modelyard-grpc-"))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
@@ -188,6 +196,7 @@ class GRPCFront:
             "--infer", str(self.infer_path),
             "--backend", str(self.backend_path),
             "--max-message-bytes", str(self.max_message_bytes),
+            "--max-metadata-bytes", str(self.max_metadata_bytes),
             stdin=asyncio.subprocess.PIPE,  # closed when this process ends: it exits too
             stdout=asyncio.subprocess.PIPE,
             # It answers best on a core this process is not busy on.
@@ -228,13 +237,15 @@ class GRPCFront:
                 logger.error("%s", e)
                 delay = min(delay * 2, MAX_RESTART_DELAY)  # a port held elsewhere: ask less often
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float) -> None:
         self._stopping = True
         if self._process is not None and self._process.returncode is None:
             assert self._process.stdin is not None
-            self._process.stdin.close()  # it stops taking calls, finishes its own, exits
+            # It stops taking calls, finishes its own within `grace` seconds, exits.
+            self._process.stdin.write(f"stop {grace:g}\n".encode())
+            self._process.stdin.close()
             try:
-                await asyncio.wait_for(self._process.wait(), 10)
+                await asyncio.wait_for(self._process.wait(), grace + 2)
             except TimeoutError:
                 self._process.kill()
         if self._server is not None:

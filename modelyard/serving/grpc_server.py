@@ -31,6 +31,7 @@ class GRPCServer:
         host: str,
         port: int,
         max_message_bytes: int,
+        max_metadata_bytes: int,
         data_plane: DataPlane,
         repository: Repository,
         front: GRPCFront | None,
@@ -38,6 +39,7 @@ class GRPCServer:
     ):
         self.listen = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
+        self.max_metadata_bytes = max_metadata_bytes
         self.front = front
         interceptors: list[aio.ServerInterceptor] = [LoggingInterceptor()] if debug else []
         prom = PromServerInterceptor(enable_handling_time_histogram=True)
@@ -59,6 +61,9 @@ class GRPCServer:
             ("grpc.max_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
+            # Soft and hard limit alike: a call over it is refused, never half-read.
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
         ]
 
     def _create(self, address: str) -> aio.Server:
@@ -84,14 +89,17 @@ class GRPCServer:
             await self._server.wait_for_termination()
             return
         # Started before gRPC's own threads, whose fork handlers would log a warning.
-        await self.front.start(self.listen, self.max_message_bytes, self.servicer)
+        await self.front.start(
+            self.listen, self.max_message_bytes, self.max_metadata_bytes, self.servicer
+        )
         self._server = self._create(self.front.backend_address)
         await self._server.start()
         await self.front.open()
         await asyncio.gather(self._server.wait_for_termination(), self.front.supervise())
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls, answer those received, within ``grace`` seconds."""
         if self.front is not None:  # the port first: no new call reaches a closing server
-            await self.front.stop()
+            await self.front.stop(grace)
         if self._server is not None:
             await self._server.stop(grace=grace)

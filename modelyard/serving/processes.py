@@ -85,9 +85,15 @@ def process_index() -> int | None:
     return int(value) if value is not None and int(os.environ.get(COUNT_ENV, "1")) > 1 else None
 
 
-def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
+# How long past their grace period the supervisor waits for stopping processes
+# before it kills them.
+STOP_MARGIN_S = 5.0
+
+
+def supervise(child_args: list[str], count: int, pin: bool = True, grace_s: float = 20.0) -> int:
     """Run `count` copies of `modelyard serve` with `child_args` until told to stop,
-    each kept to a core of its own when `pin` and `process_cores` allow."""
+    each kept to a core of its own when `pin` and `process_cores` allow; once told,
+    each has `grace_s` seconds (its ``--shutdown-grace-s``) to drain."""
     state_dir = Path(tempfile.mkdtemp(prefix="modelyard-serve-"))
     metrics_dir = state_dir / "metrics"
     metrics_dir.mkdir()
@@ -141,7 +147,7 @@ def supervise(child_args: list[str], count: int, pin: bool = True) -> int:
                 _forget_process_metrics(str(metrics_dir), child.pid)
                 forget(state_dir, i)
                 children[i] = start(i)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + grace_s + STOP_MARGIN_S
         for child in children:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))

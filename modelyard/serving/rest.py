@@ -9,7 +9,7 @@ hands every other path to the app, whose endpoints call the same data plane.
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import logging
 import re
 import time
@@ -43,6 +43,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HEALTH_PATHS = {"/v2/health/live": "live", "/v2/health/ready": "ready"}
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# A body this large is parsed in a thread: its parse and validation take tens of ms or
+# more, which on the event loop would hold up every other call of the process.
+PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 def rest_app(
@@ -80,10 +83,9 @@ async def remove_custom_handlers(app: FastAPI, model: MLModel) -> MLModel:
 class RestInfer:
     """The REST port's ASGI app: ``POST .../infer`` here, the rest to ``app``."""
 
-    def __init__(self, app: ASGIApp, data_plane: DataPlane, max_body_bytes: int | None = None):
+    def __init__(self, app: ASGIApp, data_plane: DataPlane):
         self.app = app
         self.data_plane = data_plane
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -133,12 +135,12 @@ class RestInfer:
         self, scope: Scope, receive: Receive, name: str, version: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        raw = await self._body(receive)
         try:
-            raw = await self._body(receive, request_headers)
-        except PayloadTooLarge as e:
-            return 413, [], _error(str(e))
-        try:
-            payload = parse_request(raw, request_headers.get(HEADER))
+            if len(raw) > PARSE_IN_THREAD_BYTES:  # the other calls go on meanwhile
+                payload = await asyncio.to_thread(parse_request, raw, request_headers.get(HEADER))
+            else:
+                payload = parse_request(raw, request_headers.get(HEADER))
         except orjson.JSONDecodeError as e:
             return 400, [], _error(f"request body is not valid JSON: {e}")
         except ValidationError as e:
@@ -165,33 +167,14 @@ class RestInfer:
             body,
         )
 
-    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
-        length = headers.get("content-length")
-        if self.max_body_bytes and length and int(length) > self.max_body_bytes:
-            raise PayloadTooLarge(int(length), self.max_body_bytes)
+    async def _body(self, receive: Receive) -> bytes:
+        """The body, already bounded and gunzipped by `limits.BodyLimits`."""
         chunks = []
-        size = 0
         while True:
             message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if self.max_body_bytes and size > self.max_body_bytes:
-                raise PayloadTooLarge(size, self.max_body_bytes)
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if "gzip" in headers.get("content-encoding", ""):
-            body = gzip.decompress(body)
-        return body
-
-
-class PayloadTooLarge(Exception):
-    def __init__(self, size: int, limit: int):
-        super().__init__(
-            f"request body of {size} bytes is over the limit of {limit} bytes; "
-            "raise serving.max_message_mb in the declaration (or --max-message-mb)"
-        )
+                return b"".join(chunks)
 
 
 def _error(message: str) -> bytes:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from mlserver.batching import load_batching
 from mlserver.model import MLModel
 from mlserver.parallel import InferencePoolRegistry
@@ -37,7 +36,16 @@ from modelyard.quality.payloads import PAYLOADS
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc_front import GRPCFront, front_binary
 from modelyard.serving.grpc_server import GRPCServer
-from modelyard.serving.listeners import HTTPServer, bind_when_free
+from modelyard.serving.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_GRACE_S,
+    DrainingServer,
+    Limits,
+    rest_config,
+)
+from modelyard.serving.listeners import bind_when_free
 from modelyard.serving.metrics import MetricsServer
 from modelyard.serving.models import LoadedModels, ModelHook
 from modelyard.serving.registry import Registry
@@ -56,8 +64,9 @@ FOLLOW_INTERVAL_S = 0.1
 # How long REST waits for the gRPC port to open before it opens anyway (readiness
 # stays false until gRPC takes calls).
 GRPC_START_S = 10.0
-# How long the parts of a stopping process may take to finish before they are cancelled.
-STOP_GRACE_S = 15.0
+# How long the parts of a stopping process may take beyond its ports' grace period
+# before they are cancelled.
+STOP_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,26 @@ class ServeOptions:
     # One limit for both protocols: MLServer leaves gRPC at its 4 MB default and
     # REST unbounded, so a large request worked over one and not the other.
     max_message_mb: int = 64
+    # gRPC metadata (headers) of one call, as plain MLServer's gRPC server allows.
+    max_metadata_kb: int = 16
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            self.max_message_bytes,
+            self.header_timeout_s,
+            self.body_timeout_s,
+            self.idle_timeout_s,
+            self.shutdown_grace_s,
+        )
 
 
 def mlserver_settings(opts: ServeOptions) -> Settings:
@@ -138,6 +163,7 @@ class Server:
             opts.host,
             opts.grpc_port,
             opts.max_message_bytes,
+            opts.max_metadata_kb * 1024,
             self.data_plane,
             self.repository,
             GRPCFront(binary) if binary is not None else None,
@@ -146,7 +172,7 @@ class Server:
         # One process serves the metrics of all.
         first = self.siblings.index in (None, 0)
         self.metrics = MetricsServer(opts.host, opts.metrics_port) if first else None
-        self._rest: HTTPServer | None = None
+        self._rest: DrainingServer | None = None
 
     async def _add_handlers(self, model: MLModel) -> MLModel:
         return await add_custom_handlers(self.app, model)
@@ -212,7 +238,7 @@ class Server:
             if task is not stopped and task.exception() is not None:
                 logger.error("a part of the server stopped: %r", task.exception())
         await self.stop()
-        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        _, pending = await asyncio.wait(tasks, timeout=self.opts.shutdown_grace_s + STOP_MARGIN_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,12 +255,10 @@ class Server:
         self._serving = True
 
     async def _serve_rest(self, sock: Any) -> None:
-        config = uvicorn.Config(
-            RestInfer(self.app, self.data_plane, self.opts.max_message_bytes),
-            access_log=self.opts.debug,
-            lifespan="off",
+        config = rest_config(
+            RestInfer(self.app, self.data_plane), self.opts.limits, self.opts.debug
         )
-        self._rest = HTTPServer(config)
+        self._rest = DrainingServer(config)
         logger.info("HTTP on http://%s:%d", self.opts.host, self.opts.http_port)
         await self._rest.serve(sockets=[sock])
 
@@ -267,9 +291,9 @@ class Server:
     async def stop(self) -> None:
         self._stop.set()
         self._serving = False
-        await self.grpc.stop()
-        if self._rest is not None:
+        if self._rest is not None:  # drains beside gRPC, in the same grace period
             self._rest.should_exit = True
+        await self.grpc.stop(self.opts.shutdown_grace_s)
         if self.metrics is not None:
             await self.metrics.stop()
         if self._pool is not None:
