@@ -104,8 +104,23 @@ def export_drift(config: QualityConfig, store: QualityStore) -> None:
 
     windows = [drift.DAY, drift.WEEK, drift.last_window()]
     frame = drift.drift(config, store, windows)
+    now: set[tuple[str, ...]] = set()
     for labels, statistic, value in drift.statistics_of(frame):
-        metrics.DRIFT.labels(model=config.model, statistic=statistic, **labels).set(value)
+        series = metrics.DRIFT.labels(model=config.model, statistic=statistic, **labels)
+        series.set(value)
+        now.add((labels["version"], labels["feature"], statistic, labels["window"]))
+    # A series no longer computed (a new day without requests yet, a feature no longer
+    # sent) is NaN rather than its last value: no alert holds on a number of the past.
+    for version, feature, statistic, window in _drift_series.get(config.model, set()) - now:
+        metrics.DRIFT.labels(
+            model=config.model, version=version, feature=feature, statistic=statistic,
+            window=window,
+        ).set(float("nan"))  # fmt: skip
+    _drift_series[config.model] = now
+
+
+# The drift series each model's last refresh set: (version, feature, statistic, window).
+_drift_series: dict[str, set[tuple[str, ...]]] = {}
 
 
 class Models(Protocol):

@@ -142,3 +142,53 @@ def test_the_reference_and_window_mistakes_are_named(tmp_path: Path) -> None:
     assert drift.parse_window("last:1000") == "last:1000"
     assert math.isnan(Feature.of("a", pd.Series([1.0])).statistics(pd.Series([], dtype=float))
                       ["missing"])  # fmt: skip
+
+
+def test_the_exporter_sets_each_statistic_and_blanks_what_is_no_longer_computed(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY
+
+    from modelyard.quality.exporter import export_drift
+    from modelyard.quality.tables import QualityStore
+    from modelyard.store.tables import now
+    from tests.quality.conftest import classifier
+
+    rng = np.random.default_rng(2)
+    pd.DataFrame({"age": rng.normal(40, 10, 2000)}).to_csv(tmp_path / "ref.csv", index=False)
+    config = replace(
+        classifier(tmp_path, f"sqlite:///{tmp_path}/p.db"), model="drifty", reference="ref.csv"
+    )
+    store = QualityStore.open(config).ensure()
+    ages = rng.normal(70, 10, 300)  # three standard deviations older
+    request = {"inputs": [{"name": "age", "shape": [300], "datatype": "FP64",
+                           "data": ages.tolist()}]}  # fmt: skip
+    store.write_payloads([
+        dict(model="drifty", request_id="r1", version=config.version, logged_at=now(),
+             request=orjson.dumps(request).decode(), response="{}", truncated=False)
+    ])  # fmt: skip
+    export_drift(config, store)
+
+    def value(statistic: str, window: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "modelyard_drift",
+            dict(model="drifty", version=config.version, feature="age", statistic=statistic,
+                 window=window),
+        )  # fmt: skip
+
+    expected = Feature.of("age", pd.read_csv(tmp_path / "ref.csv")["age"]).statistics(
+        pd.Series(ages)
+    )
+    for window in ("day", "week", drift.last_window()):
+        assert value("psi", window) == expected["psi"] > 2
+        assert value("ks", window) == expected["ks"]
+        assert value("samples", window) == 300
+    # The requests leave the log (or the day turns): the numbers are blanked, not kept.
+    with store.engine.begin() as conn:
+        conn.execute(store.payloads.delete())
+    export_drift(config, store)
+    psi = value("psi", "day")
+    assert psi is not None and math.isnan(psi)
+    store.close()
