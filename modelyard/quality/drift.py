@@ -233,7 +233,8 @@ def reference_of(config: QualityConfig) -> Reference:
     mtime = path.stat().st_mtime if path.exists() else 0.0
     key = (path, mtime)
     if key not in _REFERENCES:
-        _REFERENCES.clear()
+        for older in [k for k in _REFERENCES if k[0] == path]:
+            del _REFERENCES[older]  # the file changed: its previous contents go
         _REFERENCES[key] = Reference.load(path)
     return _REFERENCES[key]
 
