@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 import yaml
 from click.testing import CliRunner
 from sklearn.datasets import load_iris
@@ -24,7 +26,7 @@ from sklearn.datasets import load_iris
 from modelyard.batch.run import BatchJob, RunOptions
 from modelyard.cli import main
 from tests.quality.served import poll, sample, scrape
-from tests.support.clients import infer, make_client
+from tests.support.clients import make_client
 from tests.support.server import copy_model
 
 THRESHOLD = 0.2  # the PSI the chart's alert fires over
@@ -76,6 +78,17 @@ def agree(rows: list[dict[str, Any]], gauges: dict[tuple[str, str], float]) -> N
                 ), (row["feature"], statistic)
 
 
+def logged_ids(folder: Path) -> list[str]:
+    engine = sa.create_engine(f"sqlite:///{folder}/predictions.db")
+    try:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(sa.text("SELECT request_id FROM modelyard_payloads")).scalars()
+            )
+    finally:
+        engine.dispose()
+
+
 def psi(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {row["feature"]: row["psi"] for row in rows}
 
@@ -102,13 +115,22 @@ def test_served_traffic_drifts_on_the_shifted_feature_over_rest_and_grpc(
     def send(shift: float) -> list[dict[str, Any]]:
         for i in range(REQUESTS):
             rows = flowers(ROWS_PER_REQUEST, rng, shift)
-            infer(rest if i % 2 else grpc, "iris", {"input-0": (rows, "FP64")})
+            client = rest if i % 2 else grpc
+            mod = httpclient if client is rest else grpcclient
+            request = mod.InferInput("input-0", list(rows.shape), "FP64")
+            request.set_data_from_numpy(rows, **({"binary_data": False} if client is rest else {}))
+            protocol = "rest" if client is rest else "grpc"
+            client.infer("iris", [request], request_id=f"{protocol}-{shift}-{i}")
 
         def written(samples: dict) -> bool:
             sampled = sample(samples, "modelyard_payload_log_sampled_total", model="iris")
             return sampled == sample(samples, "modelyard_payload_log_written_total", model="iris")
 
         poll(server, written)
+        # Both protocols are in the log: Binomial(40, 0.5) requests each.
+        ids = logged_ids(folder)
+        for protocol in ("rest", "grpc"):
+            assert sum(i.startswith(f"{protocol}-{shift}-") for i in ids) >= 8, ids
         table = cli_drift(str(folder), "--window", window)
         assert {r["source"] for r in table} == {"online"}
         # The server's next refresh computes the same numbers from the same rows.
