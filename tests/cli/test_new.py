@@ -85,7 +85,8 @@ def test_new_lists_what_it_made(scaffolded: dict) -> None:
     out = scaffolded["created"]["churn-score"].splitlines()
     assert out[0] == f"created {models / 'churn-score'}/"
     assert sorted(line.strip() for line in out[1:-1]) == [
-        "README.md", "model.yaml", "predictor.py", "test_predictor.py", "weights.json",
+        "README.md", "model.yaml", "predictor.py", "reference.py", "test_predictor.py",
+        "weights.json",
     ]  # fmt: skip
     files = {p.name for p in (models / "fraud-service").iterdir()}
     assert {"app.py", "fraud_service.py", "test_app.py", "Dockerfile", "README.md"} <= files
