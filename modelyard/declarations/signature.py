@@ -1,5 +1,7 @@
-"""Signature enforcement: a request is checked against the model's declared inputs
-before any model code sees it, and the response against its declared outputs.
+"""Request checks and signature enforcement: every request is checked (inputs there,
+each tensor's data fitting its datatype and shape, known content types) and, for a
+model that declares them, against its declared inputs, before any model code sees it;
+the response is checked against the declared outputs.
 
 MLServer hands whatever arrives to the runtime, where a wrong shape surfaces as a
 500 from deep inside numpy or scikit-learn; here it is a 400 that names the input.
@@ -7,15 +9,16 @@ MLServer hands whatever arrives to the runtime, where a wrong shape surfaces as 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import numpy as np
+from mlserver.codecs.base import find_input_codec, find_request_codec
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.settings import ModelSettings
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
-from mlserver.types.dataplane import RequestInput, ResponseOutput
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters
+from mlserver.types.dataplane import RequestInput, ResponseOutput, TensorData
+
+from modelyard.serving.tensors import check_tensor
 
 # The signature as declared, kept before load(): some runtimes (Hugging Face) append
 # their own metadata to the settings' inputs while loading.
@@ -60,22 +63,6 @@ def _shape_fits(declared: Sequence[int], actual: Sequence[int]) -> bool:
     return all(d < 0 or d == a for d, a in zip(declared, actual, strict=True))
 
 
-def _count(data: object) -> int | None:
-    """Number of scalars in tensor data (nested lists flatten, a numpy array from raw
-    gRPC contents counts its elements); None if unknown."""
-    if isinstance(data, np.ndarray):
-        return data.size
-    if isinstance(data, list | tuple):
-        return (
-            sum((_count(d) or 0) for d in data)
-            if data and isinstance(data[0], list | tuple)
-            else len(data)
-        )
-    if data is None:
-        return None
-    return 1
-
-
 def _describe(shape: Sequence[int]) -> str:
     return "[" + ", ".join("-1" if d < 0 else str(d) for d in shape) + "]"
 
@@ -89,17 +76,41 @@ def check_input(model: str, declared: MetadataTensor, given: RequestInput | Tens
             f"{where} has shape {list(given.shape)}; expected {_describe(declared.shape)} "
             "(-1 is any size)"
         )
-    data = getattr(given, "data", None)  # a gRPC tensor's raw contents are counted apart
-    n = _count(getattr(data, "root", data))
-    expected = math.prod(given.shape)
-    if n is not None and given.datatype != "BYTES" and n != expected:
-        raise InferenceError(
-            f"{where} carries {n} values, but its shape {list(given.shape)} needs {expected}"
-        )
 
 
 def check_request(model: str, inputs: Sequence[MetadataTensor], payload: InferenceRequest) -> None:
-    check_inputs(model, inputs, payload.inputs)
+    """Any model's request: its inputs (against the declared ones when ``inputs``
+    declares them), each tensor's data, which it holds checked after (numbers as NumPy
+    arrays), and the content types it names."""
+    if not payload.inputs:
+        raise InferenceError(
+            f"model '{model}': the request has no inputs; send them in \"inputs\""
+            + (f" (it takes {', '.join(repr(t.name) for t in inputs)})" if inputs else "")
+        )
+    _check_codec(model, "the request", payload.parameters, find_request_codec)
+    if inputs:
+        check_inputs(model, inputs, payload.inputs)
+    seen: set[str] = set()
+    for tensor in payload.inputs:
+        if tensor.name in seen:
+            raise InferenceError(f"model '{model}': input '{tensor.name}' is sent twice")
+        seen.add(tensor.name)
+        _check_codec(model, f"input '{tensor.name}'", tensor.parameters, find_input_codec)
+        data = tensor.data.root
+        checked = check_tensor(tensor.name, tensor.datatype, tensor.shape, data)
+        if checked is not data:
+            tensor.data = TensorData.model_construct(root=checked)
+
+
+def _check_codec(
+    model: str, where: str, parameters: Parameters | None, find: Callable[[str], object]
+) -> None:
+    content_type = parameters.content_type if parameters is not None else None
+    if content_type is not None and find(content_type) is None:
+        raise InferenceError(
+            f"model '{model}': {where} has content_type {content_type!r}, which no codec of "
+            "this server decodes; leave it out, or name a codec its runtime has (np, pd, str...)"
+        )
 
 
 def check_inputs(

@@ -17,6 +17,7 @@ import orjson
 from mlserver.codecs.json import encode_to_json_bytes
 from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
+from pydantic import ValidationError
 
 from modelyard.serving.tensors import raw_bytes, raw_tensor
 
@@ -32,7 +33,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
     """The request, JSON alone or a JSON header then the inputs' raw bytes (a decode
     error, a validation error or a `BinaryError` for what does not fit)."""
     if header_length is None:
-        return InferenceRequest.model_validate(orjson.loads(body))
+        return validated(orjson.loads(body))
     try:
         size = int(header_length)
     except ValueError:
@@ -69,11 +70,40 @@ def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
             f"{len(binary) - at} bytes after the JSON header belong to no input; give each "
             "binary input its binary_data_size"
         )
-    request = InferenceRequest.model_validate(header)
+    request = validated(header)
     for index, content in raw:
         tensor = request.inputs[index]
         tensor.data = raw_tensor(tensor.name, tensor.datatype, tensor.shape, content)
     return request
+
+
+def validated(body: Any) -> InferenceRequest:
+    """The request of a decoded JSON body; a 400 that names the input (or the field)
+    pydantic finds wrong."""
+    if not isinstance(body, dict):
+        raise InferenceError(
+            f'the request body is a JSON {type(body).__name__}; send an object with "inputs"'
+        )
+    try:
+        return InferenceRequest.model_validate(body)
+    except ValidationError as e:
+        raise InferenceError("invalid inference request: " + _describe(body, e)) from None
+
+
+def _describe(body: dict[str, Any], e: ValidationError) -> str:
+    """pydantic's errors, each where it is (an input by its name) and what."""
+    parts = []
+    for err in e.errors()[:5]:
+        loc = list(err["loc"])
+        where = "/".join(str(p) for p in loc)
+        inputs = body.get("inputs")
+        if loc[:1] == ["inputs"] and len(loc) > 1 and isinstance(loc[1], int):
+            tensor = inputs[loc[1]] if isinstance(inputs, list) else None
+            name = tensor.get("name") if isinstance(tensor, dict) else None
+            if isinstance(name, str):
+                where = f"input '{name}': " + "/".join(str(p) for p in loc[2:])
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def _flag(parameters: Any, name: str) -> bool:

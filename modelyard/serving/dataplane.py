@@ -11,14 +11,15 @@ know (`live`, `ready`, `model_ready`, `metadata`, `model_metadata`, `infer`,
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
 from mlserver.cache import LocalCache, ResponseCache
 from mlserver.cloudevents import CloudEventsMiddleware
 from mlserver.context import model_context
-from mlserver.errors import ModelNotReady
+from mlserver.errors import InferenceError, MLServerError, ModelNotReady
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.middleware import InferenceMiddlewares
 from mlserver.model import MLModel
@@ -36,8 +37,44 @@ from modelyard.declarations.signature import check_request, check_response, decl
 from modelyard.serving import metrics
 from modelyard.serving.lanes import LANE_ATTR, Lane, takes
 from modelyard.serving.models import InFlight, LoadedModels
+from modelyard.serving.tensors import non_finite
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+class ModelFailed(MLServerError):
+    """A model that raised on a request the checks let through: a 500 whose body names
+    the request id to find in the server's log, never the library's exception text."""
+
+    def __init__(self, model: str, request_id: str | None):
+        super().__init__(
+            f"model '{model}' failed on this request; the server log has the detail under "
+            f"request id {request_id}",
+            status_code=500,
+        )
+
+
+def model_failed(
+    model: MLModel, request_id: str | None, tensors: Iterable[tuple[str, object]], error: Exception
+) -> MLServerError:
+    """What the client is told of an exception its model raised: a 400 naming the input
+    when the request carried NaN or an infinity (which many libraries refuse), else a
+    `ModelFailed`; the exception goes to the log with the request id."""
+    request_id = request_id or generate_uuid()  # gRPC's id is "" when none was sent
+    for name, data in tensors:
+        if non_finite(data):
+            logger.info(
+                "model '%s': request %s refused for NaN or infinity in input '%s': %s",
+                model.name, request_id, name, error,
+            )  # fmt: skip
+            return InferenceError(
+                f"model '{model.name}': input '{name}' carries NaN or an infinite value, which "
+                "the model does not take; send finite numbers"
+            )
+    logger.error("model '%s': request %s failed", model.name, request_id, exc_info=error)
+    return ModelFailed(model.name, request_id)
 
 
 class Observer(Protocol):
@@ -116,10 +153,15 @@ class DataPlane:
 
         async def answer(model: MLModel) -> InferenceResponse:
             prepared = self._prepare(payload, model)
-            if cache_key is not None and model.settings.cache_enabled is not False:
-                response = await self._cached_predict(model, prepared, cache_key)
-            else:
-                response = await model.predict(prepared)
+            try:
+                if cache_key is not None and model.settings.cache_enabled is not False:
+                    response = await self._cached_predict(model, prepared, cache_key)
+                else:
+                    response = await model.predict(prepared)
+            except MLServerError:
+                raise
+            except Exception as e:
+                raise model_failed(model, prepared.id, _tensors(prepared), e) from e
             response.id = prepared.id
             self._middleware.response_middleware(response, model.settings)
             _, outputs = declared(model)
@@ -146,7 +188,12 @@ class DataPlane:
             return None
 
         async def answer(_: MLModel) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
-            return lane.answer(request, self._middleware)
+            try:
+                return lane.answer(request, self._middleware)
+            except MLServerError:
+                raise
+            except Exception as e:
+                raise model_failed(model, request.id, lane.tensors(request), e) from e
 
         return await self._counted(request.model_name, request.model_version, answer, model)
 
@@ -169,16 +216,20 @@ class DataPlane:
                     payload.id = first.id
                     yield self._prepare(payload, model)
 
-            async for response in model.predict_stream(prepared()):
-                response.id = first.id
-                self._middleware.response_middleware(response, model.settings)
-                yield response
+            try:
+                async for response in model.predict_stream(prepared()):
+                    response.id = first.id
+                    self._middleware.response_middleware(response, model.settings)
+                    yield response
+            except MLServerError:
+                raise
+            except Exception as e:
+                raise model_failed(model, first.id, _tensors(first), e) from e
 
     # -- the parts -----------------------------------------------------------------------
     def _prepare(self, payload: InferenceRequest, model: MLModel) -> InferenceRequest:
         inputs, _ = declared(model)
-        if inputs:
-            check_request(model.name, inputs, payload)
+        check_request(model.name, inputs, payload)
         if payload.id is None:
             payload.id = generate_uuid()
         self._middleware.request_middleware(payload, model.settings)
@@ -226,6 +277,10 @@ class DataPlane:
         # MLServer, too, answers even when the cache cannot take the response.
         await self._cache.insert(cache_key, response.model_dump_json())
         return response
+
+
+def _tensors(payload: InferenceRequest) -> list[tuple[str, object]]:
+    return [(t.name, t.data) for t in payload.inputs]
 
 
 class _Call:

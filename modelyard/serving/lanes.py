@@ -35,7 +35,7 @@ from mlserver.utils import extract_headers
 from modelyard.declarations.signature import check_inputs, check_outputs, declared
 from modelyard.mlserver_internals import runtime_model
 from modelyard.serving.direct import runtime_classes
-from modelyard.serving.tensors import RAW_DTYPES, datatype_of
+from modelyard.serving.tensors import RAW_DTYPES, check_shape, datatype_of
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Lane:
         if self.inputs:
             check_inputs(model.name, self.inputs, request.inputs)
         tensor = request.inputs[0]
+        check_shape(tensor.name, tensor.shape)
         x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
         y = self.predict(x.reshape(tuple(tensor.shape)))
         datatype = datatype_of(y.dtype)
@@ -138,6 +139,13 @@ class Lane:
         if model.version is not None:
             response.model_version = model.version
         return response, self._headers(request.id, middleware)
+
+    @staticmethod
+    def tensors(request: pb.ModelInferRequest) -> list[tuple[str, np.ndarray]]:
+        """The input of a call it `takes`, as the model is given it."""
+        tensor = request.inputs[0]
+        return [(tensor.name, np.frombuffer(request.raw_input_contents[0],
+                                            RAW_DTYPES[tensor.datatype]))]  # fmt: skip
 
     def _headers(self, id: str, middleware: InferenceMiddleware) -> dict[str, str] | None:
         """What MLServer's response middleware adds to a response with this id."""

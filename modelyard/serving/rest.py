@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -23,14 +23,16 @@ from mlserver.errors import MLServerError
 from mlserver.handlers import get_custom_handlers
 from mlserver.model import MLModel
 from mlserver.rest.app import create_app
+from mlserver.rest.responses import ServerSentEvent
 from mlserver.rest.utils import matches
 from mlserver.settings import Settings
+from mlserver.types import InferenceRequest
 from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 
 from modelyard.serving import metrics
 from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
-from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.dataplane import DataPlane, ModelFailed
 from modelyard.serving.repository import Repository
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEALTH_PATHS = {"/v2/health/live": "live", "/v2/health/ready": "ready"}
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+STREAM_PATH = re.compile(
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/(?:infer|generate)_stream"
+)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 # A body this large is parsed in a thread: its parse and validation take tens of ms or
 # more, which on the event loop would hold up every other call of the process.
@@ -93,6 +98,10 @@ class RestInfer:
             if match is not None:
                 await self.infer(scope, receive, send, match["name"], match["version"])
                 return
+            match = STREAM_PATH.fullmatch(scope["path"])
+            if match is not None:
+                await self.stream(scope, receive, send, match["name"], match["version"])
+                return
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in HEALTH_PATHS:
             await self.health(HEALTH_PATHS[scope["path"]], send)
             return
@@ -131,6 +140,42 @@ class RestInfer:
         )
         await send({"type": "http.response.body", "body": body})
 
+    async def stream(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        """``.../infer_stream`` and ``.../generate_stream``: MLServer's server-sent events,
+        with a bad request or an unknown model answered with its status (as ``infer``
+        answers it) before any event is sent."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            payload = parse_request(b"".join(chunks), headers.get(HEADER))
+            insert_headers(payload, headers)
+            events = self.data_plane.infer_stream(_one(payload), name, version)
+            first = await anext(events, None)
+        except orjson.JSONDecodeError as e:
+            await _send(send, 400, JSON_HEADERS, _error(f"request body is not valid JSON: {e}"))
+            return
+        except MLServerError as e:
+            await _send(send, e.status_code, JSON_HEADERS, _error(str(e)))
+            return
+        start = {"type": "http.response.start", "status": 200,
+                 "headers": [(b"content-type", b"text/event-stream")]}  # fmt: skip
+        await send(start)
+        try:
+            while first is not None:
+                event = ServerSentEvent(first).encode()
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                first = await anext(events, None)
+        except MLServerError as e:  # the status is sent: the stream ends here
+            logger.warning("model '%s': stream ended: %s", name, e)
+        await send({"type": "http.response.body", "body": b""})
+
     async def _answer(
         self, scope: Scope, receive: Receive, name: str, version: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -153,9 +198,9 @@ class RestInfer:
             response = await self.data_plane.infer(payload, name, version)
         except MLServerError as e:
             return e.status_code, [], _error(str(e))
-        except Exception as e:
-            logger.exception("model '%s': inference failed", name)
-            return 500, [], _error(f"{type(e).__name__}: {e}")
+        except Exception:
+            logger.exception("model '%s': request %s failed", name, payload.id)
+            return 500, [], _error(str(ModelFailed(name, payload.id)))
         extra = extract_headers(response) or {}
         body, headers = encode_response(response, binary)
         return (
@@ -175,6 +220,16 @@ class RestInfer:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+async def _one(payload: InferenceRequest) -> AsyncIterator[InferenceRequest]:
+    yield payload
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _error(message: str) -> bytes:

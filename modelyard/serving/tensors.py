@@ -117,3 +117,120 @@ def _flatten(values: Any) -> list[Any]:
     if isinstance(values, list | tuple):
         return [v for item in values for v in _flatten(item)]
     return [values]
+
+
+# -- checking what a request's tensors carry ----------------------------------------------
+
+_INTEGERS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_FLOATS = {"FP16", "FP32", "FP64"}
+# The JSON (or protobuf) types each datatype's elements may have.
+_ELEMENT_TYPES: dict[str, frozenset[type]] = {
+    **{d: frozenset({int, float}) for d in _INTEGERS},  # floats: whole ones only
+    **{d: frozenset({int, float}) for d in _FLOATS},
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str, bytes}),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string",
+               bytes: "bytes", type(None): "null", dict: "an object", list: "a list"}  # fmt: skip
+
+
+def check_shape(name: str, shape: Sequence[int]) -> int:
+    """The number of elements of a shape; a 400 naming the input for a negative or a
+    zero dimension (no rows to predict)."""
+    if any(d < 0 for d in shape):
+        raise _bad(name, f"shape {list(shape)} has a negative dimension; give each its size")
+    count = math.prod(shape)
+    if count == 0:
+        raise _bad(name, f"shape {list(shape)} holds no values; send at least one")
+    return count
+
+
+def check_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> Any:
+    """A request tensor's data checked against its datatype and shape, in one vectorised
+    pass for numbers: what to predict from (a NumPy array for a fixed-size datatype, the
+    elements for BYTES); a 400 naming the input for anything that does not fit."""
+    if datatype not in NUMPY_DTYPES:
+        raise _bad(name, f"unknown datatype {datatype!r}; V2 datatypes are {', '.join(DATATYPES)}")
+    expected = check_shape(name, shape)
+    if isinstance(data, np.ndarray):  # raw bytes, already read to their datatype
+        return data
+    if not isinstance(data, list):
+        raise _bad(name, f"data is {_TYPE_NAMES.get(type(data), type(data).__name__)}; "
+                   f"send a list of {expected} {datatype} values")  # fmt: skip
+    flat, depth = data, 1
+    kinds = set(map(type, flat))
+    while kinds == {list}:  # nested evenly so far: one level down
+        flat = _chain(flat)
+        kinds = set(map(type, flat))
+        depth += 1
+    allowed = _ELEMENT_TYPES[datatype]
+    if not kinds <= allowed:
+        wrong = next(iter(kinds - allowed))
+        if wrong is list:
+            raise _bad(name, f"data is nested unevenly (ragged); nest it as its shape "
+                       f"{list(shape)} or send it flat")  # fmt: skip
+        raise _bad(name, f"{datatype} data has {_TYPE_NAMES.get(wrong, wrong.__name__)} "
+                   f"among its values; every value must be {_element_name(datatype)}")  # fmt: skip
+    if len(flat) != expected:
+        raise _bad(name, f"carries {len(flat)} values, but its shape {list(shape)} needs "
+                   f"{expected}")  # fmt: skip
+    if depth not in (1, len(shape)):
+        raise _bad(name, f"data is nested {depth} deep, but its shape {list(shape)} has "
+                   f"{len(shape)}; nest it as its shape or send it flat")  # fmt: skip
+    if datatype == "BYTES":
+        return data
+    return _numbers(name, datatype, shape, data if depth == 1 else flat, float in kinds)
+
+
+def _element_name(datatype: str) -> str:
+    if datatype in _FLOATS:
+        return "a number"
+    if datatype in _INTEGERS:
+        return "an integer"
+    return "a boolean" if datatype == "BOOL" else "a string"
+
+
+def _chain(rows: list[list[Any]]) -> list[Any]:
+    lengths = set(map(len, rows))
+    if len(lengths) > 1:
+        return [*rows[0], rows[1:]]  # ragged: a list among the values says so
+    return [v for row in rows for v in row]
+
+
+def _numbers(name: str, datatype: str, shape: Sequence[int], flat: list[Any],
+             fractions: bool) -> np.ndarray:  # fmt: skip
+    """Numbers of one JSON type set as an array of the datatype, each in its range."""
+    dtype = RAW_DTYPES[datatype]
+    if datatype in _INTEGERS:
+        if fractions:  # floats among integers: only whole ones
+            as_float = np.asarray(flat, np.float64)
+            if not np.array_equal(as_float, np.floor(as_float)):
+                raise _bad(name, f"{datatype} data has a fractional number among its values")
+        info = np.iinfo(dtype)
+        try:
+            wide = np.asarray(flat, np.float64 if fractions else np.int64)
+        except OverflowError:
+            raise _bad(name, f"a value is out of the range of {datatype}") from None
+        if wide.min() < info.min or wide.max() > info.max:
+            raise _bad(name, f"a value is out of the range of {datatype} ({info.min} to "
+                       f"{info.max})")  # fmt: skip
+        return wide.astype(dtype)
+    if datatype == "BOOL":
+        return np.asarray(flat, dtype)
+    with np.errstate(over="ignore"):
+        values = np.asarray(flat, dtype)
+    if np.isinf(values).any():  # JSON has no infinity: a value beyond the datatype's range
+        raise _bad(name, f"a value is out of the range of {datatype} "
+                   f"(±{float(np.finfo(dtype).max):.4g})")  # fmt: skip
+    return values
+
+
+def non_finite(data: Any) -> bool:
+    """Whether numeric tensor data carries NaN or an infinity (vectorised)."""
+    values = getattr(data, "root", data)
+    if not isinstance(values, np.ndarray):
+        try:
+            values = np.asarray(values, np.float64)
+        except (TypeError, ValueError):
+            return False
+    return values.dtype.kind == "f" and not bool(np.isfinite(values).all())

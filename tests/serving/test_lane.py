@@ -149,11 +149,10 @@ def test_lane_answers_as_mlserver_does(serve_dir, tmp_path: Path) -> None:
         ours, theirs = (outcome(stub, request) for stub in stubs)
         assert ours == theirs, case
         seen.add(ours[0])
-    # The cases cover answers and both kinds of error.
+    # The cases cover answers and the client's errors (NaN to scikit-learn among them).
     assert seen == {
         grpc.StatusCode.OK,
         grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.INTERNAL,
         grpc.StatusCode.NOT_FOUND,
     }
     assert counted(lanes) == counted(mlserver)

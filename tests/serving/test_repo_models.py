@@ -96,11 +96,14 @@ def test_iris_answers_are_scikit_learns_own(client: Client, repo_server: ServerP
         assert one.ravel().tolist() == estimator.predict(row[None]).tolist()
 
 
-def test_iris_nan_gets_scikit_learns_error(repo_server: ServerProcess) -> None:
-    # gRPC only: JSON has no NaN. The error is scikit-learn's, as plain MLServer gives it.
+def test_iris_nan_is_a_400_naming_the_input(repo_server: ServerProcess) -> None:
+    # gRPC only: JSON has no NaN. scikit-learn refuses it: the client's input, not a 500.
     client = make_client("grpc", repo_server)
     nan = [[5.1, float("nan"), 1.4, 0.2]]
-    expect_error(client, lambda: iris(client, nan), 500, "INTERNAL", "Input X contains NaN")
+    expect_error(
+        client, lambda: iris(client, nan), 400, "INVALID_ARGUMENT",
+        "model 'iris': input 'input-0' carries NaN or an infinite value",
+    )  # fmt: skip
     assert_still_serving(client)
 
 
