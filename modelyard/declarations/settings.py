@@ -25,7 +25,7 @@ SERVER_SETTINGS_FILENAME = "settings.json"
 IMPLEMENTATIONS = {
     "sklearn": "mlserver_sklearn.SKLearnModel",
     "xgboost": "mlserver_xgboost.XGBoostModel",
-    "huggingface": "mlserver_huggingface.HuggingFaceRuntime",
+    "huggingface": "modelyard_runtimes.huggingface.HuggingFaceRuntime",
     "predictor": "modelyard_runtimes.predictor.PredictorRuntime",
 }
 # `modelyard serve` answers in the server process unless told otherwise.

@@ -68,7 +68,7 @@ def decl(runtime: str, **extra: Any) -> dict[str, Any]:
             ),
             {
                 "name": "m",
-                "implementation": "mlserver_huggingface.HuggingFaceRuntime",
+                "implementation": "modelyard_runtimes.huggingface.HuggingFaceRuntime",
                 "parameters": {
                     "uri": "./",
                     "version": "3",
