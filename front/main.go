@@ -22,6 +22,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -38,8 +40,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -66,6 +70,45 @@ type front struct {
 	inferPath string
 	idle      chan *inferConn
 	backend   *grpc.ClientConn
+	// With --tls-client-ca, every call but the health probes needs a verified client
+	// certificate (a probe sends none). Tokens are checked by the process.
+	clientCA bool
+}
+
+const healthPrefix = "/grpc.health.v1.Health/"
+
+// verifiedClient tells whether the call's connection carried a client certificate
+// that TLS verified against the client CA.
+func verifiedClient(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	return ok && len(info.State.VerifiedChains) > 0
+}
+
+// tlsConfig is the port's TLS from a PEM pair, asking for client certificates signed
+// by clientCA (when given) and verifying those sent.
+func tlsConfig(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %v", certFile, keyFile, err)
+	}
+	config := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", clientCA)
+		}
+		config.ClientCAs = pool
+		config.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return config, nil
 }
 
 func (f *front) take() (*inferConn, error) {
@@ -179,6 +222,10 @@ func (f *front) call(md metadata.MD, request []byte) (byte, metadata.MD, []byte,
 
 func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(stream)
+	if f.clientCA && !strings.HasPrefix(method, healthPrefix) && !verifiedClient(stream.Context()) {
+		return status.Error(codes.Unauthenticated, "this server needs a client certificate "+
+			"signed by its --tls-client-ca: connect over TLS with one")
+	}
 	if method != modelInfer {
 		return f.proxy(method, stream)
 	}
@@ -273,6 +320,9 @@ func main() {
 	backendPath := flag.String("backend", "", "Unix socket of the process's gRPC server")
 	maxBytes := flag.Int("max-message-bytes", 64<<20, "largest request or response")
 	maxMetadata := flag.Uint("max-metadata-bytes", 16<<10, "largest metadata (headers) of one call")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate of the port's TLS (with --tls-key)")
+	tlsKey := flag.String("tls-key", "", "PEM private key of --tls-cert")
+	tlsClientCA := flag.String("tls-client-ca", "", "PEM CA that client certificates must be signed by")
 	flag.Parse()
 	log.SetPrefix("modelyard-grpc-front: ")
 	// The front end's live heap is a few MB, and with Go's default GC target the
@@ -298,12 +348,21 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	f := &front{inferPath: *inferPath, idle: make(chan *inferConn, 256), backend: backend}
+	f := &front{inferPath: *inferPath, idle: make(chan *inferConn, 256), backend: backend,
+		clientCA: *tlsClientCA != ""}
 	lis, err := listen(*address)
 	if err != nil {
 		log.Fatalf("cannot listen on %s: %v", *address, err)
 	}
-	server := grpc.NewServer(
+	var creds []grpc.ServerOption
+	if *tlsCert != "" {
+		config, err := tlsConfig(*tlsCert, *tlsKey, *tlsClientCA)
+		if err != nil {
+			log.Fatal(err)
+		}
+		creds = append(creds, grpc.Creds(credentials.NewTLS(config)))
+	}
+	server := grpc.NewServer(append(creds,
 		grpc.UnknownServiceHandler(f.handle),
 		grpc.MaxRecvMsgSize(*maxBytes),
 		grpc.MaxSendMsgSize(*maxBytes),
@@ -314,7 +373,7 @@ func main() {
 		// the requests/s at 1,000 rows, 1.05x at one row).
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(4<<20),
-	)
+	)...)
 	stop := func(grace time.Duration) {
 		done := make(chan struct{})
 		go func() { server.GracefulStop(); close(done) }()

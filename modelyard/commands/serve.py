@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from modelyard.logs import configure_logging
+from modelyard.serving.auth import ADMIN_TOKEN_ENV, Auth, AuthError, AuthOptions
 from modelyard.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -92,6 +93,30 @@ EXIT_PORT_IN_USE = 2
     "of every core available, each keeps to its own.",
 )
 @click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File of the admin token that the repository API (load, unload, index) needs "
+    f"as 'Authorization: Bearer <token>'; or set {ADMIN_TOKEN_ENV}. Without either, "
+    "the repository API is refused.",
+)
+@click.option(
+    "--inference-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File of the tokens (one a line) that inference, REST, gRPC and metrics, needs "
+    "as 'Authorization: Bearer <token>'. Health probes stay open.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate: REST, gRPC and metrics over TLS (with --tls-key).",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key.")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CA: inference needs a client certificate signed by it (mutual TLS).",
+)
 @click.option("--debug", is_flag=True, help="Access logs and debug logging.")
 def serve(
     directory: Path,
@@ -110,6 +135,11 @@ def serve(
     no_pin: bool,
     no_watch: bool,
     debug: bool,
+    admin_token_file: Path | None,
+    inference_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
 ) -> None:
     """Serve every model folder in DIRECTORY (default: model-settings/) over V2 REST and gRPC.
 
@@ -129,6 +159,15 @@ def serve(
             click.echo(f"Error: {e}", err=True)
             sys.exit(EXIT_PORT_IN_USE)
 
+    auth = AuthOptions(
+        *(p.resolve() if p is not None else None
+          for p in (admin_token_file, inference_token_file, tls_cert, tls_key, tls_client_ca))
+    )  # fmt: skip
+    try:
+        Auth.load(auth)
+    except AuthError as e:
+        raise click.UsageError(str(e)) from None
+
     from mlserver.utils import install_uvloop_event_loop
 
     from modelyard.serving.server import ServeOptions, serve
@@ -145,6 +184,7 @@ def serve(
             "--idle-timeout-s", str(idle_timeout_s), "--shutdown-grace-s", str(shutdown_grace_s),
             "--processes", str(count),
             *(["--no-watch"] if no_watch else []), *(["--debug"] if debug else []),
+            *auth.args(),
         ]  # fmt: skip
         sys.exit(supervise(child, count, pin=not no_pin, grace_s=shutdown_grace_s))
     opts = ServeOptions(
@@ -162,6 +202,7 @@ def serve(
         shutdown_grace_s=shutdown_grace_s,
         watch=not no_watch,
         debug=debug,
+        auth=auth,
     )
     install_uvloop_event_loop()
     asyncio.run(serve(opts))

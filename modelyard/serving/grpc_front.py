@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -143,8 +144,9 @@ class InferSocket(asyncio.Protocol):
 class GRPCFront:
     """This process's front end, its two Unix sockets and its restarts."""
 
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, args: Sequence[str] = ()):
         self.binary = binary
+        self.args = list(args)  # more flags of the front end (its TLS)
         # The gRPC server's settings, given to `start`.
         self.listen = ""
         self.max_message_bytes = 0
@@ -196,6 +198,7 @@ class GRPCFront:
             "--infer", str(self.infer_path),
             "--backend", str(self.backend_path),
             "--max-message-bytes", str(self.max_message_bytes),
+            *self.args,
             "--max-metadata-bytes", str(self.max_metadata_bytes),
             stdin=asyncio.subprocess.PIPE,  # closed when this process ends: it exits too
             stdout=asyncio.subprocess.PIPE,

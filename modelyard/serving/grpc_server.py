@@ -16,6 +16,7 @@ from mlserver.grpc.model_repository import ModelRepositoryServicer
 from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
 
 from modelyard.mlserver_internals import GRPCInferMetrics
+from modelyard.serving.auth import Auth, AuthOptions, GRPCAuthInterceptor, grpc_server_credentials
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import AllButModelInfer, InferenceServicer
 from modelyard.serving.grpc_front import GRPCFront
@@ -36,6 +37,8 @@ class GRPCServer:
         repository: Repository,
         front: GRPCFront | None,
         debug: bool = False,
+        auth: Auth | None = None,
+        tls: AuthOptions | None = None,
     ):
         self.listen = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
@@ -45,6 +48,10 @@ class GRPCServer:
         prom = PromServerInterceptor(enable_handling_time_histogram=True)
         interceptors.append(AllButModelInfer(prom))
         self.servicer = InferenceServicer(data_plane, repository, GRPCInferMetrics(prom))
+        if auth is not None:  # the repository API's check, and inference's when asked for
+            interceptors.insert(0, GRPCAuthInterceptor(auth))
+            self.servicer.auth = auth if auth.inference_required else None
+        self.tls = tls if tls is not None and tls.tls_cert is not None else None
         self._interceptors = interceptors
         self._data_plane = data_plane
         self._repository = repository
@@ -75,7 +82,10 @@ class GRPCServer:
             server,
         )
         add_probes(server, self._data_plane)
-        server.add_insecure_port(address)
+        if self.tls is not None and self.front is None:  # else TLS is the front end's
+            server.add_secure_port(address, grpc_server_credentials(self.tls))
+        else:
+            server.add_insecure_port(address)
         return server
 
     async def serve(self) -> None:

@@ -27,6 +27,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from modelyard.serving.auth import Auth, AuthOptions, secure_http
 from modelyard.serving.listeners import HTTPServer, bind_when_free
 from modelyard.serving.siblings import PROMETHEUS_DIR_ENV
 
@@ -125,14 +126,20 @@ class MetricsServer:
     """The metrics port. A port that another program holds for a moment is waited for,
     never a reason for the process to exit."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(
+        self, host: str, port: int, auth: Auth | None = None, tls: AuthOptions | None = None
+    ):
         self.host = host
         self.port = port
+        self.auth = auth
+        self.tls = tls
         self._server: HTTPServer | None = None
 
     async def serve(self) -> None:
         sock = await bind_when_free(self.host, self.port, "metrics", shared=False)
         config = uvicorn.Config(metrics_app, access_log=False, log_config=None, lifespan="off")
+        if self.auth is not None and self.tls is not None:  # inference's tokens and TLS
+            config = secure_http(config, self.auth, self.tls)
         self._server = HTTPServer(config)
         logger.info("metrics on http://%s:%d%s", self.host, self.port, METRICS_PATH)
         await self._server.serve(sockets=[sock])

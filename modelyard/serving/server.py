@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from mlserver.settings import ModelSettings, Settings
 from modelyard import __version__
 from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
+from modelyard.serving.auth import Auth, AuthOptions, Guarded, secure_http
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc_front import GRPCFront, front_binary
 from modelyard.serving.grpc_server import GRPCServer
@@ -88,6 +89,8 @@ class ServeOptions:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    # Tokens, client certificates and TLS (`auth.py`).
+    auth: AuthOptions = field(default_factory=AuthOptions)
 
     @property
     def max_message_bytes(self) -> int:
@@ -128,6 +131,7 @@ class Server:
         self.opts = opts
         self.settings = mlserver_settings(opts)
         self.siblings = Siblings.from_env()
+        self.auth = Auth.load(opts.auth)
         self._stop = asyncio.Event()
         self._serving = False  # the REST and gRPC ports are taken
 
@@ -158,6 +162,8 @@ class Server:
         self.app = rest_app(
             self.settings, self.data_plane, self.repository, {STATUS_PATH: self.status}
         )
+        # Every path but inference's (the repository API's admin token among them).
+        self.app.add_middleware(Guarded, auth=self.auth)
         binary = front_binary()
         self.grpc = GRPCServer(
             opts.host,
@@ -166,12 +172,16 @@ class Server:
             opts.max_metadata_kb * 1024,
             self.data_plane,
             self.repository,
-            GRPCFront(binary) if binary is not None else None,
+            GRPCFront(binary, opts.auth.front_args()) if binary is not None else None,
             debug=opts.debug,
+            auth=self.auth,
+            tls=opts.auth,
         )
         # One process serves the metrics of all.
         first = self.siblings.index in (None, 0)
-        self.metrics = MetricsServer(opts.host, opts.metrics_port) if first else None
+        self.metrics = (
+            MetricsServer(opts.host, opts.metrics_port, self.auth, opts.auth) if first else None
+        )
         self._rest: DrainingServer | None = None
 
     async def _add_handlers(self, model: MLModel) -> MLModel:
@@ -259,6 +269,7 @@ class Server:
             RestInfer(self.app, self.data_plane), self.opts.limits, self.opts.debug
         )
         self._rest = DrainingServer(config)
+        config = secure_http(config, self.auth, self.opts.auth)  # infer checked, TLS
         logger.info("HTTP on http://%s:%d", self.opts.host, self.opts.http_port)
         await self._rest.serve(sockets=[sock])
 

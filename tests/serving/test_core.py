@@ -31,6 +31,9 @@ from tests.serving.test_live_registry import (
 from tests.support.server import MODELYARD, REPO, ServerProcess, free_port
 
 TWO = ("--processes", "2", "--no-pin")
+# The repository API is refused without an admin token.
+ADMIN = {"MODELYARD_ADMIN_TOKEN": "core-admin-token"}
+AS_ADMIN = {"Authorization": "Bearer core-admin-token"}
 
 
 def fresh_iris_call(server: ServerProcess) -> int:
@@ -170,13 +173,17 @@ def test_a_restarted_process_answers_only_once_loaded(serve_dir, tmp_path: Path)
 def test_repository_unload_and_load_reach_every_process(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_iris(models / "iris", "1")
-    server = serve_dir(models, *TWO)
-    r = requests.post(f"{server.base}/v2/repository/models/iris/unload", timeout=30)
+    server = serve_dir(models, *TWO, **ADMIN)
+    r = requests.post(
+        f"{server.base}/v2/repository/models/iris/unload", headers=AS_ADMIN, timeout=30
+    )
     assert r.status_code == 200, r.text
     assert {fresh_iris_call(server) for _ in range(20)} == {404}
     assert folder_status(server, "iris")["state"] == "unloaded"
     assert requests.get(f"{server.base}/v2/models/iris/ready", timeout=5).status_code != 200
-    index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=5).json()
+    index = requests.post(
+        f"{server.base}/v2/repository/index", json={}, headers=AS_ADMIN, timeout=5
+    ).json()
     assert [(m["name"], m["state"]) for m in index] == [("iris", "UNAVAILABLE")]
     shown = subprocess.run(
         [MODELYARD, "status", "--url", server.base], capture_output=True, text=True, timeout=30
@@ -185,7 +192,7 @@ def test_repository_unload_and_load_reach_every_process(serve_dir, tmp_path: Pat
     assert "unloaded" in shown.stdout
     assert "process 0" in shown.stdout and "process 1" in shown.stdout
 
-    r = requests.post(f"{server.base}/v2/repository/models/iris/load", timeout=30)
+    r = requests.post(f"{server.base}/v2/repository/models/iris/load", headers=AS_ADMIN, timeout=30)
     assert r.status_code == 200, r.text
     assert {fresh_iris_call(server) for _ in range(20)} == {200}
     assert folder_status(server, "iris")["state"] == "ready"
@@ -195,8 +202,10 @@ def test_repository_unload_and_load_reach_every_process(serve_dir, tmp_path: Pat
 def test_an_unloaded_model_stays_unloaded_in_a_restarted_process(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_iris(models / "iris", "1")
-    server = serve_dir(models, *TWO)
-    r = requests.post(f"{server.base}/v2/repository/models/iris/unload", timeout=30)
+    server = serve_dir(models, *TWO, **ADMIN)
+    r = requests.post(
+        f"{server.base}/v2/repository/models/iris/unload", headers=AS_ADMIN, timeout=30
+    )
     assert r.status_code == 200, r.text
     kill_one(server, 1)
     wait_for(lambda: all(p["ready"] for p in server.status()["processes"]), what="both ready")

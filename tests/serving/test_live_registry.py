@@ -349,11 +349,14 @@ def test_repository_api_sees_declarations(serve_dir, tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(REPO / "model-settings/iris", models / "iris")  # a model.yaml folder
     write_iris(models / "plain", "1", name="plain")
-    server = serve_dir(models, "--processes", "1")
-    index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=5).json()
+    server = serve_dir(models, "--processes", "1", MODELYARD_ADMIN_TOKEN="registry-admin")
+    admin = {"Authorization": "Bearer registry-admin"}
+    index = requests.post(
+        f"{server.base}/v2/repository/index", json={}, headers=admin, timeout=5
+    ).json()
     assert {(m["name"], m["state"]) for m in index} == {("iris", "READY"), ("plain", "READY")}
     # Reloading through MLServer's own API swaps safely too.
-    r = requests.post(f"{server.base}/v2/repository/models/iris/load", timeout=30)
+    r = requests.post(f"{server.base}/v2/repository/models/iris/load", headers=admin, timeout=30)
     assert r.status_code == 200, r.text
     assert iris_version(server) == "1"
 

@@ -39,6 +39,8 @@ class ServerProcess:
     metrics_port: int = field(default_factory=free_port)
     # The working directory: `python -m modelyard` in it imports the modelyard found there.
     cwd: Path | None = None
+    # Served over TLS: the CA that signed its certificate (`tests/support/tls.py`).
+    ca: Path | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -51,7 +53,12 @@ class ServerProcess:
 
     @property
     def base(self) -> str:
-        return f"http://{self.http_url}"
+        return f"{'https' if self.ca else 'http'}://{self.http_url}"
+
+    @property
+    def verify(self) -> str | bool:
+        """``requests``' ``verify`` for this server."""
+        return str(self.ca) if self.ca else True
 
     def command(self) -> list[str]:
         return [
@@ -83,7 +90,7 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.base + path, timeout=1).status_code == 200:
+                if requests.get(self.base + path, timeout=1, verify=self.verify).status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass
