@@ -50,7 +50,7 @@ from modelyard.declarations.monitoring import QualityConfig
 from modelyard.errors import QualityError
 from modelyard.quality.evaluate import _flat
 from modelyard.quality.labels import label_text
-from modelyard.quality.tables import QualityStore
+from modelyard.quality.tables import KEYS_PER_QUERY, QualityStore
 from modelyard.store.runs import RunStatus
 from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, now
 
@@ -285,30 +285,79 @@ def tensor_columns(tensors: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]
     return columns
 
 
-def payload_frame(payloads: Iterable[tuple[str, str]], names: Sequence[str]) -> pd.DataFrame:
-    """One row per row of each logged (request, response), the columns ``names``
-    (missing where a payload does not carry the feature)."""
+Parsed = dict[str, list[Any]]  # one logged request's feature columns, all of one length
+
+
+def parse_payload(request: str, response: str, names: Sequence[str]) -> Parsed:
+    """The columns ``names`` of one logged (request, response), a value per row (None
+    where the payload does not carry the feature)."""
+    try:
+        found = tensor_columns(orjson.loads(response).get("outputs") or [])
+        found.update(tensor_columns(orjson.loads(request).get("inputs") or []))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return {name: [] for name in names}
+    rows = max((len(v) for v in found.values()), default=0)
+    out = {}
+    for name in names:
+        values = found.get(name)
+        out[name] = values if values is not None and len(values) == rows else [None] * rows
+    return out
+
+
+def frame_of(parsed: Iterable[Parsed], names: Sequence[str]) -> pd.DataFrame:
     parts: dict[str, list[Any]] = {name: [] for name in names}
-    for request, response in payloads:
-        try:
-            found = tensor_columns(orjson.loads(response).get("outputs") or [])
-            found.update(tensor_columns(orjson.loads(request).get("inputs") or []))
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            continue
-        rows = max((len(v) for v in found.values()), default=0)
+    for columns in parsed:
         for name in names:
-            values = found.get(name)
-            parts[name] += values if values is not None and len(values) == rows else [None] * rows
+            parts[name] += columns[name]
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in parts.items()})
 
 
-def logged(
+def payload_frame(payloads: Iterable[tuple[str, str]], names: Sequence[str]) -> pd.DataFrame:
+    """One row per row of each logged (request, response), the columns ``names``
+    (missing where a payload does not carry the feature)."""
+    return frame_of((parse_payload(req, resp, names) for req, resp in payloads), names)
+
+
+class PayloadCache:
+    """The parsed columns of logged requests, by request id: a logged request never
+    changes, so a refresh reads and parses only the requests logged since the last one."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[tuple[str, str, str], Parsed] = {}  # (model, version, id) -> columns
+        self.names: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def windows(
+        self, store: QualityStore, model: str, version: str, windows: Sequence[str],
+        names: Sequence[str], at: datetime | None = None,
+    ) -> dict[str, pd.DataFrame]:  # fmt: skip
+        """A frame of the columns ``names`` per window."""
+        if self.names.get((model, version)) != tuple(names):  # the reference changed
+            self.parsed = {k: v for k, v in self.parsed.items() if k[:2] != (model, version)}
+            self.names[(model, version)] = tuple(names)
+        ids = {w: logged_ids(store, model, version, w, at) for w in windows}
+        wanted = {i for found in ids.values() for i in found}
+        missing = [i for i in wanted if (model, version, i) not in self.parsed]
+        for request_id, request, response in logged_payloads(store, model, missing):
+            self.parsed[(model, version, request_id)] = parse_payload(request, response, names)
+        for key in [k for k in self.parsed if k[:2] == (model, version) and k[2] not in wanted]:
+            del self.parsed[key]  # out of every window: forgotten
+        return {
+            w: frame_of(
+                (self.parsed[(model, version, i)] for i in found
+                 if (model, version, i) in self.parsed),
+                names,
+            )
+            for w, found in ids.items()
+        }  # fmt: skip
+
+
+def logged_ids(
     store: QualityStore, model: str, version: str, window: str, at: datetime | None = None
-) -> list[tuple[str, str]]:
-    """The (request, response) JSON of the model version's logged requests in ``window``
-    (at most MAX_REQUESTS, the most recent), uncut ones only."""
+) -> list[str]:
+    """The ids of the model version's logged requests in ``window`` (at most
+    MAX_REQUESTS, the most recent), uncut ones only."""
     p = store.payloads.c
-    query = sa.select(p.request, p.response).where(
+    query = sa.select(p.request_id).where(
         p.model == model, p.version == version, p.truncated == sa.false()
     )
     since = window_since(window, at or now())
@@ -321,7 +370,21 @@ def logged(
     with store.errors("reading logged payloads"), store.engine.connect() as conn:
         if not sa.inspect(conn).has_table(store.payloads.name):
             return []
-        return [(r.request, r.response) for r in conn.execute(query)]
+        return list(conn.execute(query).scalars())
+
+
+def logged_payloads(
+    store: QualityStore, model: str, ids: Sequence[str]
+) -> Iterator[tuple[str, str, str]]:
+    """(request id, request, response) of the logged requests ``ids``."""
+    p = store.payloads.c
+    for start in range(0, len(ids), KEYS_PER_QUERY):
+        chunk = ids[start : start + KEYS_PER_QUERY]
+        query = sa.select(p.request_id, p.request, p.response).where(
+            p.model == model, p.request_id.in_(chunk)
+        )
+        with store.errors("reading logged payloads"), store.engine.connect() as conn:
+            yield from ((r.request_id, r.request, r.response) for r in conn.execute(query))
 
 
 def samples_table(metadata: sa.MetaData) -> sa.Table:
@@ -476,14 +539,18 @@ Currents = dict[tuple[str, str], pd.DataFrame]
 def online_drift(
     config: QualityConfig, store: QualityStore, windows: Sequence[str], version: str | None = None,
     at: datetime | None = None, currents: Currents | None = None,
+    cache: PayloadCache | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The served version's logged requests in each of ``windows`` against the
-    reference (``currents`` gets what they were: (source, window) -> frame)."""
+    reference (``currents`` gets what they were: (source, window) -> frame; ``cache``
+    keeps what was parsed for the next call)."""
     reference = reference_of(config).features
     version = version or config.version
     rows = []
-    for window in windows:
-        current = payload_frame(logged(store, config.model, version, window, at), list(reference))
+    frames = (cache or PayloadCache()).windows(
+        store, config.model, version, windows, list(reference), at
+    )
+    for window, current in frames.items():
         if currents is not None:
             currents[("online", window)] = current
         rows += drift_rows(reference, current, source="online", window=window, version=version)
@@ -532,10 +599,10 @@ def drift_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def drift(
     config: QualityConfig, store: QualityStore, windows: Sequence[str], version: str | None = None,
-    currents: Currents | None = None,
+    currents: Currents | None = None, cache: PayloadCache | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """Online drift over ``windows`` and the latest batch run's, ranked."""
-    rows = online_drift(config, store, windows, version, currents=currents)
+    rows = online_drift(config, store, windows, version, currents=currents, cache=cache)
     rows += batch_drift(config, store, version, currents)
     return drift_frame(rows)
 

@@ -97,13 +97,14 @@ def export_runs(config: QualityConfig, store: QualityStore, schedule: str | None
         )
 
 
-def export_drift(config: QualityConfig, store: QualityStore) -> None:
+def export_drift(config: QualityConfig, store: QualityStore, cache: Any = None) -> None:
     """Set ``modelyard_drift`` of the served version (day, week and the last N logged
-    requests) and of the latest batch run: the same computation as ``modelyard drift``."""
+    requests) and of the latest batch run: the same computation as ``modelyard drift``
+    (``cache``: a ``drift.PayloadCache`` kept from one refresh to the next)."""
     from modelyard.quality import drift
 
     windows = [drift.DAY, drift.WEEK, drift.last_window()]
-    frame = drift.drift(config, store, windows)
+    frame = drift.drift(config, store, windows, cache=cache)
     now: set[tuple[str, ...]] = set()
     for labels, statistic, value in drift.statistics_of(frame):
         series = metrics.DRIFT.labels(model=config.model, statistic=statistic, **labels)
@@ -137,6 +138,7 @@ class QualityExporter:
         self.interval = refresh_interval() if interval is None else interval
         self._stores: dict[tuple[str, str], QualityStore] = {}
         self._reported: dict[str, str] = {}
+        self._payloads: Any = None  # the logged requests drift has parsed so far
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -167,7 +169,11 @@ class QualityExporter:
                     evaluator.refresh()
                     export_metrics(config, evaluator.stored())
                 if config.reference is not None:
-                    export_drift(config, store)
+                    if self._payloads is None:
+                        from modelyard.quality.drift import PayloadCache
+
+                        self._payloads = PayloadCache()
+                    export_drift(config, store, self._payloads)
                 self._reported.pop(config.model, None)
             except Exception as e:  # one model's store never stops the others' gauges
                 self._report(config.model, f"{type(e).__name__}: {e}")

@@ -163,13 +163,18 @@ def test_the_exporter_sets_each_statistic_and_blanks_what_is_no_longer_computed(
     )
     store = QualityStore.open(config).ensure()
     ages = rng.normal(70, 10, 300)  # three standard deviations older
-    request = {"inputs": [{"name": "age", "shape": [300], "datatype": "FP64",
-                           "data": ages.tolist()}]}  # fmt: skip
-    store.write_payloads([
-        dict(model="drifty", request_id="r1", version=config.version, logged_at=now(),
-             request=orjson.dumps(request).decode(), response="{}", truncated=False)
-    ])  # fmt: skip
-    export_drift(config, store)
+
+    def log(request_id: str, values: np.ndarray) -> None:
+        request = {"inputs": [{"name": "age", "shape": [len(values)], "datatype": "FP64",
+                               "data": values.tolist()}]}  # fmt: skip
+        store.write_payloads([
+            dict(model="drifty", request_id=request_id, version=config.version, logged_at=now(),
+                 request=orjson.dumps(request).decode(), response="{}", truncated=False)
+        ])  # fmt: skip
+
+    log("r1", ages)
+    cache = drift.PayloadCache()
+    export_drift(config, store, cache)
 
     def value(statistic: str, window: str) -> float | None:
         return REGISTRY.get_sample_value(
@@ -185,10 +190,21 @@ def test_the_exporter_sets_each_statistic_and_blanks_what_is_no_longer_computed(
         assert value("psi", window) == expected["psi"] > 2
         assert value("ks", window) == expected["ks"]
         assert value("samples", window) == 300
+    # A request more: the cache parses it alone, and the numbers are those of both.
+    more = rng.normal(40, 10, 100)
+    log("r2", more)
+    export_drift(config, store, cache)
+    assert len(cache.parsed) == 2
+    both = Feature.of("age", pd.read_csv(tmp_path / "ref.csv")["age"]).statistics(
+        pd.Series(np.concatenate([more, ages]))
+    )
+    assert value("psi", "day") == pytest.approx(both["psi"], rel=1e-12)
+    assert value("ks", "week") == both["ks"] and value("samples", "day") == 400
     # The requests leave the log (or the day turns): the numbers are blanked, not kept.
     with store.engine.begin() as conn:
         conn.execute(store.payloads.delete())
-    export_drift(config, store)
+    export_drift(config, store, cache)
+    assert not cache.parsed
     psi = value("psi", "day")
     assert psi is not None and math.isnan(psi)
     store.close()
