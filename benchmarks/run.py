@@ -2,7 +2,7 @@
 same clients, same run; and the live registry's time-to-serve and swaps under load.
 
 Prints one table per part and writes every figure to a JSON file.
-Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,registry]
+Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,registry,monitoring]
 """
 
 from __future__ import annotations
@@ -358,6 +358,74 @@ def registry(args: argparse.Namespace, tmp: Path) -> dict:
     print(f"  p99 during swaps {during.p99_ms:.1f} ms vs without {baseline.p99_ms:.1f} ms; "
           f"req/s {during.rps:.0f} vs {baseline.rps:.0f}")  # fmt: skip
     return result
+
+
+# Payload sampling and drift: iris served as modelyard serves it by default, and again
+# logging a share of its requests with a reference sample, the server computing the
+# drift gauges every MONITORING_REFRESH_S over the day, the week and the last 1,000
+# logged requests (60 s by default: here often enough to run during each measurement).
+MONITORING_RATE = 0.1
+MONITORING_REFRESH_S = "2"
+MONITORING_ROUNDS = 3
+
+
+def monitored(s: Scenario) -> bool:
+    return s.model == "iris" and s.concurrency == 16
+
+
+@part
+def monitoring(args: argparse.Namespace, tmp: Path) -> dict:
+    """req/s of iris with payload sampling and drift on, against off."""
+    import pandas as pd
+
+    x, _ = load_iris(return_X_y=True)
+    folders = {}
+    for label in ("off", "on"):
+        folder = tmp / label / "iris"
+        shutil.copytree(REPO / "model-settings/iris", folder)
+        folders[label] = folder
+    reference = pd.DataFrame(x, columns=[f"input-0[{i}]" for i in range(4)])
+    reference["predict"] = joblib.load(folders["on"] / "model.joblib").predict(x)
+    reference.to_parquet(folders["on"] / "reference.parquet")
+    with (folders["on"] / "model.yaml").open("a") as f:
+        f.write(f"monitoring:\n  payload_sample_rate: {MONITORING_RATE}\n"
+                "  reference: reference.parquet\n")  # fmt: skip
+    env = {"MODELYARD_QUALITY_REFRESH_S": MONITORING_REFRESH_S}
+    # Off and on alternate, MONITORING_ROUNDS times each, a fresh server each time: a
+    # machine whose load changes during the run weighs on both alike; the median counts.
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for _ in range(MONITORING_ROUNDS):
+        for label in ("off", "on"):
+            server = ServerProcess(
+                folders[label].parent, tmp / f"{label}.log", extra_args=("--no-watch",), env=env
+            ).start()
+            try:
+                server.wait_ready()
+                for s in scenarios():
+                    if monitored(s):
+                        measure(server, s, 1.0)
+                        load = measure(server, s, args.duration).as_dict()
+                        runs.setdefault(s.label, {}).setdefault(label, []).append(load)
+            finally:
+                server.stop()
+    results = {
+        scenario: {label: sorted(loads, key=lambda r: r["rps"])[len(loads) // 2]
+                   for label, loads in by_label.items()}
+        for scenario, by_label in runs.items()
+    }  # fmt: skip
+    print(f"\npayload sampling ({MONITORING_RATE:.0%}) and drift on, against off:")
+    rows = []
+    for scenario, pair in results.items():
+        off, on = pair["off"], pair["on"]
+        row = {"scenario": scenario, **pair, "ratio_rps": ratio(on["rps"], off["rps"])}
+        rows.append(row)
+        print(f"  {scenario:34} off {off['rps']:7.0f} req/s, p99 {off['p99_ms']:5.1f} ms"
+              f"  on {on['rps']:7.0f} req/s, p99 {on['p99_ms']:5.1f} ms"
+              f"  {row['ratio_rps']:.2f}x")  # fmt: skip
+    return {
+        "sample_rate": MONITORING_RATE, "refresh_s": MONITORING_REFRESH_S,
+        "rounds": MONITORING_ROUNDS, "rows": rows, "runs": runs,
+    }  # fmt: skip
 
 
 part(batch)
