@@ -20,6 +20,7 @@ from modelyard.serving.auth import Auth, AuthOptions, GRPCAuthInterceptor, grpc_
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import AllButModelInfer, InferenceServicer
 from modelyard.serving.grpc_front import GRPCFront
+from modelyard.serving.model_config import config_handler
 from modelyard.serving.probes import add_probes
 from modelyard.serving.repository import Repository
 
@@ -82,6 +83,7 @@ class GRPCServer:
             server,
         )
         add_probes(server, self._data_plane)
+        server.add_generic_rpc_handlers((config_handler(self._data_plane),))
         if self.tls is not None and self.front is None:  # else TLS is the front end's
             server.add_secure_port(address, grpc_server_credentials(self.tls))
         else:

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from modelyard.serving import metrics
 from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
 from modelyard.serving.dataplane import DataPlane, ModelFailed
+from modelyard.serving.model_config import add_config_routes
 from modelyard.serving.repository import Repository
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def rest_app(
     app = create_app(settings, data_plane=data_plane, model_repository_handlers=repository)  # type: ignore[arg-type]
     for path, handler in extra_routes.items():
         app.add_api_route(path, handler, methods=["GET"], response_class=ORJSONResponse)
+    add_config_routes(app, data_plane)
     return app
 
 
