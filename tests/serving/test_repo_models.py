@@ -273,7 +273,7 @@ def test_grpc_calls_are_measured_by_method_and_code(repo_server: ServerProcess) 
     [
         ([np.zeros(4, "<f8").tobytes()[:-3]], "29 raw bytes do not fit its shape [1, 4] of FP64"),
         ([np.zeros(3, "<f8").tobytes()], "24 raw bytes do not fit its shape [1, 4] of FP64"),
-        ([], "input 'input-0' carries 0 values"),
+        ([], "input 'input-0': carries 0 values"),
     ],
     ids=["partial-value", "too-few-values", "no-contents"],
 )
