@@ -17,7 +17,8 @@
 # at exit): data in /var/lib/modelyard-docker, no bridge, no firewall rules.
 #
 # Usage: scripts/images/build.sh [serving|operator|examples|base ...]   (as root)
-# Env:   REGISTRY (ghcr.io/modelyard), VERSION (0.1.0), MODELYARD_CACHE (~/.cache/modelyard)
+# Env:   REGISTRY (ghcr.io/modelyard), VERSION (0.1.0), MODELYARD_CACHE (~/.cache/modelyard),
+#        MODELYARD_WHEELS_PORT (47391: the wheelhouse's loopback port)
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,7 @@ PYTHON_IMAGE=modelyard-local/python:3.11-$SUITE
 BASE_TARBALL=$CACHE/images/base-$SUITE.tar
 DOCKER_RUN=/run/modelyard-docker
 export DOCKER_HOST=${DOCKER_HOST:-unix://$DOCKER_RUN/docker.sock}
+WHEELS_PORT=${MODELYARD_WHEELS_PORT:-47391}
 # The classic builder: `--network host` for apt and the wheelhouse, no buildx needed.
 export DOCKER_BUILDKIT=0
 TARGETS=("$@")
@@ -167,17 +169,36 @@ wheelhouse() {
     # One wheelhouse is kept: an older set of versions will not be asked for again.
     find "$CACHE/wheels" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
   fi
-  local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # WHEELS_URL is a build argument, so part of the cache key of every layer after it: on
+  # a port of its own each run, the serving and operator images would be rebuilt from
+  # scratch every time. One fixed port, another only when that one is taken.
+  local port=$WHEELS_PORT
+  if ! python3 -c "import socket; socket.socket().bind(('127.0.0.1', $port))" 2>/dev/null; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    say "port $WHEELS_PORT is taken: the wheelhouse on $port (the images' layers are rebuilt)"
+  fi
   python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
   local pid=$!
   CLEANUP+=("kill $pid")
+  # Ours answering, not another server that took the port meanwhile.
+  local served=""
   for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || die "the wheelhouse server on port $port exited"
+    served=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/requirements.txt').read().decode(), end='')" 2>/dev/null) && break
     sleep 0.1
   done
+  [[ $served == "$(cat "$dir/requirements.txt")" ]] || die "no wheelhouse answers on port $port"
   WHEELS_URL=http://127.0.0.1:$port/
   say "wheelhouse: $(find "$dir" -name '*.whl' | wc -l) wheels served at $WHEELS_URL"
+}
+
+# The serving image runs models only: no compiler or build tool, no CUDA library.
+no_build_tools() {
+  local found
+  found=$("$DOCKER" run --rm --network none --entrypoint sh "$1" -c \
+    'command -v gcc cc c++ g++ clang make ld as; pip list 2>/dev/null | grep -i -E "^(nvidia|cuda)"; true')
+  [[ -z $found ]] || die "$1 carries build tools or CUDA libraries: $(echo "$found" | tr '\n' ' ')"
+  say "$1: no compiler, build tool or CUDA library"
 }
 
 base_images
@@ -191,6 +212,7 @@ for target in "${TARGETS[@]}"; do
       [[ $target == operator ]] && name=modelyard-operator
       build "$REGISTRY/$name:$VERSION" "images/$target/Dockerfile" . "${ARGS[@]}" \
         --build-arg "WHEELS_URL=$WHEELS_URL"
+      [[ $target == serving ]] && no_build_tools "$REGISTRY/$name:$VERSION"
       ;;
     examples)
       build "$REGISTRY/modelyard-examples:$VERSION" images/examples/Dockerfile . "${ARGS[@]}"
