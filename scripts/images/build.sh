@@ -196,7 +196,8 @@ wheelhouse() {
 no_build_tools() {
   local found
   found=$("$DOCKER" run --rm --network none --entrypoint sh "$1" -c \
-    'command -v gcc cc c++ g++ clang make ld as; pip list 2>/dev/null | grep -i -E "^(nvidia|cuda)"; true')
+    'for b in gcc cc c++ g++ clang make ld as; do command -v "$b"; done
+     pip list 2>/dev/null | grep -i -E "^(nvidia|cuda)"; true')
   [[ -z $found ]] || die "$1 carries build tools or CUDA libraries: $(echo "$found" | tr '\n' ' ')"
   say "$1: no compiler, build tool or CUDA library"
 }
