@@ -62,7 +62,6 @@ def model_failed(
     """What the client is told of an exception its model raised: a 400 naming the input
     when the request carried NaN or an infinity (which many libraries refuse), else a
     `ModelFailed`; the exception goes to the log with the request id."""
-    request_id = request_id or generate_uuid()  # gRPC's id is "" when none was sent
     for name, data in tensors:
         if non_finite(data):
             logger.info(
@@ -73,8 +72,15 @@ def model_failed(
                 f"model '{model.name}': input '{name}' carries NaN or an infinite value, which "
                 "the model does not take; send finite numbers"
             )
-    logger.error("model '%s': request %s failed", model.name, request_id, exc_info=error)
-    return ModelFailed(model.name, request_id)
+    return unexpected(model.name, request_id, error)
+
+
+def unexpected(model: str, request_id: str | None, error: BaseException) -> ModelFailed:
+    """``error`` logged under the request's id (one made up when it has none: gRPC's is ""
+    when the client sent none), and the 500 that tells the client that id."""
+    request_id = request_id or generate_uuid()
+    logger.error("model '%s': request %s failed", model, request_id, exc_info=error)
+    return ModelFailed(model, request_id)
 
 
 class Observer(Protocol):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import NamedTuple
 
 import grpc
@@ -31,12 +31,13 @@ from mlserver.grpc.converters import (
 )
 from mlserver.grpc.servicers import InferenceServicer as MLServerInferenceServicer
 from mlserver.grpc.utils import to_metadata
-from mlserver.types import InferenceRequest, RequestInput, RequestOutput, TensorData
+from mlserver.types import InferenceRequest, Parameters, RequestInput, RequestOutput, TensorData
 from mlserver.utils import extract_headers, insert_headers
+from pydantic import ValidationError
 
 from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.auth import Auth
-from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.dataplane import DataPlane, unexpected
 from modelyard.serving.repository import Repository
 from modelyard.serving.tensors import raw_tensor
 
@@ -63,45 +64,83 @@ def status_code(error: MLServerError) -> grpc.StatusCode:
     return STATUS_CODES.get(error.status_code, grpc.StatusCode.UNKNOWN)
 
 
+# The typed contents field of each datatype (FP16 travels only as raw bytes).
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}  # fmt: skip
+
+
 def request_from_pb(request: pb.ModelInferRequest) -> InferenceRequest:
     """MLServer's converter, built with ``model_construct`` as it does (without going
     through pydantic's deprecated ``construct`` and its warning on every call), and
-    with raw numeric contents as numpy arrays over the bytes."""
-    raw = iter(request.raw_input_contents) if request.raw_input_contents else None
+    with raw numeric contents as numpy arrays over the bytes; a 400 naming the input
+    for contents that contradict each other or the datatype."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InferenceError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one per input, in the order of the inputs"
+        )
     inputs = []
-    for tensor in request.inputs:
-        if raw is None or tensor.HasField("contents"):  # sent in the typed contents fields
-            data = InferTensorContentsConverter.to_types(tensor.contents)
+    for index, tensor in enumerate(request.inputs):
+        if raw:
+            if tensor.HasField("contents") and tensor.contents.ListFields():
+                raise InferenceError(
+                    f"input '{tensor.name}' is sent both in its contents and in "
+                    "raw_input_contents; send it in one of them"
+                )
+            data = _raw_data(tensor, raw[index])
         else:
-            data = _raw_data(tensor, next(raw, None))
+            data = _typed_data(tensor)
         inputs.append(
             RequestInput.model_construct(
                 name=tensor.name,
                 shape=list(tensor.shape),
                 datatype=tensor.datatype,
-                parameters=ParametersConverter.to_types(tensor.parameters),
+                parameters=_parameters(f"input '{tensor.name}'", tensor.parameters),
                 data=data,
             )
         )
     payload = InferenceRequest.model_construct(
-        id=request.id, parameters=ParametersConverter.to_types(request.parameters), inputs=inputs
+        id=request.id, parameters=_parameters("the request", request.parameters), inputs=inputs
     )
     if request.outputs:
         payload.outputs = [
             RequestOutput.model_construct(
-                name=out.name, parameters=ParametersConverter.to_types(out.parameters)
+                name=out.name, parameters=_parameters(f"output '{out.name}'", out.parameters)
             )
             for out in request.outputs
         ]
     return payload
 
 
-def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, content: bytes | None) -> TensorData:
-    if content is None:
-        raise InferenceError(
-            f"input '{tensor.name}' has no contents: send its data in its contents or "
-            "as one of raw_input_contents, in the order of the inputs"
+def _parameters(where: str, parameters: Mapping[str, pb.InferParameter]) -> Parameters | None:
+    try:
+        return ParametersConverter.to_types(parameters)
+    except ValidationError as e:
+        wrong = ", ".join(
+            f"{'.'.join(str(p) for p in err['loc'])} ({err['msg']})" for err in e.errors()
         )
+        raise InferenceError(f"{where}: parameter {wrong}") from None
+
+
+def _typed_data(tensor: pb.ModelInferRequest.InferInputTensor) -> TensorData:
+    sent = [f.name for f, _ in tensor.contents.ListFields()]
+    expected = CONTENTS_FIELDS.get(tensor.datatype)
+    wrong = [f for f in sent if f != expected]
+    if wrong:
+        where = f"{expected} or raw_input_contents" if expected else "raw_input_contents"
+        raise InferenceError(
+            f"input '{tensor.name}' is {tensor.datatype} but is sent in {', '.join(wrong)}; "
+            f"send it in {where}"
+        )
+    return InferTensorContentsConverter.to_types(tensor.contents)
+
+
+def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, content: bytes) -> TensorData:
     return raw_tensor(tensor.name, tensor.datatype, tensor.shape, content)
 
 
@@ -161,9 +200,8 @@ class InferenceServicer(MLServerInferenceServicer):
             code = status_code(e)
             return Answer(code, str(e), None, ())
         except Exception as e:
-            logger.exception("model '%s': inference failed", request.model_name)
             code = grpc.StatusCode.INTERNAL
-            return Answer(code, f"{type(e).__name__}: {e}", None, ())
+            return Answer(code, str(unexpected(request.model_name, request.id, e)), None, ())
         finally:
             if self.metrics is not None:
                 self.metrics.handled(code, time.perf_counter() - start)
@@ -178,6 +216,38 @@ class InferenceServicer(MLServerInferenceServicer):
             await context.abort(code=status_code(e), details=str(e))
             raise AssertionError("unreachable: context.abort raises") from None
         return pb.ModelReadyResponse(ready=ready)
+
+    async def ModelStreamInfer(  # type: ignore[override]
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelInferResponse]:
+        """MLServer's, with each request read and checked as ModelInfer reads it, and an
+        error's own status."""
+        try:
+            first = await anext(aiter(requests), None)
+            if first is None:
+                return
+            headers = dict(context.invocation_metadata() or ())
+
+            async def payloads() -> AsyncIterator[InferenceRequest]:
+                request: pb.ModelInferRequest | None = first
+                while request is not None:
+                    payload = request_from_pb(request)
+                    if headers:
+                        insert_headers(payload, headers)
+                    yield payload
+                    request = await anext(aiter(requests), None)
+
+            use_raw = bool(first.raw_input_contents)
+            result = None
+            async for result in self.data_plane.infer_stream(
+                payloads(), first.model_name, first.model_version
+            ):
+                yield ModelInferResponseConverter.from_types(result, use_raw=use_raw)
+            trailing = extract_headers(result) if result is not None else None
+            if trailing:
+                context.set_trailing_metadata(to_metadata(trailing))
+        except MLServerError as e:
+            await context.abort(code=status_code(e), details=str(e))
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from modelyard.serving import metrics
 from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
-from modelyard.serving.dataplane import DataPlane, ModelFailed
+from modelyard.serving.dataplane import DataPlane, unexpected
 from modelyard.serving.model_config import add_config_routes
 from modelyard.serving.repository import Repository
 
@@ -200,9 +200,8 @@ class RestInfer:
             response = await self.data_plane.infer(payload, name, version)
         except MLServerError as e:
             return e.status_code, [], _error(str(e))
-        except Exception:
-            logger.exception("model '%s': request %s failed", name, payload.id)
-            return 500, [], _error(str(ModelFailed(name, payload.id)))
+        except Exception as e:
+            return 500, [], _error(str(unexpected(name, payload.id, e)))
         extra = extract_headers(response) or {}
         body, headers = encode_response(response, binary)
         return (
