@@ -14,11 +14,12 @@ import pandas as pd
 from rich import box
 from rich.table import Table
 
-from modelyard.quality.drift import NUMERIC, Currents, Feature, numeric_edges
+from modelyard.quality.drift import NUMERIC, Currents, Feature
 from modelyard.quality.report import write
 
 # The features pictured (the most drifted first), and the PSI the table marks.
 TOP = 4
+HISTOGRAM_BINS = 30
 PSI_ALERT = 0.2
 HEADERS = {
     "source": "source", "window": "window", "version": "version", "feature": "feature",
@@ -61,8 +62,8 @@ def picture(
     frame: pd.DataFrame, reference: dict[str, Feature], currents: Currents, model: str
 ) -> bytes:
     """A PNG: for the TOP most drifted features of the first window of ``frame``, the
-    reference's distribution against the current one (histograms of shares for numeric
-    features over the reference's decile bins and beyond, bars for categories)."""
+    reference's distribution against the current one (histograms of shares over bins of
+    one width for numeric features, bars for categories)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -80,9 +81,8 @@ def picture(
         values = Feature.of(feature.name, current[feature.name], feature.kind).values
         if feature.kind == NUMERIC:
             both = np.concatenate([feature.values, values])
-            edges = np.unique(
-                np.concatenate([[both.min()], numeric_edges(feature.values, 20), [both.max()]])
-            )
+            # Bins of one width over both: the bar heights compare as shares.
+            edges = np.linspace(both.min(), both.max(), HISTOGRAM_BINS + 1)
             for data, label, color in ((feature.values, "reference", "#888"),
                                        (values, where[1], "#d62728")):  # fmt: skip
                 weights = np.full(len(data), 1 / len(data)) if len(data) else None
