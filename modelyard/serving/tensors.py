@@ -130,6 +130,9 @@ _ELEMENT_TYPES: dict[str, frozenset[type]] = {
     "BOOL": frozenset({bool}),
     "BYTES": frozenset({str, bytes}),
 }
+_FLOAT_MAX = {d: float(np.finfo(RAW_DTYPES[d]).max) for d in _FLOATS}
+_INT_RANGE = {d: (int(np.iinfo(RAW_DTYPES[d]).min), int(np.iinfo(RAW_DTYPES[d]).max))
+              for d in _INTEGERS}  # fmt: skip
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string",
                bytes: "bytes", type(None): "null", dict: "an object", list: "a list"}  # fmt: skip
 
@@ -206,23 +209,23 @@ def _numbers(name: str, datatype: str, shape: Sequence[int], flat: list[Any],
             as_float = np.asarray(flat, np.float64)
             if not np.array_equal(as_float, np.floor(as_float)):
                 raise _bad(name, f"{datatype} data has a fractional number among its values")
-        info = np.iinfo(dtype)
+        low, high = _INT_RANGE[datatype]
         try:
             wide = np.asarray(flat, np.float64 if fractions else np.int64)
         except OverflowError:
             raise _bad(name, f"a value is out of the range of {datatype}") from None
-        if wide.min() < info.min or wide.max() > info.max:
-            raise _bad(name, f"a value is out of the range of {datatype} ({info.min} to "
-                       f"{info.max})")  # fmt: skip
+        if wide.min() < low or wide.max() > high:
+            raise _bad(name, f"a value is out of the range of {datatype} ({low} to {high})")
         return wide.astype(dtype)
     if datatype == "BOOL":
         return np.asarray(flat, dtype)
-    with np.errstate(over="ignore"):
-        values = np.asarray(flat, dtype)
-    if np.isinf(values).any():  # JSON has no infinity: a value beyond the datatype's range
-        raise _bad(name, f"a value is out of the range of {datatype} "
-                   f"(±{float(np.finfo(dtype).max):.4g})")  # fmt: skip
-    return values
+    values = np.asarray(flat, np.float64)  # JSON numbers all fit FP64
+    if datatype == "FP64":
+        return values
+    largest = _FLOAT_MAX[datatype]
+    if values.max() > largest or values.min() < -largest:
+        raise _bad(name, f"a value is out of the range of {datatype} (±{largest:.4g})")
+    return values.astype(dtype)
 
 
 def non_finite(data: Any) -> bool:
