@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from modelyard.serving import metrics
 from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
 from modelyard.serving.dataplane import DataPlane, unexpected
+from modelyard.serving.docs import add_docs_routes
 from modelyard.serving.model_config import add_config_routes
 from modelyard.serving.repository import Repository
 
@@ -67,6 +68,7 @@ def rest_app(
     for path, handler in extra_routes.items():
         app.add_api_route(path, handler, methods=["GET"], response_class=ORJSONResponse)
     add_config_routes(app, data_plane)
+    add_docs_routes(app, data_plane)
     return app
 
 
