@@ -86,8 +86,9 @@ def too_large(limit: int, what: str) -> Refused:
 
 
 class BodyLimits:
-    """ASGI middleware: every request's body read whole within the size and time
-    limits (gzip decoded), then handed to ``app`` as one message."""
+    """ASGI middleware: every request's body read whole within the size limit (gzip
+    decoded), then handed to ``app`` as one message. Its deadline is the connection's
+    (`Deadlines`)."""
 
     def __init__(self, app: ASGIApp, limits: Limits):
         self.app = app
@@ -98,16 +99,7 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         try:
-            async with asyncio.timeout(self.limits.body_timeout_s):
-                scope, body = await self._read(scope, receive)
-        except TimeoutError:
-            await _refuse(
-                send,
-                408,
-                f"request body not received within {self.limits.body_timeout_s:g} s; "
-                "send it faster, or raise `modelyard serve --body-timeout-s`",
-            )
-            return
+            scope, body = await self._read(scope, receive)
         except Refused as e:
             await _refuse(send, e.status, str(e))
             return
@@ -118,13 +110,18 @@ class BodyLimits:
     async def _read(self, scope: Scope, receive: Receive) -> tuple[Scope, bytes]:
         limit = self.limits.max_body_bytes
         headers = scope["headers"]
-        declared = _header(headers, b"content-length")
+        declared = encoding = None
+        for key, value in headers:  # names come lower-cased from uvicorn
+            if key == b"content-length":
+                declared = value
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1").strip().lower()
         if declared is not None:
             if not declared.isdigit():
                 raise Refused(400, "Content-Length is not a number of bytes")
             if int(declared) > limit:
                 raise too_large(limit, f"of {int(declared)} bytes is")
-        encoding = (_header(headers, b"content-encoding") or "identity").strip().lower()
+        encoding = encoding or "identity"
         if encoding not in GZIP and encoding != "identity":
             raise Refused(
                 415,
@@ -155,9 +152,7 @@ class BodyLimits:
             return scope, body
         gunzip.finish()
         # The app sees the decoded body, as if sent so: nothing decodes it twice.
-        kept = [
-            (k, v) for k, v in headers if k.lower() not in (b"content-encoding", b"content-length")
-        ]
+        kept = [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length")]
         kept.append((b"content-length", str(size).encode()))
         return {**scope, "headers": kept}, body
 
@@ -207,13 +202,6 @@ class Gunzip:
 
 class ClientGone(Exception):
     pass
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -277,52 +265,79 @@ class LingeringClose:
         asyncio.get_running_loop().call_later(LINGER_S, self._transport.close)
 
 
-class HeaderDeadline(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 connection with a deadline for each request's headers: from
-    the connection's opening, and from the first byte of each later request; closed
-    lingering (`LingeringClose`)."""
+class Deadlines(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 connection with a deadline for each request's headers (from
+    the connection's opening, and from the first byte of each later request) and one
+    for its whole body (from its headers); closed lingering (`LingeringClose`).
+
+    A request whose headers and body arrive together, as most do, starts no timer."""
 
     header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
-    _header_timer: asyncio.TimerHandle | None = None
+    body_timeout_s = DEFAULT_BODY_TIMEOUT_S
+    _timer: asyncio.TimerHandle | None = None
+    _in_headers = True  # a request has begun whose headers are not all in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(LingeringClose(transport))  # type: ignore[arg-type]
-        self._arm()
+        self._arm(self.header_timeout_s, self._headers_late)
 
     def data_received(self, data: bytes) -> None:
-        if not self.transport.is_closing():  # else dropped: the connection is closing
-            super().data_received(data)
+        if self.transport.is_closing():  # dropped: the connection is closing
+            return
+        super().data_received(data)
+        if self._timer is not None or self.transport.is_closing():
+            return
+        if self._in_headers:
+            self._arm(self.header_timeout_s, self._headers_late)
+        elif self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete:
+            self._arm(self.body_timeout_s, self._body_late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.cycle is None or self.cycle.response_complete:
-            self._arm()
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._late)
+    def _arm(self, seconds: float, late: Callable[[], None]) -> None:
+        self._timer = self.loop.call_later(seconds, late)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _late(self) -> None:
-        self._header_timer = None
+    def _headers_late(self) -> None:
+        self._timer = None
+        if self._in_headers:
+            self._refuse_late(
+                f"request headers not received within {self.header_timeout_s:g} s; "
+                "send them at once, or raise `modelyard serve --header-timeout-s`"
+            )
+
+    def _body_late(self) -> None:
+        self._timer = None
+        if self.cycle is not None and not self.cycle.response_started:
+            self._refuse_late(
+                f"request body not received within {self.body_timeout_s:g} s; "
+                "send it faster, or raise `modelyard serve --body-timeout-s`"
+            )
+
+    def _refuse_late(self, message: str) -> None:
+        """A 408 and the close; an app still waiting for the body sees a disconnect."""
         if self.transport.is_closing():
             return
-        body = error_body(
-            f"request headers not received within {self.header_timeout_s:g} s; "
-            "send them at once, or raise `modelyard serve --header-timeout-s`"
-        )
+        body = error_body(message)
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
@@ -333,7 +348,9 @@ class HeaderDeadline(HttpToolsProtocol):
 def rest_config(app: ASGIApp, limits: Limits, debug: bool) -> uvicorn.Config:
     """uvicorn's settings for a REST port behind ``limits``."""
     protocol = type(
-        "HeaderDeadline", (HeaderDeadline,), {"header_timeout_s": limits.header_timeout_s}
+        "Deadlines",
+        (Deadlines,),
+        {"header_timeout_s": limits.header_timeout_s, "body_timeout_s": limits.body_timeout_s},
     )
     return uvicorn.Config(
         BodyLimits(app, limits),

@@ -77,7 +77,7 @@ def test_over_the_limit_is_refused_clearly(serve_dir, tmp_path, big_batch) -> No
 
     r = rest_infer(server, rest_body(big_batch[:800_000]))
     assert r.status_code == 413
-    assert "max_message_mb" in r.json()["error"]
+    assert "--max-message-mb" in r.json()["error"]
 
     # Under the limit still works on both, after the refusals.
     assert grpc_infer(server, big_batch[:10]).ravel()[0] == 0

@@ -290,6 +290,24 @@ def test_grpc_metadata_over_the_limit_is_refused(server: ServerProcess) -> None:
     assert grpc_iris(server, {}).as_numpy("predict") is not None
 
 
+def test_grpc_metadata_bounded_without_the_front_end(tmp_path: Path) -> None:
+    """MLServer's gRPC server on the port itself holds the same bound."""
+    copy_model("iris", tmp_path / "models")
+    server = ServerProcess(
+        tmp_path / "models",
+        tmp_path / "serve.log",
+        extra_args=("--processes", "1", "--max-metadata-kb", "16"),
+        env={"MODELYARD_GRPC_FRONT": "off"},
+    )
+    with running(server):
+        assert grpc_iris(server, {"x-small": "a" * 1024}).as_numpy("predict") is not None
+        for size in (32 * 1024, 16 * 1024 * 1024):
+            with pytest.raises(InferenceServerException) as e:
+                grpc_iris(server, {"x-large": "a" * size})
+            assert "StatusCode.OK" not in str(e.value)
+        assert grpc_iris(server, {}).as_numpy("predict") is not None
+
+
 def test_grpc_metadata_key_longer_than_the_frame_holds_is_refused(server: ServerProcess) -> None:
     with pytest.raises(InferenceServerException) as e:
         grpc_iris(server, {"x-" + "k" * 70_000: "v"})
