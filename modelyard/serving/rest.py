@@ -9,7 +9,6 @@ hands every other path to the app, whose endpoints call the same data plane.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -50,9 +49,6 @@ STREAM_PATH = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/(?:infer|generate)_stream"
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]
-# A body this large is parsed in a thread: its parse and validation take tens of ms or
-# more, which on the event loop would hold up every other call of the process.
-PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 def rest_app(
@@ -186,10 +182,7 @@ class RestInfer:
         request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         raw = await self._body(receive)
         try:
-            if len(raw) > PARSE_IN_THREAD_BYTES:  # the other calls go on meanwhile
-                payload = await asyncio.to_thread(parse_request, raw, request_headers.get(HEADER))
-            else:
-                payload = parse_request(raw, request_headers.get(HEADER))
+            payload = parse_request(raw, request_headers.get(HEADER))
         except orjson.JSONDecodeError as e:
             return 400, [], _error(f"request body is not valid JSON: {e}")
         except ValidationError as e:
