@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,15 @@ from modelyard.errors import ModelyardError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # The library a no-code model is trained with, pinned in its model.versions.
-RUNTIME_LIBRARIES = {"sklearn": "scikit-learn", "xgboost": "xgboost", "huggingface": "transformers"}
+RUNTIME_LIBRARIES = {
+    "sklearn": "scikit-learn",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "catboost": "catboost",
+    "mlflow": "mlflow",
+    "onnx": "onnxruntime",
+    "huggingface": "transformers",
+}
 # Pinned in a full-custom service's requirements.txt.
 SERVICE_PACKAGES = ("mlserver", "fastapi", "uvicorn", "numpy", "pyyaml")
 
@@ -60,7 +68,14 @@ def _context(name: str, runtime: str, template: str) -> dict[str, Any]:
     context: dict[str, Any] = {"name": name, "runtime": runtime}
     if template == "no-code":
         library = RUNTIME_LIBRARIES[runtime]
-        context.update(library=library, library_version=version(library))
+        try:
+            library_version = version(library)
+        except PackageNotFoundError:
+            raise ScaffoldError(
+                f"--runtime {runtime} needs {library}, which is not installed; "
+                f"pip install 'modelyard[{runtime}]'"
+            ) from None
+        context.update(library=library, library_version=library_version)
     elif template == "low-code":
         context["class_name"] = _camel(name) + "Predictor"
     elif template == "full-custom":

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import click
 
-RUNTIMES = ["sklearn", "xgboost", "huggingface", "predictor", "custom"]
+RUNTIMES = [
+    "sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface",
+    "predictor", "custom",
+]  # fmt: skip
 TEMPLATES = ["no-code", "low-code", "full-custom"]
 
 
@@ -14,7 +17,8 @@ TEMPLATES = ["no-code", "low-code", "full-custom"]
     "--runtime",
     required=True,
     type=click.Choice(RUNTIMES),
-    help="sklearn, xgboost, huggingface (no-code); predictor (low-code); custom (full-custom).",
+    help="sklearn, xgboost, lightgbm, catboost, mlflow, onnx, huggingface (no-code); "
+    "predictor (low-code); custom (full-custom).",
 )
 @click.option(
     "--template",

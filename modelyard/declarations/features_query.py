@@ -27,7 +27,7 @@ from modelyard.store.databases import create_engine, database_message, describe,
 logger = logging.getLogger("modelyard.declarations")
 
 # Runtimes whose input is a numeric tensor when no signature says otherwise.
-NUMERIC_RUNTIMES = ("sklearn", "xgboost")
+NUMERIC_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "onnx")
 NUMERIC_TYPES = re.compile(r"INT|REAL|FLOA|DOUB|NUM|DEC|BOOL|SERIAL", re.IGNORECASE)
 TEXT_TYPES = re.compile(r"TEXT|CHAR|CLOB|STRING|UUID|JSON", re.IGNORECASE)
 PROBE_VIEW = "modelyard_features_probe"

@@ -25,6 +25,10 @@ SERVER_SETTINGS_FILENAME = "settings.json"
 IMPLEMENTATIONS = {
     "sklearn": "mlserver_sklearn.SKLearnModel",
     "xgboost": "mlserver_xgboost.XGBoostModel",
+    "lightgbm": "mlserver_lightgbm.LightGBMModel",
+    "catboost": "mlserver_catboost.CatboostModel",
+    "mlflow": "modelyard_runtimes.mlflow.MLflowRuntime",
+    "onnx": "modelyard_runtimes.onnx.OnnxRuntime",
     "huggingface": "modelyard_runtimes.huggingface.HuggingFaceRuntime",
     "predictor": "modelyard_runtimes.predictor.PredictorRuntime",
 }

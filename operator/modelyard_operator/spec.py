@@ -21,7 +21,7 @@ from modelyard.declarations.load import overlay
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = ("environment", "folder", "image", "secretEnv")
 # Runtimes that load an artifact and so need model.uri.
-ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
+ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
 # Service names are DNS-1035 labels: a letter first.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
@@ -143,7 +143,10 @@ class ModelSpec(BaseModel):
 
     name: str | None = None
     version: str
-    runtime: Literal["sklearn", "xgboost", "huggingface", "predictor", "custom"]
+    runtime: Literal[
+        "sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface",
+        "predictor", "custom",
+    ]  # fmt: skip
     predictor: str | None = None
     implementation: str | None = None
     model: Artifact = Artifact()
