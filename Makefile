@@ -14,7 +14,7 @@ MODELS := model-settings/iris/model.joblib model-settings/iris/reference.parquet
           examples/customer-profile/model.joblib examples/customer-profile/reference.parquet
 
 .PHONY: serve test lint format bench generate models install clean
-.PHONY: kube kube-binaries postgres-server promtool
+.PHONY: kube kube-binaries postgres-server promtool perf-analyzer kserve-client
 
 serve: models $(FRONT)
 	$(BIN)/modelyard serve model-settings --host $(HOST) --http-port 8080 --grpc-port 8081 --metrics-port 8082
@@ -24,6 +24,8 @@ test: $(FRONT)
 test: kube-binaries
 test: postgres-server
 test: promtool
+test: perf-analyzer
+test: kserve-client
 	$(BIN)/pytest -q
 
 # ruff over the repository, mypy over the package (pyproject.toml's [tool.mypy] names
@@ -100,6 +102,15 @@ kube-binaries:
 postgres-server:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# NVIDIA perf_analyzer under the cache, runnable on Debian 12 (the script says how).
+perf-analyzer: $(STAMP)
+	scripts/perf_analyzer/install.sh
+
+# The KServe SDK's clients in a virtualenv of their own under the cache: kserve 0.21
+# needs a newer FastAPI than MLServer 1.7 runs on (tests/support/kserve_sdk.py).
+kserve-client: $(STAMP)
+	$(BIN)/python -m tests.support.kserve_sdk
 
 # The alert rules of the chart are checked and unit-tested with promtool, from
 # Debian's prometheus package.
