@@ -13,7 +13,7 @@ MODELS := model-settings/iris/model.joblib model-settings/iris/reference.parquet
           model-settings/sentiment/model.safetensors \
           examples/customer-profile/model.joblib examples/customer-profile/reference.parquet
 
-.PHONY: serve test lint format bench generate models install clean
+.PHONY: serve test lint format bench generate models install clean checkov
 .PHONY: kube kube-binaries postgres-server promtool perf-analyzer kserve-client
 
 serve: models $(FRONT)
@@ -35,6 +35,24 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint images/*/Dockerfile
+lint: checkov
+
+# checkov (framework kubernetes) over what a cluster gets: every example Model as
+# `modelyard render` renders it, and the chart as Helm does (scripts/checkov/). It has
+# many dependencies that clash with this project's pins, so it lives in a virtualenv of
+# its own under the cache. The checks it skips are listed in docs/kubernetes.md.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := $(HOME)/.cache/modelyard/checkov
+CHECKOV := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+$(CHECKOV):
+	test -d $(CHECKOV_VENV) || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+checkov: $(CHECKOV) $(STAMP)
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+		$(BIN)/python scripts/checkov/render.py "$$out" && \
+		nice -n 10 $(CHECKOV_VENV)/bin/checkov --config-file scripts/checkov/config.yaml \
+			--directory "$$out"
 
 format: $(STAMP)
 	$(BIN)/ruff format .

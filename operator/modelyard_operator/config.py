@@ -3,11 +3,12 @@ startup so that a typo stops the operator instead of silently using a default.""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, field_validator
 
 from modelyard_operator.render.common import RenderOptions
 
@@ -48,8 +49,25 @@ class OperatorConfig(BaseModel):
     )
     progress_deadline_seconds: int = Field(default=_DEFAULTS.progress_deadline_seconds, ge=10)
     inflight_metric: str = Field(default=_DEFAULTS.inflight_metric, min_length=1)
+    default_cpu: str = Field(default=_DEFAULTS.default_cpu, min_length=1)
+    default_memory: str = Field(default=_DEFAULTS.default_memory, min_length=1)
+    network_policy: bool = _DEFAULTS.network_policy
+    # A JSON list of NetworkPolicyPeers, e.g. [{"namespaceSelector": {"matchLabels": ...}}].
+    network_policy_from: str = _DEFAULTS.network_policy_from
+    monitoring_namespace: str = Field(default=_DEFAULTS.monitoring_namespace, min_length=1)
     # Seconds before retrying after a transient API error (409, 429, 5xx, connection).
     retry_delay: float = Field(default=10.0, gt=0)
+
+    @field_validator("network_policy_from")
+    @classmethod
+    def _peers(cls, value: str) -> str:
+        try:
+            peers = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(peers, list) or not all(isinstance(p, dict) and p for p in peers):
+            raise ValueError("must be a JSON list of NetworkPolicy peers (objects)")
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -82,6 +82,65 @@ CLUSTER_PROPERTIES: dict[str, Any] = {
     },
 }
 
+_LABEL_SELECTOR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {
+                        "type": "string",
+                        "enum": ["In", "NotIn", "Exists", "DoesNotExist"],
+                    },
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+CLUSTER_PROPERTIES["adminTokenSecret"] = {
+    "description": "The Secret key holding the admin token of the repository API (load, "
+    "unload), given to the server as MODELYARD_ADMIN_TOKEN; none: the repository API is "
+    "refused.",
+    "type": "object",
+    "required": ["secret", "key"],
+    "properties": {
+        "secret": {"description": "The Secret's name.", "type": "string", "minLength": 1},
+        "key": {"description": "The key in the Secret.", "type": "string", "minLength": 1},
+    },
+}
+CLUSTER_PROPERTIES["networkPolicy"] = {
+    "description": "The Model's NetworkPolicy; unset fields take the operator's defaults "
+    "(the chart's models.networkPolicy).",
+    "type": "object",
+    "properties": {
+        "enabled": {"description": "Render a NetworkPolicy for the Model.", "type": "boolean"},
+        "from": {
+            "description": "Who may reach the REST and gRPC ports: NetworkPolicy peers "
+            "(namespaceSelector and/or podSelector).",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "minProperties": 1,
+                "properties": {
+                    "namespaceSelector": copy.deepcopy(_LABEL_SELECTOR),
+                    "podSelector": copy.deepcopy(_LABEL_SELECTOR),
+                },
+            },
+        },
+        "monitoringNamespace": {
+            "description": "The namespace whose pods may scrape the metrics port.",
+            "type": "string",
+            "minLength": 1,
+        },
+    },
+}
+
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     # kopf keeps its own progress in status too.

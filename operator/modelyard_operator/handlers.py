@@ -71,6 +71,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         gpu_tolerations=tuple(t.pairs() for t in config.gpu_tolerations),
         progress_deadline_seconds=config.progress_deadline_seconds,
         inflight_metric=config.inflight_metric,
+        default_cpu=config.default_cpu,
+        default_memory=config.default_memory,
+        network_policy=config.network_policy,
+        network_policy_from=config.network_policy_from,
+        monitoring_namespace=config.monitoring_namespace,
         api=cluster.api_versions(),
     )
 
@@ -89,6 +94,7 @@ def api_version_of(kind: str, options: RenderOptions) -> str | None:
         "PodDisruptionBudget": options.api.pdb,
         "CronJob": options.api.cronjob,
         "ServiceMonitor": "monitoring.coreos.com/v1" if options.api.service_monitor else None,
+        "NetworkPolicy": "networking.k8s.io/v1",
     }.get(kind)
 
 

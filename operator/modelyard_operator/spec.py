@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from modelyard.declarations.load import overlay
 
 # Keys of the CR spec that are not part of the declaration.
-OPERATOR_KEYS = ("environment", "folder", "image", "secretEnv")
+OPERATOR_KEYS = (
+    "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy"
+)  # fmt: skip
 # Runtimes that load an artifact and so need model.uri.
-ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
+ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
 # Service names are DNS-1035 labels: a letter first.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
@@ -135,6 +137,15 @@ class SecretRef(_Frozen):
     key: str = Field(min_length=1)
 
 
+class NetworkPolicySpec(_Frozen):
+    """A Model's own NetworkPolicy settings; unset fields take the operator's."""
+
+    enabled: bool | None = None
+    # NetworkPolicyPeers (namespaceSelector / podSelector) allowed on the serving ports.
+    from_: tuple[dict[str, Any], ...] | None = Field(default=None, alias="from")
+    monitoring_namespace: str | None = Field(default=None, alias="monitoringNamespace")
+
+
 class ModelSpec(BaseModel):
     """What the operator reads from `spec`; other declaration keys (inputs, features,
     ...) are for the server and reach it through the ConfigMap untouched."""
@@ -143,10 +154,7 @@ class ModelSpec(BaseModel):
 
     name: str | None = None
     version: str
-    runtime: Literal[
-        "sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface",
-        "predictor", "custom",
-    ]  # fmt: skip
+    runtime: Literal["sklearn", "xgboost", "huggingface", "predictor", "custom"]
     predictor: str | None = None
     implementation: str | None = None
     model: Artifact = Artifact()
@@ -158,6 +166,10 @@ class ModelSpec(BaseModel):
     folder: str | None = None
     image: str | None = None
     secret_env: dict[str, SecretRef] = Field(default_factory=dict, alias="secretEnv")
+    admin_token_secret: SecretRef | None = Field(default=None, alias="adminTokenSecret")
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, alias="networkPolicy"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from modelyard_operator import crd
+from modelyard_operator.config import OperatorConfig
 from modelyard_operator.render import RENDERERS
 
 from tests.support.kube import KubeCluster, ensure_binaries, wait_for
@@ -67,6 +68,12 @@ CUSTOM: dict[str, Any] = {
         "gpuResource": "amd.com/gpu",
         "gpuNodeLabel": "example.com/accelerator",
         "inflightMetric": "inflight_requests",
+        "defaultResources": {"cpu": "250m", "memory": "512Mi"},
+        "networkPolicy": {
+            "enabled": True,
+            "from": [{"podSelector": {"matchLabels": {"role": "gateway"}}}],
+            "monitoringNamespace": "prometheus",
+        },
     },
     "monitoring": {
         "dashboards": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "obs"},
@@ -153,6 +160,13 @@ def test_values_reach_the_operator() -> None:
     assert env["MODELYARD_OPERATOR_IMAGE"] == CUSTOM["models"]["image"]
     assert env["MODELYARD_OPERATOR_INFLIGHT_METRIC"] == "inflight_requests"
     assert env["MODELYARD_OPERATOR_RETRY_DELAY"] == "2.5"
+    # The Models' defaults reach the renderers as the operator reads them.
+    config = OperatorConfig.from_env(env)
+    assert (config.default_cpu, config.default_memory) == ("250m", "512Mi")
+    assert config.network_policy and config.monitoring_namespace == "prometheus"
+    assert json.loads(config.network_policy_from) == CUSTOM["models"]["networkPolicy"]["from"]
+    # Ready once kopf serves its health endpoint (a Deployment without one is Ready at once).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     # Watching two namespaces: granted in those two, not cluster-wide.
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
@@ -171,6 +185,7 @@ def test_the_role_covers_every_kind_the_operator_renders() -> None:
         "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
         "CronJob": ("batch", "cronjobs"),
         "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+        "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
     }
     assert set(plurals) == set(RENDERERS)
     granted = {
@@ -296,6 +311,7 @@ IRIS_CHILDREN = (
     ("v1", "Service", "iris"),
     ("autoscaling/v2beta2", "HorizontalPodAutoscaler", "iris"),
     ("policy/v1beta1", "PodDisruptionBudget", "iris"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "iris"),
 )
 
 
@@ -360,7 +376,7 @@ def test_install_grants_the_operator_what_it_needs_and_no_more(
             )
             return got.get("status") or {}
 
-        wait_for(lambda: len(status().get("children", [])) == 5, what="the Model's status")
+        wait_for(lambda: len(status().get("children", [])) == 6, what="the Model's status")
         # A child the Model stops wanting is deleted by the operator itself.
         patch = {"spec": {"deployment": {"replicas": {"min": 1, "max": 5}}}}
         custom.patch_namespaced_custom_object(

@@ -25,6 +25,7 @@ CHILDREN = {
     ("autoscaling/v2beta2", "HorizontalPodAutoscaler", "{}"),
     ("policy/v1beta1", "PodDisruptionBudget", "{}"),
     ("batch/v1beta1", "CronJob", "{}-batch"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "{}"),
 }
 
 

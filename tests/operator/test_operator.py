@@ -35,7 +35,7 @@ def test_model_gets_every_child(models: Models, run_operator: Callable[[], Any])
         took = time.monotonic() - began
         models.wait_status(
             "gender",
-            lambda s: s.get("observedGeneration") == 1 and len(s.get("children", [])) == 6,
+            lambda s: s.get("observedGeneration") == 1 and len(s.get("children", [])) == 7,
             "status.children",
         )
     print(f"\nModel applied -> all {len(children)} children present in {took:.2f}s")
@@ -52,6 +52,48 @@ def test_model_gets_every_child(models: Models, run_operator: Callable[[], Any])
     status = models.get("gender")["status"]
     assert status["phase"] == "Pending"
     assert status["conditions"][0]["reason"] in ("DeploymentProgressing", "DeploymentMissing")
+
+
+def test_admin_token_and_network_policy_follow_the_model(
+    models: Models, operator: KopfRunner
+) -> None:
+    spec = {
+        **MINIMAL,
+        "adminTokenSecret": {"secret": "iris-admin", "key": "token"},
+        "networkPolicy": {
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}],
+            "monitoringNamespace": "observability",
+        },
+    }
+    models.create("iris", spec)
+    kinds = {("apps/v1", "Deployment", "{}"), ("networking.k8s.io/v1", "NetworkPolicy", "{}")}
+    children = models.wait_children("iris", kinds=kinds)
+    container = children["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    token = {"secretKeyRef": {"name": "iris-admin", "key": "token"}}
+    assert {"name": "MODELYARD_ADMIN_TOKEN", "valueFrom": token} in container["env"]
+    # No CPU or memory in the Model: the operator's defaults, never an unbounded pod.
+    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    assert container["resources"]["limits"] == {"memory": "1Gi"}
+    ingress = children["NetworkPolicy"]["spec"]["ingress"]
+    assert ingress[0]["from"] == [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}]
+    assert [p["port"] for p in ingress[0]["ports"]] == [8080, 8081]
+    monitoring = ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]
+    assert monitoring == {"kubernetes.io/metadata.name": "observability"}
+    assert [p["port"] for p in ingress[1]["ports"]] == [8082]
+
+    models.replace_spec("iris", {**MINIMAL, "networkPolicy": {"enabled": False}})
+    wait_for(
+        lambda: models.child("networking.k8s.io/v1", "NetworkPolicy", "iris") is None,
+        30,
+        what="the NetworkPolicy to be removed",
+    )
+
+    def token_gone() -> bool:
+        deployment = models.child("apps/v1", "Deployment", "iris")
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]  # type: ignore[index]
+        return all(e["name"] != "MODELYARD_ADMIN_TOKEN" for e in env)
+
+    wait_for(token_gone, 30, what="the admin token to leave the Deployment")
 
 
 def test_children_follow_spec_changes(models: Models, operator: KopfRunner) -> None:
@@ -199,7 +241,7 @@ def test_reconcile_of_many_models(models: Models, run_operator: Callable[[], Any
 
     def reconciled() -> bool:
         items = models.api.list_namespaced_custom_object(GROUP, VERSION, models.namespace, PLURAL)
-        done = [m for m in items["items"] if len((m.get("status") or {}).get("children", [])) == 6]
+        done = [m for m in items["items"] if len((m.get("status") or {}).get("children", [])) == 7]
         return len(done) == count
 
     with run_operator():

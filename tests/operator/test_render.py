@@ -6,6 +6,7 @@ Regenerate the golden files after a deliberate change with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,12 +17,15 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import declaration_schema
 from modelyard_operator.render import manifests, render_all
+from modelyard_operator.render.common import ADMIN_TOKEN_ENV as RENDERED_ENV
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
 from modelyard_operator.spec import Model, SpecError
 
 from modelyard.declarations.settings import model_settings, server_settings
+from modelyard.serving.auth import ADMIN_TOKEN_ENV
 from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, V1_20
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -329,3 +333,65 @@ def test_the_rendered_commands_are_the_clis(tmp_path: Path) -> None:
     assert run is not None
     params = run.make_context("run", argv).params
     assert (params["run_id"], params["shards"]) == ("20250101", 4)
+
+
+# -- security: the admin token, the NetworkPolicy, default resources ---------------------
+
+
+def test_the_admin_token_comes_from_the_models_secret() -> None:
+    assert RENDERED_ENV == ADMIN_TOKEN_ENV  # the name the server reads
+    spec = {**MINIMAL, "adminTokenSecret": {"secret": "iris-admin", "key": "token"}}
+    deployment = render_all(model("iris", spec), CURRENT)["Deployment"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = {"secretKeyRef": {"name": "iris-admin", "key": "token"}}
+    assert {"name": ADMIN_TOKEN_ENV, "valueFrom": token} in env
+    # Without one, the variable is absent (and the server refuses the repository API).
+    plain = render_all(model("iris", MINIMAL), CURRENT)["Deployment"]
+    names = [e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert ADMIN_TOKEN_ENV not in names
+
+
+def test_every_model_gets_a_network_policy_it_can_override() -> None:
+    policy = render_all(model("iris", MINIMAL), CURRENT)["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"]["modelyard.io/model"] == "iris"
+    serving, metrics = policy["spec"]["ingress"]
+    assert [p["port"] for p in serving["ports"]] == [8080, 8081]
+    labelled = {"matchLabels": {"modelyard.io/access": "true"}}
+    assert serving["from"] == [{"namespaceSelector": labelled}, {"podSelector": labelled}]
+    assert [p["port"] for p in metrics["ports"]] == [8082]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    peers = [{"podSelector": {"matchLabels": {"app": "shop"}}}]
+    spec = {**MINIMAL, "networkPolicy": {"from": peers, "monitoringNamespace": "obs"}}
+    own = render_all(model("iris", spec), CURRENT)["NetworkPolicy"]["spec"]["ingress"]
+    assert own[0]["from"] == peers
+    assert own[1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "obs"
+    }
+    # No peers: metrics only. Disabled by the Model, or by the operator: none at all.
+    closed = {**MINIMAL, "networkPolicy": {"from": []}}
+    assert len(render_all(model("iris", closed), CURRENT)["NetworkPolicy"]["spec"]["ingress"]) == 1
+    off = {**MINIMAL, "networkPolicy": {"enabled": False}}
+    assert render_all(model("iris", off), CURRENT)["NetworkPolicy"] is None
+    no_policies = dataclasses.replace(CURRENT, network_policy=False)
+    assert render_all(model("iris", MINIMAL), no_policies)["NetworkPolicy"] is None
+
+
+def test_a_model_without_resources_gets_the_defaults() -> None:
+    deployment = render_all(model("iris", MINIMAL), CURRENT)["Deployment"]
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    spec = {**MINIMAL, "deployment": {"resources": {"cpu": "2"}}}
+    deployment = render_all(
+        model("iris", spec), dataclasses.replace(CURRENT, default_memory="3Gi")
+    )["Deployment"]
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
+
+
+def test_a_bad_network_policy_default_stops_the_operator() -> None:
+    with pytest.raises(ConfigError, match="NETWORK_POLICY_FROM"):
+        OperatorConfig.from_env({"MODELYARD_OPERATOR_NETWORK_POLICY_FROM": "{not json"})
+    with pytest.raises(ConfigError, match="list of NetworkPolicy peers"):
+        OperatorConfig.from_env({"MODELYARD_OPERATOR_NETWORK_POLICY_FROM": '{"a": 1}'})

@@ -16,6 +16,7 @@ from modelyard_operator.render.common import ApiVersions, RenderOptions
 from modelyard_operator.render.config import render_configmap
 from modelyard_operator.render.deployment import render_deployment
 from modelyard_operator.render.monitoring import render_service_monitor
+from modelyard_operator.render.network import render_network_policy
 from modelyard_operator.render.service import render_service
 from modelyard_operator.spec import Model
 
@@ -30,6 +31,7 @@ RENDERERS: dict[str, Renderer] = {
     "PodDisruptionBudget": render_pdb,
     "CronJob": render_cronjob,
     "ServiceMonitor": render_service_monitor,
+    "NetworkPolicy": render_network_policy,
 }
 
 

@@ -27,6 +27,9 @@ MODELS_DIR = "/models"
 # loads (a declaration wins over model-settings.json) and the MLServer settings
 # generated from it, which are what MLServer runs with.
 CONFIG_FILES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME)
+# The server reads the repository API's admin token from it (modelyard.serving.auth's
+# ADMIN_TOKEN_ENV; not imported: the operator's image has no serving stack).
+ADMIN_TOKEN_ENV = "MODELYARD_ADMIN_TOKEN"
 CONFIG_HASH_ANNOTATION = "modelyard.io/config-hash"
 MODEL_LABEL = "modelyard.io/model"
 RUN_USER = 1000
@@ -81,6 +84,19 @@ class RenderOptions:
     # The per-pod metric a custom-metrics adapter serves for requests-in-flight: the
     # server's gauge of V2 requests being answered (REST and gRPC), labelled by model.
     inflight_metric: str = "modelyard_requests_in_flight"
+    # What a Model that sets no CPU or memory gets: a pod without requests is scheduled
+    # anywhere and evicted first, one without a memory limit can take a node's memory.
+    default_cpu: str = "500m"
+    default_memory: str = "1Gi"
+    # A NetworkPolicy per Model (a Model's spec.networkPolicy overrides each field):
+    # the REST and gRPC ports from these peers (JSON NetworkPolicyPeers), the metrics
+    # port from the monitoring namespace's pods.
+    network_policy: bool = True
+    network_policy_from: str = (
+        '[{"namespaceSelector": {"matchLabels": {"modelyard.io/access": "true"}}},'
+        ' {"podSelector": {"matchLabels": {"modelyard.io/access": "true"}}}]'
+    )
+    monitoring_namespace: str = "monitoring"
     api: ApiVersions = field(default_factory=ApiVersions)
 
 
@@ -141,11 +157,9 @@ def resources(model: Model, options: RenderOptions) -> dict[str, Any]:
     wanted = model.spec.deployment.resources
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
-    if wanted.cpu:
-        # No CPU limit: throttling a model server hurts latency more than it protects.
-        requests["cpu"] = wanted.cpu
-    if wanted.memory:
-        requests["memory"] = limits["memory"] = wanted.memory
+    # No CPU limit: throttling a model server hurts latency more than it protects.
+    requests["cpu"] = wanted.cpu or options.default_cpu
+    requests["memory"] = limits["memory"] = wanted.memory or options.default_memory
     if wanted.gpu:
         # Extended resources are requested through limits (requests must equal them).
         # Quantities are strings: server-side apply refuses a bare number.
@@ -164,6 +178,16 @@ def env(model: Model) -> list[dict[str, Any]]:
         {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
         for name, ref in sorted(model.spec.secret_env.items())
     ] + [{"name": "HOME", "value": "/tmp"}]
+
+
+def server_env(model: Model) -> list[dict[str, Any]]:
+    """The server container's variables: `env`, and the repository API's admin token
+    from its Secret (without one, the server refuses that API)."""
+    ref = model.spec.admin_token_secret
+    if ref is None:
+        return env(model)
+    token = {"secretKeyRef": {"name": ref.secret, "key": ref.key}}
+    return [*env(model), {"name": ADMIN_TOKEN_ENV, "valueFrom": token}]
 
 
 def volume_mounts(model: Model) -> list[dict[str, Any]]:
@@ -230,6 +254,9 @@ def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]
                 {"name": "model", "mountPath": model_dir(model)},
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
+            # The pod's requests are the larger of an init container's and the sum of
+            # the others': the server's own cost nothing more, and bound the fetch.
+            "resources": resources(model, options),
             "securityContext": container_security_context(),
         }
         for name, uri in fetches(model)

@@ -14,7 +14,6 @@ from modelyard_operator.render.common import (
     RenderOptions,
     container_security_context,
     content_hash,
-    env,
     init_containers,
     labels,
     metadata,
@@ -22,6 +21,7 @@ from modelyard_operator.render.common import (
     resources,
     scheduling,
     selector_labels,
+    server_env,
     server_processes,
     volume_mounts,
     volumes,
@@ -74,7 +74,7 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "env": env(model),
+        "env": server_env(model),
         "resources": resources(model, options),
         # Loading a large model can take minutes: the server is started once every one of
         # its processes has tried, and only then do liveness and readiness begin.

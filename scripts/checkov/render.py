@@ -1,0 +1,37 @@
+"""Write what a cluster gets, for checkov: every example Model resource as `modelyard
+render` renders it (examples/*/k8s/*.yaml), and the chart as Helm renders it with its
+defaults. Usage: python scripts/checkov/render.py OUT_DIR"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_python as helm
+
+REPO = Path(__file__).resolve().parents[2]
+MODELYARD = str(Path(sys.executable).parent / "modelyard")
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for example in sorted(REPO.glob("examples/*/k8s/*.yaml")):
+        name = f"{example.parents[1].name}-{example.stem}.yaml"
+        rendered = subprocess.run(
+            # In a namespace of its own, as a cluster's models are (the operator renders
+            # into the Model's namespace).
+            [MODELYARD, "render", str(example), "--namespace", "models"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        (out / name).write_text(rendered.stdout)
+    with helm.Chart.load(REPO / "charts" / "modelyard") as chart:
+        files = chart.render(None, name="modelyard", namespace="modelyard")
+    text = "\n---\n".join(t for n, t in sorted(files.items()) if n.endswith(".yaml"))
+    (out / "chart.yaml").write_text(text)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
