@@ -23,7 +23,7 @@ OPERATOR_KEYS = (
     "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy"
 )  # fmt: skip
 # Runtimes that load an artifact and so need model.uri.
-ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "huggingface")
+ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
 # Service names are DNS-1035 labels: a letter first.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
@@ -154,7 +154,10 @@ class ModelSpec(BaseModel):
 
     name: str | None = None
     version: str
-    runtime: Literal["sklearn", "xgboost", "huggingface", "predictor", "custom"]
+    runtime: Literal[
+        "sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface",
+        "predictor", "custom",
+    ]  # fmt: skip
     predictor: str | None = None
     implementation: str | None = None
     model: Artifact = Artifact()
