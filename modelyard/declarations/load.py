@@ -167,6 +167,7 @@ class _Checks:
             (("model", "uri"), "artifact"),
             (("features", "sql"), "query file"),
             (("features", "preprocess"), "fitted transformer"),
+            (("monitoring", "reference"), "drift reference (a sample of the training data)"),
         ]
         for keys, what in named:
             value = self.text(*keys)

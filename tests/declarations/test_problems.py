@@ -159,6 +159,18 @@ CASES = [
         "missing.pkl does not exist",
     ),
     Case(
+        "drift-reference-missing",
+        setting("monitoring", {"reference": "reference.parquet"}),
+        "/monitoring/reference",
+        "reference.parquet does not exist",
+    ),
+    Case(
+        "drift-reference-not-a-table",
+        setting("monitoring", {"reference": "reference.json"}),
+        "/monitoring/reference",
+        "is not a valid reference: A Parquet or CSV file",
+    ),
+    Case(
         "sha256-mismatch",
         setting("model.sha256", "0" * 64),
         "/model/sha256",
