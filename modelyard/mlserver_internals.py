@@ -18,7 +18,7 @@ from mlserver.settings import ModelSettings
 
 
 def runtime_model(model: MLModel) -> Any:
-    """The library object MLServer's scikit-learn and XGBoost runtimes predict with."""
+    """The library object MLServer's scikit-learn, XGBoost and LightGBM runtimes predict with."""
     return getattr(model, "_model", None)
 
 

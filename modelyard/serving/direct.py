@@ -17,6 +17,13 @@ feature names, dtype, finiteness): for one row, nine tenths of its time. Here
 ``predict`` checks what that validation would reject (shape, dtype, finiteness) and
 makes the product itself.
 
+**LightGBM.** ``Booster.predict`` builds a new predictor object per call (a deep copy
+of its keyword arguments, the booster's parameters turned into a string), then looks
+the input over for a dozen data types and asks the C API how many values to expect,
+before the one C call that predicts. Here ``predict`` makes that C call
+(``LGBM_BoosterPredictForMat``) with what the booster would pass, fixed at load (the
+best iteration, no prediction parameters), and shapes its values as the booster does.
+
 The estimator keeps its class, so the runtime's own checks see no difference. The
 direct methods are used only if they give the library's answers on probes at load,
 and any call they do not cover (an input that is not a float array of the model's
@@ -45,6 +52,7 @@ DIRECT_ENV = "MODELYARD_DIRECT_PREDICT"
 
 SKLEARN_RUNTIME = ("mlserver_sklearn", "SKLearnModel")
 XGBOOST_RUNTIME = ("mlserver_xgboost", "XGBoostModel")
+LIGHTGBM_RUNTIME = ("mlserver_lightgbm", "LightGBMModel")
 FLOATS = (np.dtype("<f4"), np.dtype("<f8"))
 # A C-contiguous matrix as XGBoost's C API takes it (NumPy's array interface, in JSON).
 DENSE = b'{"data":[%d,true],"shape":[%d,%d],"strides":null,"typestr":"%s","version":3}'
@@ -171,6 +179,47 @@ class _XGBoost(_Direct):
         return self._proba(self._n_classes, self._values(x), np.vstack)
 
 
+class _LightGBM(_Direct):
+    def __init__(self, booster: Any):
+        from lightgbm.basic import _LIB, _safe_call
+
+        super().__init__(booster, booster.num_feature())
+        self._predict_mat = _LIB.LGBM_BoosterPredictForMat
+        self._safe_call = _safe_call
+        # Per row: one value per class (num_class models per iteration), else one.
+        self._per_row = booster.num_model_per_iteration()
+        # What Booster.predict passes without arguments: the best iteration (0: all).
+        self._iterations = ctypes.c_int(booster.best_iteration)
+
+    def predict(self, x: Any, **kwargs: Any) -> Any:
+        if not self._covers(x, kwargs):
+            return self._library("predict", x, kwargs)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        rows = x.shape[0]
+        values = np.empty(rows * self._per_row, dtype=np.float64)
+        written = ctypes.c_int64(0)
+        self._safe_call(
+            self._predict_mat(
+                self._estimator._handle,
+                x.ctypes.data_as(ctypes.c_void_p),
+                ctypes.c_int(0 if x.dtype == np.float32 else 1),  # C_API_DTYPE_FLOAT32/64
+                ctypes.c_int32(rows),
+                ctypes.c_int32(x.shape[1]),
+                ctypes.c_int(1),  # row major
+                ctypes.c_int(0),  # C_API_PREDICT_NORMAL
+                ctypes.c_int(0),  # start iteration
+                self._iterations,
+                b"",  # no prediction parameters
+                ctypes.byref(written),
+                values.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+            )
+        )
+        if written.value != values.size:
+            return self._library("predict", x, kwargs)
+        return values.reshape(rows, -1) if self._per_row != 1 else values
+
+
 class _Linear(_Direct):
     def __init__(self, estimator: Any, classifier: bool):
         super().__init__(estimator, int(estimator.n_features_in_))
@@ -200,8 +249,9 @@ def _runtime(spec: tuple[str, str]) -> type[MLModel] | None:
 
 
 def runtime_classes() -> tuple[type[MLModel], ...]:
-    """MLServer's scikit-learn and XGBoost runtime classes, those imported."""
-    return tuple(c for c in map(_runtime, (SKLEARN_RUNTIME, XGBOOST_RUNTIME)) if c is not None)
+    """MLServer's scikit-learn, XGBoost and LightGBM runtime classes, those imported."""
+    specs = (SKLEARN_RUNTIME, XGBOOST_RUNTIME, LIGHTGBM_RUNTIME)
+    return tuple(c for c in map(_runtime, specs) if c is not None)
 
 
 def _of_runtime(model: MLModel, spec: tuple[str, str]) -> bool:
@@ -220,6 +270,17 @@ def _xgboost(model: MLModel) -> _Direct | None:
     if getattr(estimator, "booster", None) == "gblinear":
         return None  # the wrapper does not predict gblinear in place either
     return _XGBoost(estimator)
+
+
+def _lightgbm(model: MLModel) -> _Direct | None:
+    if not _of_runtime(model, LIGHTGBM_RUNTIME):
+        return None
+    import lightgbm as lgb
+
+    booster = runtime_model(model)
+    if type(booster) is not lgb.Booster:
+        return None  # a subclass may predict its own way
+    return _LightGBM(booster)
 
 
 def _linear(model: MLModel) -> _Direct | None:
@@ -257,7 +318,7 @@ def predict_directly(model: MLModel) -> bool:
     if os.environ.get(DIRECT_ENV) == "off":
         return False
     try:
-        direct = _xgboost(model) or _linear(model)
+        direct = _xgboost(model) or _lightgbm(model) or _linear(model)
         if direct is None:
             return False
         agrees = direct.agrees()
