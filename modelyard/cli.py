@@ -21,6 +21,7 @@ COMMANDS = {
     "feedback": "modelyard.commands.feedback:feedback",
     "metrics": "modelyard.commands.metrics:metrics",
     "drift": "modelyard.commands.drift:drift",
+    "predict": "modelyard.commands.predict:predict",
 }
 
 
