@@ -309,6 +309,24 @@ class Deadlines(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """The server stops: a request whose body is still arriving has not been
+        received, and is refused at once rather than waited for."""
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_started
+            and not cycle.response_complete
+        ):
+            self._refuse(
+                b"503 Service Unavailable",
+                "the server is stopping and had not received the whole request body; "
+                "send the request again",
+            )
+            return
+        super().shutdown()
+
     def _arm(self, seconds: float, late: Callable[[], None]) -> None:
         self._timer = self.loop.call_later(seconds, late)
 
@@ -320,27 +338,29 @@ class Deadlines(HttpToolsProtocol):
     def _headers_late(self) -> None:
         self._timer = None
         if self._in_headers:
-            self._refuse_late(
+            self._refuse(
+                b"408 Request Timeout",
                 f"request headers not received within {self.header_timeout_s:g} s; "
-                "send them at once, or raise `modelyard serve --header-timeout-s`"
+                "send them at once, or raise `modelyard serve --header-timeout-s`",
             )
 
     def _body_late(self) -> None:
         self._timer = None
         if self.cycle is not None and not self.cycle.response_started:
-            self._refuse_late(
+            self._refuse(
+                b"408 Request Timeout",
                 f"request body not received within {self.body_timeout_s:g} s; "
-                "send it faster, or raise `modelyard serve --body-timeout-s`"
+                "send it faster, or raise `modelyard serve --body-timeout-s`",
             )
 
-    def _refuse_late(self, message: str) -> None:
-        """A 408 and the close; an app still waiting for the body sees a disconnect."""
+    def _refuse(self, status: bytes, message: str) -> None:
+        """An error and the close; an app still waiting for the body sees a disconnect."""
         if self.transport.is_closing():
             return
         body = error_body(message)
         self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(body), body)
         )
         self.transport.close()
 

@@ -330,8 +330,8 @@ def test_sigterm_answers_what_was_received_and_ends_in_bounded_time(tmp_path: Pa
     server = ServerProcess(models, tmp_path / "serve.log", extra_args=args)
     with running(server):
         assert server.proc is not None
-        stop = threading.Event()
-        # A client that would hold the process for 300 s if nothing bounded the drain.
+        # A client that would hold the process for 300 s if nothing bounded the drain;
+        # its request is not received (its body is not all in), and is refused.
         slow = socket.create_connection(("127.0.0.1", server.http_port))
         slow.sendall(REQUEST_HEAD + b"Content-Length: 1000\r\n\r\n{")
         body = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}
@@ -350,8 +350,10 @@ def test_sigterm_answers_what_was_received_and_ends_in_bounded_time(tmp_path: Pa
             codes = [c.result() for c in calls]
             server.proc.wait(timeout=60)
             took = time.monotonic() - stopping
-        stop.set()
+        refused = read_until_closed(slow, 30)
         slow.close()
     assert codes == [200] * 8
+    assert refused.startswith(b"HTTP/1.1 503 "), refused
+    assert b"send the request again" in refused
     assert server.proc.returncode == 0, server.log()
     assert took < 30, f"took {took:.0f} s to stop with a grace period of 4 s"
