@@ -293,7 +293,7 @@ class Registry:
         status.state = State.UNLOADED
         status.error = (
             f"unloaded through the repository API; POST /v2/repository/models/{status.name}"
-            "/load serves it again"
+            "/load (with the admin token) serves it again"
         )
         status.updated_at = time.time()
 
