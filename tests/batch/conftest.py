@@ -22,7 +22,7 @@ from tests.support.server import MODELYARD, REPO
 
 EXAMPLE = REPO / "examples" / "customer-profile"
 FILES = ("model.yaml", "features.sql", "features.db", "predictor.py", "model.joblib",
-         "preprocess.pkl")  # fmt: skip
+         "preprocess.pkl", "reference.parquet")  # fmt: skip
 MODEL, VERSION, KEY = "gender", "0.1.0", "user_id"
 VALUES = ["male_percentile", "female_percentile"]
 USERS = 5000
