@@ -310,3 +310,18 @@ def test_client_certificates_guard_inference_but_not_probes(
                 cert=(str(other.client_cert), str(other.client_key)),
                 timeout=5,
             )
+
+
+def test_pythons_grpc_server_asks_for_the_client_certificate_at_the_handshake(
+    tmp_path: Path, models: Path, pki: Pki
+) -> None:
+    env = {"MODELYARD_GRPC_FRONT": "off"}
+    with serve(tmp_path, models, *tls_args(pki, client_ca=True), ca=pki.ca, **env) as server:
+        # Refused at the handshake: the channel never connects.
+        client = grpc_tls_client(server, pki, cert=False)
+        expect_error(client, lambda: infer(client, "iris", IRIS), 0, "UNAVAILABLE")
+        client = grpc_tls_client(server, pki, cert=True)
+        assert infer(client, "iris", IRIS).as_numpy("predict").ravel().tolist() == [0]
+        # REST still checks per call: the probe without a certificate is answered.
+        r = requests.get(f"{server.base}/v2/health/ready", verify=str(pki.ca), timeout=5)
+        assert r.json() == {"ready": True}
