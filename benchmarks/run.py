@@ -38,6 +38,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
+from benchmarks.runtimes import runtimes
 from modelyard.serving.direct import DIRECT_ENV, predict_directly
 from tests.support.server import REPO, ServerProcess
 
@@ -429,6 +430,7 @@ def monitoring(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 part(batch)
+part(runtimes)
 
 
 def machine() -> dict:
