@@ -56,6 +56,8 @@ def python_grpc(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_config_is_derived_from_the_declaration(protocol: str, repo_server: ServerProcess) -> None:
     client = make_client(protocol, repo_server)
+    if protocol == "grpc":  # the Go front end relays ModelConfig to Python's server
+        assert "through" in repo_server.log() and "modelyard-grpc-front" in repo_server.log()
     assert config(client, "iris") == IRIS
     assert config(client, "iris", "1") == IRIS
     found = config(client, "breast-cancer")
