@@ -1,7 +1,7 @@
 """Sampled payload logging: a declared share of a model's online requests and responses
 written to its store, never slowing the request path.
 
-On the request path ``record`` only draws a random number and, for a sampled request,
+On the request path ``draw`` only draws a random number and, for a sampled request, ``log``
 puts a shallow copy of the request and response objects in a bounded queue (it never
 waits: when the queue is full the entry is dropped and counted in
 ``modelyard_payload_log_dropped_total``). A background thread serialises the entries
@@ -78,8 +78,22 @@ class PayloadLog:
         self, model: MLModel, request: InferenceRequest, response: InferenceResponse
     ) -> None:
         """Queue the request and response for logging if the model samples this one."""
+        if self.draw(model):
+            self.log(model, request, response)
+
+    def wants(self, model: MLModel) -> bool:
+        """Whether the model logs a sample of its payloads."""
+        return self._sampling(model) is not None
+
+    def draw(self, model: MLModel) -> bool:
+        """Whether this call of the model is one of its sample (a random draw)."""
         config = self._sampling(model)
-        if config is None or random.random() >= config.sample_rate:
+        return config is not None and random.random() < config.sample_rate
+
+    def log(self, model: MLModel, request: InferenceRequest, response: InferenceResponse) -> None:
+        """Queue a call that `draw` chose (never waits: a full queue drops it, counted)."""
+        config = self._sampling(model)
+        if config is None:
             return
         if not response.id:
             # A gRPC client that sends no id gets "" back from MLServer: give this one
@@ -92,10 +106,6 @@ class PayloadLog:
             self.queue.put_nowait(_Entry(config, _copy(request), _copy(response), now()))
         except queue.Full:
             metrics.PAYLOAD_DROPS.labels(model=config.model, reason="queue_full").inc()
-
-    def wants(self, model: MLModel) -> bool:
-        """Whether the model logs a sample of its payloads."""
-        return self._sampling(model) is not None
 
     @staticmethod
     def _sampling(model: MLModel) -> QualityConfig | None:

@@ -21,6 +21,7 @@ from mlserver.cloudevents import CloudEventsMiddleware
 from mlserver.context import model_context
 from mlserver.errors import InferenceError, MLServerError, ModelNotReady
 from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
 from mlserver.middleware import InferenceMiddlewares
 from mlserver.model import MLModel
 from mlserver.settings import Settings
@@ -84,12 +85,15 @@ def unexpected(model: str, request_id: str | None, error: BaseException) -> Mode
 
 
 class Observer(Protocol):
-    """Sees answered calls (the payload log): ``wants`` is asked before a call may
-    skip the pydantic objects that ``record`` is given."""
+    """Sees answered calls (the payload log): ``wants`` says whether a model's calls may
+    be chosen at all, ``draw`` whether this call is, and ``log`` is given the chosen
+    calls as pydantic objects (a call answered by a gRPC lane builds them only then)."""
 
     def wants(self, model: MLModel) -> bool: ...
 
-    def record(
+    def draw(self, model: MLModel) -> bool: ...
+
+    def log(
         self, model: MLModel, request: InferenceRequest, response: InferenceResponse
     ) -> None: ...
 
@@ -174,7 +178,8 @@ class DataPlane:
             if outputs:
                 check_response(model.name, outputs, prepared, response)
             for observer in self._observers:
-                observer.record(model, prepared, response)  # sampled, queued: never waits
+                if observer.draw(model):
+                    observer.log(model, prepared, response)  # queued: never waits
             return response
 
         return await self._counted(name, version, answer)
@@ -188,18 +193,29 @@ class DataPlane:
             return None
         model = self.models.find(request.model_name, request.model_version)
         lane: Lane | None = getattr(model, LANE_ATTR, None)
-        if model is None or lane is None or any(o.wants(model) for o in self._observers):
+        if model is None or lane is None:
             return None
         if self._cache is not None and model.settings.cache_enabled is not False:
             return None
+        # A call the payload log samples is answered by the lane too, and only then
+        # converted to the objects the log keeps.
+        chosen = [o for o in self._observers if o.wants(model) and o.draw(model)]
+        if chosen and not request.id:
+            request.id = generate_uuid()  # the id the client sends labels with
 
         async def answer(_: MLModel) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
             try:
-                return lane.answer(request, self._middleware)
+                response, headers = lane.answer(request, self._middleware)
             except MLServerError:
                 raise
             except Exception as e:
                 raise model_failed(model, request.id, lane.tensors(request), e) from e
+            if chosen:
+                sent = ModelInferRequestConverter.to_types(request)
+                answered = ModelInferResponseConverter.to_types(response)
+                for observer in chosen:
+                    observer.log(model, sent, answered)
+            return response, headers
 
         return await self._counted(request.model_name, request.model_version, answer, model)
 

@@ -15,14 +15,17 @@ import pytest
 import xgboost as xgb
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.dataplane_pb2_grpc import GRPCInferenceServiceStub
-from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import MetadataTensor, Parameters
+from mlserver.model import MLModel
+from mlserver.settings import ModelParameters, ModelSettings, Settings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters
 from mlserver_sklearn import SKLearnModel
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression
 
+from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.direct import DIRECT_ENV, predict_directly
 from modelyard.serving.lanes import LANE_ATTR, give_lane, takes
+from modelyard.serving.models import LoadedModels
 from tests.quality.served import scrape
 from tests.serving.test_direct import sklearn_loaded
 from tests.support.server import ServerProcess
@@ -236,3 +239,50 @@ async def test_a_plain_model_gets_its_lane(tmp_path: Path) -> None:
         LogisticRegression(max_iter=500).fit(*load_iris(return_X_y=True)), tmp_path
     )
     assert predict_directly(model) and give_lane(model)
+
+
+class Sampled:
+    """An observer (as the payload log) that chooses every call and keeps what it logs."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[InferenceRequest, InferenceResponse]] = []
+
+    def wants(self, model: MLModel) -> bool:
+        return True
+
+    def draw(self, model: MLModel) -> bool:
+        return True
+
+    def log(self, model: MLModel, request: InferenceRequest, response: InferenceResponse) -> None:
+        self.logged.append((request, response))
+
+
+async def test_a_sampled_call_keeps_its_lane_and_is_logged(tmp_path: Path) -> None:
+    joblib.dump(
+        LogisticRegression(max_iter=500).fit(*load_iris(return_X_y=True)), tmp_path / "model.joblib"
+    )
+    models = LoadedModels()
+    await models.swap(
+        ModelSettings(
+            name="iris",
+            implementation=SKLearnModel,
+            parameters=ModelParameters(uri=str(tmp_path / "model.joblib")),
+        ),
+        None,
+    )
+    observer = Sampled()
+    plane = DataPlane(Settings(), models, lambda: True, lambda: True, observers=[observer])
+
+    answered = await plane.infer_lane(call("iris", X_IRIS[:3], "FP64"))
+
+    # Answered by the lane (not sent the slow way because the log samples the model),
+    # with an id the client can send labels with, and the same call in the log.
+    assert answered is not None
+    response, _ = answered
+    assert response.id
+    [(request, logged)] = observer.logged
+    assert request.id == logged.id == response.id
+    assert np.allclose(request.inputs[0].data.root, X_IRIS[:3].ravel())
+    predicted = np.frombuffer(response.raw_output_contents[0], "<i8")
+    assert list(logged.outputs[0].data.root) == list(predicted)
+    assert await models.remove("iris")
