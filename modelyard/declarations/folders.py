@@ -131,7 +131,13 @@ def to_model_settings(data: dict[str, Any], source: Path) -> ModelSettings:
             raise InvalidModelFolder(
                 str(source.parent), [Problem(str(source), "/parameters/uri", str(e))]
             ) from None
-    if uri and "://" not in uri and not os.path.isabs(uri):
+    # MLflow's registry URIs (models:/churn/3, runs:/<id>/model) name no local path.
+    if (
+        uri
+        and "://" not in uri
+        and not uri.startswith(("models:/", "runs:/"))
+        and not os.path.isabs(uri)
+    ):
         params["uri"] = os.path.normpath(source.parent.resolve() / uri)
     data[SOURCE_KEY] = str(source.resolve())
     try:

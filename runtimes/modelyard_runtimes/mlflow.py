@@ -19,6 +19,7 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from mlserver_mlflow.codecs import TensorDictCodec
 from modelyard.declarations.signature import declared_signature, keep_signature
 from modelyard.serving.direct import DIRECT_ENV
 from modelyard.serving.tensors import NUMPY_DTYPES
+from modelyard_runtimes.errors import ModelError
 
 logger = logging.getLogger("modelyard.runtimes")
 
@@ -43,12 +45,47 @@ NATIVE_FLAVOURS = {
 NUMERIC = {"FP32", "FP64", "INT32", "INT64"}
 
 
+REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/]+)|@(?P<alias>[^/]+))/?$")
+
+
+def pin_registry_uri(uri: str) -> str:
+    """A ``models:/`` URI naming a stage (``models:/churn/Production``), ``latest`` or an
+    alias (``models:/churn@champion``) as the version it names now
+    (``models:/churn/3``), resolved against ``MLFLOW_TRACKING_URI``; any other URI
+    (a version already, ``runs:/``, a folder) as it is."""
+    match = REGISTRY.match(uri)
+    if match is None or (match["ref"] or "").isdigit():
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    name = match["name"]
+    if match["alias"]:
+        version = client.get_model_version_by_alias(name, match["alias"]).version
+    else:
+        ref = match["ref"]
+        stages = None if ref.lower() == "latest" else [ref]
+        found = client.get_latest_versions(name, stages=stages)
+        if not found:
+            raise ModelError(f"{uri}: the registry has no version of {name} in stage {ref}")
+        version = max(found, key=lambda v: int(v.version)).version
+    return f"models:/{name}/{version}"
+
+
 class MLflowRuntime(PyfuncRuntime):
     _native: Any = None
     _native_input: MetadataTensor | None = None
 
     async def load(self) -> bool:
         inputs, outputs = declared_signature(self._settings)
+        params = self._settings.parameters
+        if params is not None and params.uri:
+            # Pinned for the life of this version: a stage or alias that moves is seen
+            # by the next load, never half-way through this one.
+            pinned = await asyncio.to_thread(pin_registry_uri, params.uri)
+            if pinned != params.uri:
+                logger.info("model '%s': %s is %s", self.name, params.uri, pinned)
+                params.uri = pinned
         await super().load()
         if not inputs and not outputs and (self.inputs or self.outputs):
             keep_signature(self, (list(self.inputs or ()), list(self.outputs or ())))
