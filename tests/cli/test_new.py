@@ -188,8 +188,8 @@ def test_every_scaffold_passes_its_own_tests(scaffolded: dict) -> None:
     ("runtime", "template", "message"),
     [
         ("predictor", "no-code", "--template no-code does not go with --runtime predictor: no-code "
-         "takes --runtime sklearn or xgboost or huggingface; --runtime predictor goes with "
-         "--template low-code"),
+         "takes --runtime sklearn or xgboost or lightgbm or catboost or mlflow or onnx or "
+         "huggingface; --runtime predictor goes with --template low-code"),
         ("sklearn", "low-code", "low-code takes --runtime predictor; --runtime sklearn goes with "
          "--template no-code"),
         ("custom", "no-code", "--runtime custom goes with --template full-custom"),
