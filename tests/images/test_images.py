@@ -66,9 +66,19 @@ def test_the_final_stage_runs_as_the_pods_user_without_build_tools(dockerfile: P
 
 
 def test_the_serving_image_installs_pyprojects_cpu_torch() -> None:
-    pinned = re.search(r'"torch==([^"]+)"', (IMAGES / "serving" / "Dockerfile").read_text())
+    dockerfile = (IMAGES / "serving" / "Dockerfile").read_text()
+    pinned = re.search(r'"torch==([^"]+)"', dockerfile)
     assert pinned is not None
-    assert str(pyproject_dependencies()["torch"].specifier) == f"=={pinned[1]}"
+    # torch comes with the huggingface extra, which the image installs with the others.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    huggingface = {
+        r.name: r for r in map(Requirement, extras["optional-dependencies"]["huggingface"])
+    }
+    assert str(huggingface["torch"].specifier) == f"=={pinned[1]}"
+    installed = re.search(r'"/src\[([a-z,]+)\]"', dockerfile)
+    assert installed is not None
+    runtimes = {"lightgbm", "catboost", "mlflow", "onnx", "huggingface"}
+    assert runtimes <= set(installed[1].split(","))
 
 
 def test_the_operator_images_requirements_match_pyproject() -> None:
