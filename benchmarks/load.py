@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -202,3 +204,14 @@ def grpc_load(target: str, body: bytes, concurrency: int, duration: float) -> Lo
             capture_output=True, text=True, check=True, cwd=HERE.parent,
         ).stdout  # fmt: skip
     return Load(**json.loads(out))
+
+
+def calls_per_s(call: Callable[[], object], seconds: float = 2.0) -> float:
+    """How many times a second ``call`` runs in this process, after five warm-up calls."""
+    for _ in range(5):
+        call()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    return calls / (time.perf_counter() - start)

@@ -31,6 +31,7 @@ from benchmarks.batch import batch
 from benchmarks.load import (
     Load,
     PlainMLServer,
+    calls_per_s,
     grpc_body,
     grpc_load,
     h2load_grpc,
@@ -113,16 +114,6 @@ def measure(server: ServerProcess, s: Scenario, duration: float) -> Load:
     body = grpc_body(s.model, s.input_name, s.array, s.datatype)
     metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
     return h2load_grpc(server.grpc_url, body, s.concurrency, duration, metrics)
-
-
-def calls_per_s(call: Callable[[], object], seconds: float = 2.0) -> float:
-    for _ in range(5):
-        call()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return calls / (time.perf_counter() - start)
 
 
 def raw_rows_per_s(model: str, data: np.ndarray) -> float:

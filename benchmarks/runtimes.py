@@ -12,7 +12,6 @@ the servers alone.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +25,7 @@ from sklearn.datasets import load_breast_cancer
 from benchmarks.load import (
     Load,
     PlainMLServer,
+    calls_per_s,
     grpc_body,
     h2load_grpc,
     plain_model_dir,
@@ -38,16 +38,6 @@ from tests.support.server import ServerProcess
 # model -> (input name, datatype)
 INPUTS = {"cancer-lgb": ("input-0", "FP64"), "cancer-onnx": ("float_input", "FP32")}
 SIZES = ((1, 1), (1, 16), (1000, 16))  # (rows, callers)
-
-
-def _calls_per_s(call: Callable[[], object], seconds: float = 2.0) -> float:
-    for _ in range(5):
-        call()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return calls / (time.perf_counter() - start)
 
 
 def make_models(root: Path) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -123,10 +113,10 @@ def _direct_lightgbm(root: Path) -> dict[str, float]:
     model = LightGBMModel(settings)
     asyncio.run(model.load())
     booster, row = model._model, _rows("cancer-lgb", 1)
-    library = _calls_per_s(lambda: type(booster).predict(booster, row))
+    library = calls_per_s(lambda: type(booster).predict(booster, row))
     if not predict_directly(model):
         raise RuntimeError("cancer-lgb: the direct predictions did not agree at load")
-    direct = _calls_per_s(lambda: booster.predict(row))
+    direct = calls_per_s(lambda: booster.predict(row))
     return {"library_us": 1e6 / library, "direct_us": 1e6 / direct, "speedup": direct / library}
 
 
@@ -155,7 +145,7 @@ def runtimes(args: argparse.Namespace, tmp: Path) -> dict:
     for model, fn in predict.items():
         for rows in (1, 1000):
             data = _rows(model, rows)
-            raw[f"{model} {rows}-row"] = _calls_per_s(partial(fn, data)) * rows
+            raw[f"{model} {rows}-row"] = calls_per_s(partial(fn, data)) * rows
     print(f"\n{'scenario':32} {'plain MLServer':>22} {'modelyard':>22} {'ratio':>6}"
           f" {'raw predict rows/s':>19}")  # fmt: skip
     table = []
