@@ -30,7 +30,14 @@ def test_a_folder_renders_what_the_operator_applies(tmp_path: Path) -> None:
     expected = manifests(Model.from_spec("scorer", "ml", spec), RenderOptions())
     assert result.stdout == dump(expected)
     kinds = [m["kind"] for m in documents(result.stdout)]
-    assert kinds == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "CronJob"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "CronJob",
+        "NetworkPolicy",
+    ]
     for manifest in documents(result.stdout):
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
