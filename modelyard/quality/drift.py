@@ -52,7 +52,7 @@ from modelyard.quality.evaluate import _flat
 from modelyard.quality.labels import label_text
 from modelyard.quality.tables import KEYS_PER_QUERY, QualityStore
 from modelyard.store.runs import RunStatus
-from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, now
+from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, create_missing, now
 
 if TYPE_CHECKING:
     from mlserver.settings import ModelSettings
@@ -454,8 +454,8 @@ class BatchSample:
                  .decode(), written_at=written)
             for i, row in enumerate(rows.to_dict("records"))
         ]  # fmt: skip
+        create_missing(engine, table.metadata)  # the run's shards write at once
         with engine.begin() as conn:
-            table.create(conn, checkfirst=True)
             conn.execute(
                 table.delete().where(
                     table.c.model == model, table.c.version == version,

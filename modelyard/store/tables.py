@@ -259,14 +259,7 @@ class Tables:
             return sa.inspect(conn).has_table(name)
 
     def _create(self, metadata: sa.MetaData) -> None:
-        try:
-            metadata.create_all(self.engine, checkfirst=True)
-        except (sa.exc.ProgrammingError, sa.exc.IntegrityError, sa.exc.OperationalError):
-            # Another shard created it first (PostgreSQL reports the race as an error).
-            with self.engine.connect() as conn:
-                present = sa.inspect(conn).get_table_names()
-            if not all(t in present for t in metadata.tables):
-                raise
+        create_missing(self.engine, metadata)
 
     def _check(self, spec: PredictionsSpec, table: sa.Table) -> None:
         with self.engine.connect() as conn:
@@ -351,3 +344,15 @@ def _v2(sql: str, dialect: sa.Dialect) -> str:
     """A SQL type as the V2 datatypes stored in it, e.g. ``FP32 (REAL)``."""
     names = [n for n, t in SQL_TYPES.items() if _sql(t, dialect) == sql]
     return f"{'/'.join(names)} ({sql})" if names else sql
+
+
+def create_missing(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create ``metadata``'s tables that do not exist yet, when shards running at once may
+    create them too (PostgreSQL reports the race as an error: the table is there)."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except (sa.exc.ProgrammingError, sa.exc.IntegrityError, sa.exc.OperationalError):
+        with engine.connect() as conn:
+            present = sa.inspect(conn).get_table_names()
+        if not all(t in present for t in metadata.tables):
+            raise
