@@ -7,18 +7,13 @@ from pathlib import Path
 
 import click
 
+from modelyard.commands import model_store_options
 from modelyard.logs import configure_logging
-
-DEFAULT_DIR = Path("model-settings")
 
 
 @click.command()
 @click.argument("name")
-@click.option(
-    "--dir", "directory", type=click.Path(path_type=Path), default=DEFAULT_DIR,
-    show_default=True, help="Where to find NAME when it is a model name, not a folder.",
-)  # fmt: skip
-@click.option("--store", help="The store's SQLAlchemy URL, instead of the declared one.")
+@model_store_options
 @click.option("--version", "version", help="This model version (default: the declared one).")
 @click.option(
     "--window", default="day", show_default=True,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
+from modelyard.commands import model_store_options
 from modelyard.logs import configure_logging
-
-DEFAULT_DIR = Path("model-settings")
 
 
 @click.group()
@@ -21,11 +20,7 @@ def feedback() -> None:
 @feedback.command("load")
 @click.argument("name")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--dir", "directory", type=click.Path(path_type=Path), default=DEFAULT_DIR,
-    show_default=True, help="Where to find NAME when it is a model name, not a folder.",
-)  # fmt: skip
-@click.option("--store", help="The store's SQLAlchemy URL, instead of the declared one.")
+@model_store_options
 def load(name: str, file: Path, directory: Path, store: str | None) -> None:
     """Load the labels of FILE (CSV or Parquet) for model NAME (a model folder, or the
     name of a model in --dir).
