@@ -67,15 +67,7 @@ IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 def upload(s3: S3Server, folder: Path, prefix: str, replace: dict[str, bytes] | None = None) -> str:
     """Upload a model folder's files to s3://BUCKET/prefix/; the folder URI."""
-    client = s3.client()
-    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        client.create_bucket(Bucket=BUCKET)
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if not path.is_file() or any(part in SKIP for part in relative.parts):
-            continue
-        body = (replace or {}).get(relative.as_posix(), path.read_bytes())
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{relative.as_posix()}", Body=body)
+    s3.upload_folder(folder, BUCKET, prefix, skip=SKIP, replace=replace)
     return f"s3://{BUCKET}/{prefix}/"
 
 

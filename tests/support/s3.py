@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,31 @@ class S3Server:
             region_name=CREDENTIALS["AWS_REGION"],
         )
 
-    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> list[str]:
-        """Upload every file under `folder` to s3://bucket/prefix/..., making the bucket."""
+    def upload_folder(
+        self,
+        folder: Path,
+        bucket: str,
+        prefix: str,
+        skip: Collection[str] = (),
+        replace: Mapping[str, bytes] | None = None,
+    ) -> list[str]:
+        """Upload every file under `folder` to s3://bucket/prefix/..., making the bucket.
+        Paths with a part in `skip` stay behind; `replace` gives other bytes for some
+        files (by their path relative to `folder`)."""
         s3 = self.client()
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
         keys = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            key = f"{prefix.strip('/')}/{path.relative_to(folder).as_posix()}"
-            s3.upload_file(str(path), bucket, key)
+            relative = path.relative_to(folder)
+            if any(part in skip for part in relative.parts):
+                continue
+            key = f"{prefix.strip('/')}/{relative.as_posix()}"
+            if replace and relative.as_posix() in replace:
+                s3.put_object(Bucket=bucket, Key=key, Body=replace[relative.as_posix()])
+            else:
+                s3.upload_file(str(path), bucket, key)
             keys.append(key)
         return keys
 
