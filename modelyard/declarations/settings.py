@@ -61,6 +61,8 @@ def _extra(decl: dict[str, Any]) -> dict[str, Any]:
     carried: dict[str, Any] = {k: model[k] for k in ("sha256", "versions") if k in model}
     if decl.get("monitoring"):
         carried["monitoring"] = decl["monitoring"]  # see modelyard.declarations.monitoring
+    if decl.get("rollout"):
+        carried["rollout"] = decl["rollout"]  # see modelyard.serving.rollouts
     if carried:
         extra[EXTRA_KEY] = carried
     return extra

@@ -57,7 +57,8 @@ def test_declaration_objects_are_closed_and_every_property_is_described() -> Non
 def test_top_level_keys_are_the_designed_ones() -> None:
     assert list(declaration_schema()["properties"]) == [
         "name", "version", "runtime", "predictor", "implementation", "model", "inputs",
-        "outputs", "features", "predictions", "serving", "deployment", "monitoring", "example",
+        "outputs", "features", "predictions", "serving", "deployment", "monitoring", "rollout",
+        "example",
     ]  # fmt: skip
 
 
