@@ -30,3 +30,12 @@ class InvalidModelFolder(ModelyardError):
 
 class QualityError(ModelyardError):
     """Quality metrics cannot be computed as asked; the message says what to change."""
+
+
+class ModelCodeFailed(ModelyardError):
+    """A model's own code raised on a request it had accepted; the message names the
+    step and the exception, which is its cause.
+
+    Not an ``MLServerError`` on purpose: the server answers it as every unexpected
+    error, a 500 whose body names the request id and never the exception's text (the
+    log has the traceback under that id); a batch run reports it per row."""

@@ -53,7 +53,7 @@ from modelyard.declarations.folders import (
     load_model_folder,
     resolve_model_folder,
 )
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelCodeFailed, ModelyardError
 from modelyard.store.connection import PredictionStore
 from modelyard.store.runs import RunInfo, RunStatus
 from modelyard.store.tables import PredictionsSpec, StoreError, now
@@ -390,7 +390,7 @@ class _Scoring:
             chunk = chunk[~repeats]
         try:
             scores = self.pipeline.score(chunk)
-        except MLServerError:
+        except (MLServerError, ModelCodeFailed):
             scores = self._isolate(chunk, bad)
         self._bad(bad)
         return scores
@@ -400,7 +400,7 @@ class _Scoring:
         parts: list[pd.DataFrame] = []
         found: list[tuple[Any, str]] = []
 
-        def split(frame: pd.DataFrame, error: MLServerError | None) -> None:
+        def split(frame: pd.DataFrame, error: MLServerError | ModelCodeFailed | None) -> None:
             if error is not None and len(frame) == 1:
                 found.append((frame[self.key].iloc[0], str(error)))
                 self._budget(len(bad) + len(found), found)
@@ -411,7 +411,7 @@ class _Scoring:
                     continue
                 try:
                     parts.append(self.pipeline.score(half))
-                except MLServerError as e:
+                except (MLServerError, ModelCodeFailed) as e:
                     split(half, e)
 
         with _quiet("modelyard.runtimes"):

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlserver.errors import InferenceError, MLServerError
-from modelyard_runtimes.errors import ModelError
 from modelyard_runtimes.predictor import PredictorPipeline
 
 from modelyard.declarations.folders import load_model_folder
 from modelyard.declarations.integrity import IntegrityError, verify_settings
+from modelyard.errors import ModelCodeFailed
 from tests.runtimes import folders
 from tests.runtimes.conftest import output, v2_request
 
@@ -107,14 +107,17 @@ async def test_user_errors_are_400_or_500_with_the_users_message(
     assert str(bad.value) == (
         "model 'faulty': 'bad' is not a word this model knows; send another word"
     )
-    with pytest.raises(ModelError) as crash:
+    # Not an MLServerError: the server answers it as any unexpected error (a 500 naming
+    # the request id), with the step and the exception in its log.
+    with pytest.raises(ModelCodeFailed) as crash:
         await model.predict(words("crash"))
-    assert crash.value.status_code == 500
+    assert not isinstance(crash.value, MLServerError)
     assert str(crash.value) == (
         "model 'faulty': Faulty.predict raised ZeroDivisionError: division by zero"
     )
+    assert isinstance(crash.value.__cause__, ZeroDivisionError)
     # A ValueError is the model's fault unless it says otherwise (BadRequest).
-    with pytest.raises(ModelError, match=r"Faulty\.predict raised ValueError: could not convert"):
+    with pytest.raises(ModelCodeFailed, match=r"Faulty\.predict raised ValueError: could not"):
         await model.predict(words("typo"))
     # The model still answers afterwards.
     assert output(await model.predict(words("four")), "predict") == [4]

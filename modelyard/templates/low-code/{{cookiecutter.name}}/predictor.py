@@ -3,6 +3,11 @@
 The runtime creates the class once, calls load() with this folder, then for every
 request runs postprocess(predict(preprocess(inputs))). preprocess and postprocess
 are optional. Replace the linear scorer below with your model.
+
+A request your code cannot take is answered with a 400 carrying your message when
+you raise modelyard_runtimes.errors.BadRequest("what is wrong, and what to send");
+anything else raised is a 500 naming the request id, with the traceback in the
+server's log under it.
 """
 
 import json
