@@ -20,6 +20,7 @@ import grpc
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import FileDescriptor
 from grpc import aio
 from mlserver.errors import MLServerError
 from mlserver.types import MetadataTensor
@@ -117,9 +118,9 @@ def add_config_routes(app: FastAPI, data_plane: DataPlane) -> None:
 
 
 # -- gRPC --------------------------------------------------------------------------------
-def _messages() -> tuple[Any, Any]:
-    """ModelConfigRequest and ModelConfigResponse, as grpc_service.proto and
-    model_config.proto number them, in a descriptor pool of their own."""
+def _config_file() -> descriptor_pb2.FileDescriptorProto:
+    """ModelConfigRequest, ModelConfigResponse and what they hold, as grpc_service.proto
+    and model_config.proto number them."""
     F = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(
         name="modelyard/model_config.proto", package="inference", syntax="proto3"
@@ -155,8 +156,16 @@ def _messages() -> tuple[Any, Any]:
         ("version", 2, F.TYPE_STRING, one, ""),
     )
     message("ModelConfigResponse", ("config", 1, F.TYPE_MESSAGE, one, ".inference.ModelConfig"))
+    return file
+
+
+CONFIG_FILE = _config_file()
+
+
+def _messages() -> tuple[Any, Any]:
+    """The request and response classes, in a descriptor pool of their own."""
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
+    pool.Add(CONFIG_FILE)
     get = message_factory.GetMessageClass
     return (
         get(pool.FindMessageTypeByName("inference.ModelConfigRequest")),
@@ -184,3 +193,34 @@ def config_handler(data_plane: DataPlane) -> grpc.GenericRpcHandler:
         response_serializer=ModelConfigResponse.SerializeToString,
     )
     return grpc.method_handlers_generic_handler(SERVICE, {"ModelConfig": handler})
+
+
+def reflection_pool(*files: FileDescriptor) -> descriptor_pool.DescriptorPool:
+    """The descriptors server reflection hands out: ``files`` (and what they import) as
+    they are, except MLServer's dataplane.proto, whose inference service gets the
+    ``ModelConfig`` method served above, so grpcurl lists it, describes it and calls it."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        service = next((s for s in proto.service if f"{proto.package}.{s.name}" == SERVICE), None)
+        if service is not None:
+            pool.Add(CONFIG_FILE)
+            proto.dependency.append(CONFIG_FILE.name)
+            service.method.add(
+                name="ModelConfig",
+                input_type=".inference.ModelConfigRequest",
+                output_type=".inference.ModelConfigResponse",
+            )
+        pool.Add(proto)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool

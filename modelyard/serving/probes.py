@@ -5,7 +5,8 @@
   name: SERVING while it is ready, NOT_FOUND for a name no model has), so Kubernetes'
   native gRPC probes and grpcurl work. `Watch` sends the status at once, then each
   change.
-- Server reflection lists the V2 services, so grpcurl needs no .proto files.
+- Server reflection lists the V2 services, ModelConfig among the inference service's
+  methods, so grpcurl needs no .proto files.
 - REST `/v2/health/live` and `/v2/health/ready` answer with the Open Inference
   Protocol's bodies, `{"live": true}` and `{"ready": true}` (200, or 400 when false),
   which the KServe SDK's clients read.
@@ -18,11 +19,12 @@ import asyncio
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from mlserver.errors import ModelNotFound
 from mlserver.grpc import dataplane_pb2, model_repository_pb2
 
 from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.model_config import reflection_pool
 
 INFERENCE_SERVICE = dataplane_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 REPOSITORY_SERVICE = model_repository_pb2.DESCRIPTOR.services_by_name[
@@ -78,4 +80,6 @@ def add_probes(server: aio.Server, data_plane: DataPlane) -> None:
     """Health and reflection on ``server``, beside the V2 services it already has."""
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(data_plane), server)
     services = (INFERENCE_SERVICE, REPOSITORY_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+    files = (dataplane_pb2, model_repository_pb2, health_pb2, reflection_pb2)
+    pool = reflection_pool(*(f.DESCRIPTOR for f in files))
+    reflection.enable_server_reflection(services, server, pool=pool)

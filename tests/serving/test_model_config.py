@@ -3,10 +3,15 @@ servers (the Go front end's and Python's), as tritonclient and perf_analyzer rea
 
 from __future__ import annotations
 
+import grpc
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.json_format import MessageToDict
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from tests.support.clients import Client, expect_error, make_client
 from tests.support.server import ServerProcess, copy_model, running
@@ -101,3 +106,33 @@ def test_rest_config_paths(repo_server: ServerProcess) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.headers["content-type"] == "application/json"
         assert answer.json() == IRIS
+
+
+@pytest.mark.parametrize("front", ["go", "python"])
+def test_reflection_lists_and_resolves_model_config(
+    front: str, repo_server: ServerProcess, python_grpc: ServerProcess
+) -> None:
+    """What grpcurl does with no .proto files: list the services, resolve
+    GRPCInferenceService/ModelConfig from the server's descriptors and call it with
+    messages built from them alone."""
+    server = repo_server if front == "go" else python_grpc
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert "inference.GRPCInferenceService" in database.get_services()
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("inference.GRPCInferenceService")
+        assert {"ModelInfer", "ModelMetadata", "ModelConfig"} <= set(service.methods_by_name)
+        method = service.methods_by_name["ModelConfig"]
+        assert method.input_type.full_name == "inference.ModelConfigRequest"
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelConfig",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        answer = call(request_class(name="iris"), timeout=10)
+    found = MessageToDict(answer.config, preserving_proto_field_name=True)
+    for tensor in (*found["input"], *found["output"]):
+        tensor["dims"] = [int(d) for d in tensor["dims"]]
+    assert found == IRIS
