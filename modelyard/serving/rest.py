@@ -27,12 +27,12 @@ from mlserver.rest.utils import matches
 from mlserver.settings import Settings
 from mlserver.types import InferenceRequest
 from mlserver.utils import extract_headers, insert_headers
-from pydantic import ValidationError
 
 from modelyard.serving import metrics
-from modelyard.serving.binary import HEADER, binary_outputs, encode_response, parse_request
+from modelyard.serving.binary import HEADER, binary_outputs, encode_response
 from modelyard.serving.dataplane import DataPlane, unexpected
 from modelyard.serving.docs import add_docs_routes
+from modelyard.serving.heavy import Decoder, Undecodable, decode
 from modelyard.serving.model_config import add_config_routes
 from modelyard.serving.repository import Repository
 
@@ -88,9 +88,10 @@ async def remove_custom_handlers(app: FastAPI, model: MLModel) -> MLModel:
 class RestInfer:
     """The REST port's ASGI app: ``POST .../infer`` here, the rest to ``app``."""
 
-    def __init__(self, app: ASGIApp, data_plane: DataPlane):
+    def __init__(self, app: ASGIApp, data_plane: DataPlane, decoder: Decoder | None = None):
         self.app = app
         self.data_plane = data_plane
+        self.decoder = decoder or Decoder()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -154,12 +155,12 @@ class RestInfer:
             if not message.get("more_body", False):
                 break
         try:
-            payload = parse_request(b"".join(chunks), headers.get(HEADER))
+            payload = decode(b"".join(chunks), headers.get(HEADER))
             insert_headers(payload, headers)
             events = self.data_plane.infer_stream(_one(payload), name, version)
             first = await anext(events, None)
-        except orjson.JSONDecodeError as e:
-            await _send(send, 400, JSON_HEADERS, _error(f"request body is not valid JSON: {e}"))
+        except Undecodable as e:
+            await _send(send, e.status, JSON_HEADERS, _error(e.message))
             return
         except MLServerError as e:
             await _send(send, e.status_code, JSON_HEADERS, _error(str(e)))
@@ -182,13 +183,9 @@ class RestInfer:
         request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         raw = await self._body(receive)
         try:
-            payload = parse_request(raw, request_headers.get(HEADER))
-        except orjson.JSONDecodeError as e:
-            return 400, [], _error(f"request body is not valid JSON: {e}")
-        except ValidationError as e:
-            return 400, [], _error(_describe(e))
-        except MLServerError as e:
-            return e.status_code, [], _error(str(e))
+            payload = await self.decoder.decode(raw, request_headers.get(HEADER))
+        except Undecodable as e:
+            return e.status, [], _error(e.message)
         binary = binary_outputs(payload)
         insert_headers(payload, request_headers)
         try:
@@ -230,12 +227,3 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
 
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
-
-
-def _describe(e: ValidationError) -> str:
-    """pydantic's errors as one line a client can act on: where and what."""
-    parts = []
-    for err in e.errors()[:5]:
-        where = "/".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid inference request: " + "; ".join(parts)

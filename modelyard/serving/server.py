@@ -37,6 +37,7 @@ from modelyard.serving.auth import Auth, AuthOptions, Guarded, secure_http
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc_front import GRPCFront, front_binary
 from modelyard.serving.grpc_server import GRPCServer
+from modelyard.serving.heavy import Decoder
 from modelyard.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -183,6 +184,8 @@ class Server:
             MetricsServer(opts.host, opts.metrics_port, self.auth, opts.auth) if first else None
         )
         self._rest: DrainingServer | None = None
+        # Large REST bodies parsed off the event loop (`heavy.py`).
+        self.decoder = Decoder()
 
     async def _add_handlers(self, model: MLModel) -> MLModel:
         return await add_custom_handlers(self.app, model)
@@ -266,7 +269,7 @@ class Server:
 
     async def _serve_rest(self, sock: Any) -> None:
         config = rest_config(
-            RestInfer(self.app, self.data_plane), self.opts.limits, self.opts.debug
+            RestInfer(self.app, self.data_plane, self.decoder), self.opts.limits, self.opts.debug
         )
         self._rest = DrainingServer(config)
         config = secure_http(config, self.auth, self.opts.auth)  # infer checked, TLS
@@ -309,6 +312,7 @@ class Server:
             await self.metrics.stop()
         if self._pool is not None:
             await self._pool.close()
+        self.decoder.close()
 
 
 async def serve(opts: ServeOptions) -> None:
