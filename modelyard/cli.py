@@ -22,6 +22,7 @@ COMMANDS = {
     "metrics": "modelyard.commands.metrics:metrics",
     "drift": "modelyard.commands.drift:drift",
     "predict": "modelyard.commands.predict:predict",
+    "rollout": "modelyard.commands.rollout:rollout",
 }
 
 

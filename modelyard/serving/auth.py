@@ -36,6 +36,8 @@ ADMIN_TOKEN_ENV = "MODELYARD_ADMIN_TOKEN"
 BEARER = "bearer "
 
 REST_REPOSITORY_PREFIX = "/v2/repository/"
+# A rollout's promote and abort (`rollouts.py`) take the admin token too.
+REST_ROLLOUTS_PREFIX = "/modelyard/rollouts/"
 REST_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 GRPC_REPOSITORY_METHODS = frozenset(
     {
@@ -226,7 +228,9 @@ class Auth:
         if path in REST_OPEN_PATHS:
             return None
         authorization = _header(scope, b"authorization")
-        if path.startswith(REST_REPOSITORY_PREFIX):
+        if path.startswith(REST_REPOSITORY_PREFIX) or (
+            path.startswith(REST_ROLLOUTS_PREFIX) and scope["method"] == "POST"
+        ):
             return self.check_admin(authorization)
         if not self.inference_required:
             return None

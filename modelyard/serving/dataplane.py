@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from mlserver.cache import LocalCache, ResponseCache
 from mlserver.cloudevents import CloudEventsMiddleware
@@ -41,6 +41,9 @@ from modelyard.serving.models import InFlight, LoadedModels
 from modelyard.serving.tensors import non_finite
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from modelyard.serving.rollouts import Rollout
 
 _T = TypeVar("_T")
 
@@ -115,12 +118,15 @@ class DataPlane:
         process_ready: Callable[[], bool],
         grpc_listening: Callable[[], bool],
         observers: Sequence[Observer] = (),
+        rollouts: dict[str, Rollout] | None = None,
     ):
         self.settings = settings
         self.models = models
         self._process_ready = process_ready
         self._grpc_listening = grpc_listening
         self._observers = list(observers)
+        # Models with a candidate beside them (`rollouts.Rollouts.active`).
+        self.rollouts: dict[str, Rollout] = rollouts if rollouts is not None else {}
         self._middleware = InferenceMiddlewares(CloudEventsMiddleware(settings))
         self._cache: ResponseCache | None = (
             LocalCache(size=settings.cache_size) if settings.cache_enabled else None
@@ -182,15 +188,18 @@ class DataPlane:
                     observer.log(model, prepared, response)  # queued: never waits
             return response
 
-        return await self._counted(name, version, answer)
+        rollout = self.rollouts.get(name)
+        if rollout is None or version:
+            return await self._counted(name, version, answer)
+        return await rollout.infer(payload, lambda model: self._counted(name, None, answer, model))
 
     async def infer_lane(
         self, request: pb.ModelInferRequest
     ) -> tuple[pb.ModelInferResponse, dict[str, str] | None] | None:
         """A gRPC call answered by its model's lane (`lanes.py`), counted as `infer`
         counts; None when the call or the model has none."""
-        if not takes(request):
-            return None
+        if not takes(request) or request.model_name in self.rollouts:
+            return None  # a model with a candidate: `infer` routes and compares
         model = self.models.find(request.model_name, request.model_version)
         lane: Lane | None = getattr(model, LANE_ATTR, None)
         if model is None or lane is None:

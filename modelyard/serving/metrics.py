@@ -73,6 +73,26 @@ REST_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# Rollouts (modelyard.serving.rollouts): the calls each side answered, the shadow calls
+# dropped for a full queue, and the agreement of the merged comparison (set by the
+# first process alone).
+ROLLOUT_REQUESTS = Counter(
+    "modelyard_rollout_requests",
+    "Calls answered by a rollout's incumbent and candidate (shadow calls included)",
+    ["model", "incumbent", "candidate", "side"],
+)
+ROLLOUT_DROPPED = Counter(
+    "modelyard_rollout_shadow_dropped",
+    "Shadow calls not sent to the candidate because its queue was full",
+    ["model", "incumbent", "candidate"],
+)
+ROLLOUT_AGREEMENT = Gauge(
+    "modelyard_rollout_agreement",
+    "Share of compared calls on which a rollout's candidate agreed with its incumbent",
+    ["model", "incumbent", "candidate"],
+    multiprocess_mode="max",
+)
+
 # What a HorizontalPodAutoscaler scales on for models whose cost is not CPU; summed
 # over the live processes of a multi-process server.
 IN_FLIGHT = Gauge(

@@ -82,6 +82,7 @@ class LoadedModels:
         initialise: Callable[[ModelSettings], MLModel] = _initialise,
     ):
         self._models: dict[str, MLModel] = {}
+        self._candidates: dict[str, MLModel] = {}
         self._on_load = list(on_load)
         self._on_unload = list(on_unload)
         self._initialise = initialise
@@ -114,6 +115,12 @@ class LoadedModels:
     async def swap(self, settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
         """Load ``settings`` beside the serving version, warm it up with ``warmup``
         through the same checks as a client's call, then serve it instead."""
+        model = await self.load(settings, warmup)
+        self._serve(settings.name, model)
+        return model
+
+    async def load(self, settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
+        """``settings`` loaded, checked and warmed up, served by nothing yet."""
         name = settings.name
         model = self._initialise(settings)
         signature = declared_signature(settings)  # before load: a runtime may add to it
@@ -136,15 +143,50 @@ class LoadedModels:
             except BaseException:
                 await self._unload(model)
                 raise
+        return model
+
+    def _serve(self, name: str, model: MLModel) -> None:
         # The switch: no await between dropping the old version and adding the new.
         old = self._models.get(name)
         self._models[name] = model
         if old is not None and old is not model:
             asyncio.get_running_loop().create_task(self._drain_and_unload(old))
+
+    # -- candidates (modelyard.serving.rollouts) ----------------------------------------
+    def candidate(self, name: str) -> MLModel | None:
+        """The version loaded beside ``name``'s serving one, to be compared with it."""
+        return self._candidates.get(name)
+
+    async def add_candidate(
+        self, settings: ModelSettings, warmup: InferenceRequest | None
+    ) -> MLModel:
+        """Load ``settings`` as ``name``'s candidate, with the steps of `swap`; the
+        serving version is untouched, whether it loads or not."""
+        model = await self.load(settings, warmup)
+        old = self._candidates.get(settings.name)
+        self._candidates[settings.name] = model
+        if old is not None:
+            asyncio.get_running_loop().create_task(self._drain_and_unload(old))
         return model
 
+    def promote(self, name: str) -> MLModel | None:
+        """Serve ``name``'s candidate instead of its serving version, in one step."""
+        model = self._candidates.pop(name, None)
+        if model is not None:
+            self._serve(name, model)
+        return model
+
+    async def drop_candidate(self, name: str) -> bool:
+        """Unload ``name``'s candidate once the requests it took are answered."""
+        model = self._candidates.pop(name, None)
+        if model is None:
+            return False
+        await self._drain_and_unload(model)
+        return True
+
     async def remove(self, name: str) -> bool:
-        """Stop serving ``name``; True if it was served."""
+        """Stop serving ``name`` (and its candidate); True if it was served."""
+        await self.drop_candidate(name)
         model = self._models.pop(name, None)
         if model is None:
             return False

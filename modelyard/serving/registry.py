@@ -32,6 +32,7 @@ from modelyard.errors import InvalidModelFolder
 from modelyard.serving import metrics
 from modelyard.serving.artifacts import UnreadableArtifact
 from modelyard.serving.models import LoadedModels, settle_heap
+from modelyard.serving.rollouts import Rollouts
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,11 @@ class Registry:
     but each one in order: a change that lands while the folder loads is applied next.
     """
 
-    def __init__(self, root: Path, models: LoadedModels):
+    def __init__(self, root: Path, models: LoadedModels, rollouts: Rollouts | None = None):
         self.root = root
         self.models = models
+        # A new version of a folder declaring `rollout` is loaded as a candidate.
+        self.rollouts = rollouts
         self.folders: dict[str, FolderStatus] = {}
         self.synced = False
         # Model names unloaded through the repository API.
@@ -216,7 +219,11 @@ class Registry:
         if settings.name in self.held:
             return self._unloaded(status)
         try:
-            await self.models.swap(settings, warmup_request(folder))
+            candidate = None
+            if self.rollouts is not None and status.serving_version is not None:
+                candidate = await self.rollouts.begin(settings, warmup_request(folder))
+            if candidate is None:
+                await self.models.swap(settings, warmup_request(folder))
         except Exception as e:
             if self._settling(folder, status):
                 return None
@@ -231,6 +238,9 @@ class Registry:
         metrics.REGISTRY_FAILING.labels(model=settings.name).set(0)
         status.state = State.READY
         status.error = None
+        if candidate is not None:  # the incumbent serves on beside it
+            status.updated_at = time.time()
+            return None
         status.serving_version = settings.version or ""
         status.updated_at = time.time()
         logger.info(
@@ -298,6 +308,8 @@ class Registry:
         status.updated_at = time.time()
 
     async def _unserve(self, status: FolderStatus) -> None:
+        if self.rollouts is not None and status.name:
+            await self.rollouts.end(status.name)
         for name in status.companions:
             await self.models.remove(name)
         status.companions = []
@@ -336,6 +348,22 @@ class Registry:
         status = self.folders.get(str(folder))
         if status is not None and status.state == State.FAILED:
             raise LoadFailed(status.error or f"model '{name}' failed to load")
+
+    async def promote(self, name: str) -> None:
+        """Serve ``name``'s candidate (`rollouts.py`) instead of its incumbent."""
+        folder = self.folder_of(name)
+        async with self._locks.setdefault(str(folder), asyncio.Lock()):
+            if self.rollouts is None:
+                return
+            model = await self.rollouts.promote(name)
+            self.folders[str(folder)].serving_version = model.version or ""
+
+    async def abort(self, name: str) -> None:
+        """Unload ``name``'s candidate; the incumbent serves on."""
+        folder = self.folder_of(name)
+        async with self._locks.setdefault(str(folder), asyncio.Lock()):
+            if self.rollouts is not None:
+                await self.rollouts.end(name)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Follow the directory until ``stop`` is set."""

@@ -22,7 +22,8 @@ from mlserver.types import (
 )
 
 from modelyard.serving.registry import LoadFailed, Registry, State
-from modelyard.serving.siblings import LOAD, UNLOAD, Action, Siblings
+from modelyard.serving.rollouts import NoRollout
+from modelyard.serving.siblings import ABORT, LOAD, PROMOTE, UNLOAD, Action, Siblings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,14 @@ class Repository:
     async def unload(self, name: str) -> bool:
         return await self._act(UNLOAD, name)
 
+    async def act(self, verb: str, name: str) -> bool:
+        """A rollout's promote or abort, on every process."""
+        rollouts = self.registry.rollouts
+        if rollouts is None or name not in rollouts.active:
+            self.registry.folder_of(name)  # a name no folder serves: 404
+            raise NoRollout(name)
+        return await self._act(verb, name)
+
     async def _act(self, verb: str, name: str) -> bool:
         self.registry.folder_of(name)  # a name no folder serves: 404, and nothing posted
         was_unloaded = name in self.registry.held
@@ -108,7 +117,7 @@ class Repository:
         for action in self.siblings.actions_after(0):
             if action.verb == UNLOAD:
                 self.registry.held.add(action.name)
-            else:
+            elif action.verb == LOAD:
                 self.registry.held.discard(action.name)
             self.applied = action.generation
 
@@ -116,6 +125,10 @@ class Repository:
         try:
             if action.verb == UNLOAD:
                 await self.registry.unload(action.name)
+            elif action.verb == PROMOTE:
+                await self.registry.promote(action.name)
+            elif action.verb == ABORT:
+                await self.registry.abort(action.name)
             else:
                 await self.registry.load(action.name)
         except LoadFailed as e:

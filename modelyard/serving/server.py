@@ -53,6 +53,7 @@ from modelyard.serving.models import LoadedModels, ModelHook
 from modelyard.serving.registry import Registry
 from modelyard.serving.repository import Repository
 from modelyard.serving.rest import RestInfer, add_custom_handlers, remove_custom_handlers, rest_app
+from modelyard.serving.rollouts import Rollouts, add_rollout_routes
 from modelyard.serving.siblings import Siblings
 
 logger = logging.getLogger(__name__)
@@ -151,18 +152,22 @@ class Server:
             if initialise
             else LoadedModels(on_load, on_unload)
         )
-        self.registry = Registry(opts.directory, self.models)
+        self.rollouts = Rollouts(self.models, self.siblings)
+        self.registry = Registry(opts.directory, self.models, self.rollouts)
         self.repository = Repository(self.registry, self.siblings)
+        self.rollouts.act = self.repository.act
         self.data_plane = DataPlane(
             self.settings,
             self.models,
             process_ready=self.ready,
             grpc_listening=lambda: self.grpc.listening,
             observers=[PAYLOADS],
+            rollouts=self.rollouts.active,
         )
         self.app = rest_app(
             self.settings, self.data_plane, self.repository, {STATUS_PATH: self.status}
         )
+        add_rollout_routes(self.app, self.rollouts, self.repository.act)
         # Every path but inference's (the repository API's admin token among them).
         self.app.add_middleware(Guarded, auth=self.auth)
         binary = front_binary()
@@ -243,6 +248,7 @@ class Server:
         if self.opts.watch:
             start(self.registry.watch(self._stop))
         start(self._follow_siblings())
+        start(self.rollouts.run(self._stop))
         if self.metrics is not None:  # quality and batch gauges, from the stores
             start(QualityExporter(self.models).run(self._stop))
         stopped = asyncio.ensure_future(self._stop.wait())

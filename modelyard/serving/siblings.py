@@ -25,6 +25,8 @@ PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 ACTIONS_FILE = "repository.jsonl"
 LOAD, UNLOAD = "load", "unload"
+# A rollout's candidate served instead of its incumbent, or unloaded (`rollouts.py`).
+PROMOTE, ABORT = "promote", "abort"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Action:
     """One repository call, numbered in the order the server took them."""
 
     generation: int
-    verb: str  # LOAD or UNLOAD
+    verb: str  # LOAD, UNLOAD, PROMOTE or ABORT
     name: str
 
 

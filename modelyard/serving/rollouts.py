@@ -1,0 +1,575 @@
+"""Safe rollouts: a new version served beside the old as a candidate, compared, then
+promoted or aborted.
+
+A folder whose declaration has ``rollout`` does not swap its new version in: the
+registry loads it as the candidate beside the serving version (the incumbent,
+`LoadedModels.add_candidate`) and `Rollouts.begin` starts comparing them.
+
+- shadow: the incumbent answers every call; a share (``sample``) of the calls is also
+  queued for the candidate, which a task of its own answers off the request path. A call
+  that finds the queue full is dropped and counted, never waited for.
+- canary: ``weight``% of the calls are answered by the candidate, sticky by a hash of a
+  header or of an input's first value when ``sticky_by`` names one.
+
+`Comparison` keeps, per (incumbent, candidate), the calls compared and how many agreed
+(equal for labels, within ``tolerance`` for numbers), the mean and largest absolute
+difference per output, each side's answers, errors and latencies. Each process of a
+server writes its own to the state folder every quarter second; `Rollouts.status`
+merges them (the other processes' numbers as of their last write). Promote and
+abort act on every process through the repository's action log (`repository.py`);
+``promote_when`` / ``abort_when`` are judged by the first process on the merged numbers.
+
+The data plane looks a model up in `Rollouts.active` once per call; a model without a
+rollout costs nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from mlserver.context import model_context
+from mlserver.errors import MLServerError
+from mlserver.model import MLModel
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
+
+from modelyard.declarations.integrity import EXTRA_KEY
+from modelyard.serving import metrics
+from modelyard.serving.models import InFlight, LoadedModels
+from modelyard.serving.siblings import ABORT, PROMOTE, Siblings
+
+logger = logging.getLogger(__name__)
+
+SHADOW, CANARY = "shadow", "canary"
+INCUMBENT, CANDIDATE = "incumbent", "candidate"
+DEFAULT_WEIGHT = 10.0
+DEFAULT_QUEUE = 256
+DEFAULT_TOLERANCE = 1e-6
+DEFAULT_ABORT_MIN_REQUESTS = 100
+# Latencies kept per side for the percentiles (the latest ones).
+LATENCY_WINDOW = 2000
+# How often each process writes its comparison and the first judges the rules.
+INTERVAL_S = 0.25
+FILE_PREFIX = "rollouts-"
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
+
+
+class NoRollout(MLServerError):
+    def __init__(self, name: str):
+        super().__init__(
+            f"model '{name}' has no candidate: a rollout starts when the folder of a model "
+            "whose declaration has 'rollout' changes (GET /modelyard/rollouts lists them)",
+            status_code=409,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """A declaration's ``rollout``."""
+
+    mode: str
+    weight: float = DEFAULT_WEIGHT
+    sticky_header: str | None = None
+    sticky_input: str | None = None
+    sample: float = 1.0
+    queue: int = DEFAULT_QUEUE
+    tolerance: float = DEFAULT_TOLERANCE
+    outputs: tuple[str, ...] = ()
+    promote_when: dict[str, float] = field(default_factory=dict)
+    abort_when: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> RolloutConfig | None:
+        extra = settings.parameters.extra if settings.parameters is not None else None
+        carried = (extra or {}).get(EXTRA_KEY) or {}
+        data = carried.get("rollout")
+        if not data:
+            return None
+        sticky = data.get("sticky_by") or {}
+        compare = data.get("compare") or {}
+        return cls(
+            mode=data["mode"],
+            weight=float(data.get("weight", DEFAULT_WEIGHT)),
+            sticky_header=sticky.get("header", "").lower() or None,
+            sticky_input=sticky.get("input") or None,
+            sample=float(data.get("sample", 1.0)),
+            queue=int(data.get("queue", DEFAULT_QUEUE)),
+            tolerance=float(compare.get("tolerance", DEFAULT_TOLERANCE)),
+            outputs=tuple(compare.get("outputs") or ()),
+            promote_when=dict(data.get("promote_when") or {}),
+            abort_when=dict(data.get("abort_when") or {}),
+        )
+
+
+class Comparison:
+    """One process's numbers for one (incumbent, candidate) pair."""
+
+    def __init__(self) -> None:
+        self.compared = 0
+        self.agreed = 0
+        self.dropped = 0
+        self.answered = {INCUMBENT: 0, CANDIDATE: 0}
+        self.errors = {INCUMBENT: 0, CANDIDATE: 0}
+        self.latencies: dict[str, deque[float]] = {
+            INCUMBENT: deque(maxlen=LATENCY_WINDOW),
+            CANDIDATE: deque(maxlen=LATENCY_WINDOW),
+        }
+        # output -> [sum of mean abs differences, calls, max abs difference]
+        self.differences: dict[str, list[float]] = {}
+
+    def answer(self, side: str, seconds: float, failed: bool) -> None:
+        self.answered[side] += 1
+        if failed:
+            self.errors[side] += 1
+        else:
+            self.latencies[side].append(seconds)
+
+    def compare(
+        self,
+        incumbent: list[Answered],
+        candidate: InferenceResponse,
+        tolerance: float,
+        outputs: tuple[str, ...],
+    ) -> bool:
+        theirs = {o.name: o for o in candidate.outputs}
+        agree = True
+        for mine in incumbent:
+            if outputs and mine.name not in outputs:
+                continue
+            other = theirs.get(mine.name)
+            if other is None:
+                agree = False
+                continue
+            same, difference = _agree(mine, answered(other), tolerance)
+            agree = agree and same
+            if difference is not None:
+                entry = self.differences.setdefault(mine.name, [0.0, 0.0, 0.0])
+                mean, largest = difference
+                entry[0] += mean
+                entry[1] += 1
+                entry[2] = max(entry[2], largest)
+        self.compared += 1
+        self.agreed += agree
+        return agree
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "compared": self.compared,
+            "agreed": self.agreed,
+            "dropped": self.dropped,
+            "answered": dict(self.answered),
+            "errors": dict(self.errors),
+            "latencies": {k: list(v) for k, v in self.latencies.items()},
+            "differences": self.differences,
+        }
+
+
+class Answered(NamedTuple):
+    """One output of an answer, its values taken out of the response (a gRPC response is
+    emptied as it is written to the client)."""
+
+    name: str
+    datatype: str
+    values: np.ndarray
+
+
+def answered(output: ResponseOutput) -> Answered:
+    data = output.data
+    raw = getattr(data, "root", data)
+    if output.datatype == "BYTES":
+        values = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in raw], object)
+    else:
+        values = np.asarray(raw).reshape(-1)
+    return Answered(output.name, output.datatype, values)
+
+
+def _agree(
+    mine: Answered, other: Answered, tolerance: float
+) -> tuple[bool, tuple[float, float] | None]:
+    """Whether two answers of one output agree, and (numbers) their mean and largest
+    absolute difference."""
+    a, b = mine.values, other.values
+    if a.shape != b.shape:
+        return False, None
+    if mine.datatype == "BYTES" or a.dtype == object or b.dtype == object:
+        return bool(np.array_equal(a, b)), None
+    if a.size == 0:
+        return True, (0.0, 0.0)
+    difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    if mine.datatype in FLOAT_DATATYPES or other.datatype in FLOAT_DATATYPES:
+        same = bool((difference <= tolerance).all())
+    else:
+        same = bool(np.array_equal(a, b))  # labels
+    return same, (float(difference.mean()), float(difference.max()))
+
+
+def summary(dumps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison of every process, merged."""
+    compared = sum(d["compared"] for d in dumps)
+    agreed = sum(d["agreed"] for d in dumps)
+    out: dict[str, Any] = {
+        "compared": compared,
+        "agreement": agreed / compared if compared else None,
+        "dropped": sum(d["dropped"] for d in dumps),
+    }
+    sides: dict[str, dict[str, Any]] = {}
+    for side in (INCUMBENT, CANDIDATE):
+        answered = sum(d["answered"][side] for d in dumps)
+        errors = sum(d["errors"][side] for d in dumps)
+        latencies = np.asarray([x for d in dumps for x in d["latencies"][side]], np.float64)
+        sides[side] = {
+            "answered": answered,
+            "errors": errors,
+            "error_rate": errors / answered if answered else 0.0,
+            "p50_ms": float(np.percentile(latencies, 50) * 1000) if latencies.size else None,
+            "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies.size else None,
+        }
+    differences: dict[str, dict[str, float]] = {}
+    for d in dumps:
+        for name, (total, calls, largest) in d["differences"].items():
+            entry = differences.setdefault(name, {"total": 0.0, "calls": 0.0, "max_abs": 0.0})
+            entry["total"] += total
+            entry["calls"] += calls
+            entry["max_abs"] = max(entry["max_abs"], largest)
+    out["outputs"] = {
+        name: {"mean_abs": e["total"] / e["calls"] if e["calls"] else 0.0, "max_abs": e["max_abs"]}
+        for name, e in sorted(differences.items())
+    }
+    out["sides"] = sides
+    p99s = sides[INCUMBENT]["p99_ms"], sides[CANDIDATE]["p99_ms"]
+    out["p99_ratio"] = p99s[1] / p99s[0] if p99s[0] and p99s[1] is not None else None
+    return out
+
+
+def judge(config: RolloutConfig, merged: dict[str, Any]) -> tuple[str, str] | None:
+    """("abort" | "promote", why) when the declared rules decide, else None."""
+    seen = merged["compared"] if config.mode == SHADOW else merged["sides"][CANDIDATE]["answered"]
+    agreement = merged["agreement"]
+    ratio = merged["p99_ratio"]
+    error_rate = merged["sides"][CANDIDATE]["error_rate"]
+    rules = config.abort_when
+    if rules and seen >= rules.get("min_requests", DEFAULT_ABORT_MIN_REQUESTS):
+        below = rules.get("agreement_below")
+        if below is not None and agreement is not None and agreement < below:
+            return "abort", f"agreement {agreement:.4f} < {below}"
+        if "p99_ratio_above" in rules and ratio is not None and ratio > rules["p99_ratio_above"]:
+            return "abort", f"p99 ratio {ratio:.2f} > {rules['p99_ratio_above']}"
+        if "error_rate_above" in rules and error_rate > rules["error_rate_above"]:
+            return "abort", f"error rate {error_rate:.4f} > {rules['error_rate_above']}"
+    rules = config.promote_when
+    if not rules or seen < rules.get("min_requests", 1):
+        return None
+    why = [f"{seen} requests"]
+    if "min_agreement" in rules:
+        if agreement is None or agreement < rules["min_agreement"]:
+            return None
+        why.append(f"agreement {agreement:.4f} >= {rules['min_agreement']}")
+    if "max_p99_ratio" in rules:
+        if ratio is None or ratio > rules["max_p99_ratio"]:
+            return None
+        why.append(f"p99 ratio {ratio:.2f} <= {rules['max_p99_ratio']}")
+    if "max_error_rate" in rules:
+        if error_rate > rules["max_error_rate"]:
+            return None
+        why.append(f"error rate {error_rate:.4f} <= {rules['max_error_rate']}")
+    return "promote", ", ".join(why)
+
+
+Answer = Callable[[MLModel | None], Awaitable[InferenceResponse]]
+
+
+class Rollout:
+    """One model's candidate beside its incumbent, and their comparison."""
+
+    def __init__(self, name: str, incumbent: str, candidate: MLModel, config: RolloutConfig):
+        self.name = name
+        self.incumbent = incumbent
+        self.candidate = candidate
+        self.config = config
+        self.started_at = time.time()
+        self.comparison = Comparison()
+        self.decided: str | None = None
+        labels = {"model": name, "incumbent": incumbent, "candidate": candidate.version or ""}
+        self._requests = {
+            side: metrics.ROLLOUT_REQUESTS.labels(**labels, side=side)
+            for side in (INCUMBENT, CANDIDATE)
+        }
+        self._dropped = metrics.ROLLOUT_DROPPED.labels(**labels)
+        self._queue: asyncio.Queue[tuple[InferenceRequest, list[Answered]]] = asyncio.Queue(
+            config.queue
+        )
+        self._worker: asyncio.Task[None] | None = None
+        if config.mode == SHADOW:
+            self._worker = asyncio.get_running_loop().create_task(self._shadow())
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.incumbent}/{self.candidate.version or ''}"
+
+    async def infer(self, payload: InferenceRequest, answer: Answer) -> InferenceResponse:
+        """One call: answered by the side the mode picks; shadowed when it says so."""
+        config = self.config
+        side = INCUMBENT
+        if config.mode == CANARY and self._canary(payload):
+            side = CANDIDATE
+        start = time.perf_counter()
+        try:
+            response = await answer(self.candidate if side == CANDIDATE else None)
+        except Exception:
+            self._answered(side, time.perf_counter() - start, failed=True)
+            raise
+        self._answered(side, time.perf_counter() - start, failed=False)
+        if config.mode == SHADOW and (config.sample >= 1.0 or random.random() < config.sample):
+            if self._queue.full():
+                self.comparison.dropped += 1
+                self._dropped.inc()
+            else:
+                self._queue.put_nowait((payload, [answered(o) for o in response.outputs]))
+        return response
+
+    def _answered(self, side: str, seconds: float, failed: bool) -> None:
+        self.comparison.answer(side, seconds, failed)
+        self._requests[side].inc()
+
+    def _canary(self, payload: InferenceRequest) -> bool:
+        config = self.config
+        key: str | None = None
+        if config.sticky_header is not None:
+            headers = payload.parameters.headers if payload.parameters is not None else None
+            for k, v in (headers or {}).items():
+                if k.lower() == config.sticky_header:
+                    key = str(v)
+                    break
+        elif config.sticky_input is not None:
+            for tensor in payload.inputs:
+                if tensor.name == config.sticky_input:
+                    values = getattr(tensor.data, "root", tensor.data)
+                    first = np.asarray(values).reshape(-1)[:1]
+                    key = str(first[0]) if first.size else None
+                    break
+        if key is None:
+            return random.random() * 100.0 < config.weight
+        return (zlib.crc32(key.encode()) % 10000) < config.weight * 100.0
+
+    async def _shadow(self) -> None:
+        """Answer the queued calls with the candidate, one at a time, and compare."""
+        candidate = self.candidate
+        while True:
+            payload, response = await self._queue.get()
+            start = time.perf_counter()
+            try:
+                with InFlight(candidate), model_context(candidate.settings):
+                    theirs = await candidate.predict(payload.model_copy())
+            except Exception as e:
+                logger.debug("model '%s' candidate failed: %s", self.name, e)
+                self._answered(CANDIDATE, time.perf_counter() - start, failed=True)
+                continue
+            self._answered(CANDIDATE, time.perf_counter() - start, failed=False)
+            # A queue with calls in it and a model that never awaits would hold the
+            # event loop: the incumbent's calls go first.
+            await asyncio.sleep(0)
+            self.comparison.compare(response, theirs, self.config.tolerance, self.config.outputs)
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "mode": self.config.mode,
+            "incumbent": self.incumbent,
+            "candidate": self.candidate.version or "",
+            "weight": self.config.weight if self.config.mode == CANARY else None,
+            "sample": self.config.sample if self.config.mode == SHADOW else None,
+            "started_at": self.started_at,
+        }
+
+
+class Rollouts:
+    """This process's rollouts by model name (`active`, which the data plane reads)."""
+
+    def __init__(self, models: LoadedModels, siblings: Siblings):
+        self.models = models
+        self.siblings = siblings
+        self.active: dict[str, Rollout] = {}
+        # Acts on every process (the repository's promote / abort); set by the server.
+        self.act: Callable[[str, str], Awaitable[Any]] | None = None
+        self._written: str | None = None
+
+    # -- changes (the registry and the repository's action log) ---------------------------
+    async def begin(
+        self, settings: ModelSettings, warmup: InferenceRequest | None
+    ) -> MLModel | None:
+        """Load ``settings`` as the candidate when its declaration has a rollout and a
+        version of the model serves; None (nothing loaded) otherwise."""
+        config = RolloutConfig.from_settings(settings)
+        incumbent = self.models.find(settings.name)
+        if config is None or incumbent is None:
+            return None
+        await self.end(settings.name)
+        candidate = await self.models.add_candidate(settings, warmup)
+        rollout = Rollout(settings.name, incumbent.version or "", candidate, config)
+        self.active[settings.name] = rollout
+        logger.info(
+            "model '%s': version %s loaded as the %s candidate beside version %s",
+            settings.name, rollout.candidate.version, config.mode, rollout.incumbent,
+        )  # fmt: skip
+        return candidate
+
+    async def promote(self, name: str) -> MLModel:
+        rollout = self.active.pop(name, None)
+        if rollout is None:
+            raise NoRollout(name)
+        await rollout.stop()
+        model = self.models.promote(name)
+        if model is None:
+            raise NoRollout(name)
+        logger.info("model '%s': candidate version %s promoted", name, model.version)
+        return model
+
+    async def end(self, name: str) -> bool:
+        """Abort ``name``'s rollout: its candidate unloaded, the incumbent serving on."""
+        rollout = self.active.pop(name, None)
+        if rollout is not None:
+            await rollout.stop()
+        dropped = await self.models.drop_candidate(name)
+        if rollout is not None:
+            logger.info("model '%s': candidate version %s aborted", name, rollout.candidate.version)
+        return rollout is not None or dropped
+
+    # -- status ---------------------------------------------------------------------------
+    def _mine(self) -> dict[str, Any]:
+        return {
+            r.key: {**r.describe(), "comparison": r.comparison.dump()} for r in self.active.values()
+        }
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every rollout of this server, its comparison merged over the processes."""
+        dumps: dict[str, list[dict[str, Any]]] = {}
+        for key, entry in self._mine().items():
+            dumps.setdefault(key, []).append(entry["comparison"])
+        if not self.siblings.solo:
+            assert self.siblings.state_dir is not None
+            for i in range(self.siblings.count):
+                if i == self.siblings.index:
+                    continue
+                path = self.siblings.state_dir / f"{FILE_PREFIX}{i}.json"
+                try:
+                    theirs = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                for key, entry in theirs.items():
+                    if key in dumps:
+                        dumps[key].append(entry["comparison"])
+        found = []
+        for rollout in sorted(self.active.values(), key=lambda r: r.name):
+            merged = summary(dumps[rollout.key])
+            found.append({**rollout.describe(), **merged, "processes": len(dumps[rollout.key])})
+        return found
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write this process's comparisons for its siblings; the first process judges
+        the declared rules and sets the agreement gauge."""
+        first = self.siblings.index in (None, 0)
+        while not stop.is_set():
+            try:
+                self._write()
+                if first:
+                    await self._judge()
+            except Exception:
+                logger.exception("rollouts: judging failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), INTERVAL_S)
+
+    def _write(self) -> None:
+        if self.siblings.solo or self.siblings.state_dir is None:
+            return
+        text = json.dumps(self._mine())
+        if text == self._written:
+            return
+        path = self.siblings.state_dir / f"{FILE_PREFIX}{self.siblings.index}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        self._written = text
+
+    async def _judge(self) -> None:
+        for merged in self.status():
+            rollout = self.active.get(merged["model"])
+            if rollout is None:
+                continue
+            labels = (rollout.name, rollout.incumbent, rollout.candidate.version or "")
+            if merged["agreement"] is not None:
+                metrics.ROLLOUT_AGREEMENT.labels(*labels).set(merged["agreement"])
+            decision = judge(rollout.config, merged)
+            if decision is not None and decision[0] == "abort":
+                decision = (ABORT, decision[1])
+            if decision is None or rollout.decided or self.act is None:
+                continue
+            verb, why = decision
+            rollout.decided = verb
+            logger.warning(
+                "model '%s': candidate version %s %s automatically: %s",
+                rollout.name, labels[2], "promoted" if verb == "promote" else "aborted", why,
+            )  # fmt: skip
+            asyncio.get_running_loop().create_task(self._decide(verb, rollout.name))
+
+    async def _decide(self, verb: str, name: str) -> None:
+        assert self.act is not None
+        try:
+            await self.act(verb, name)
+        except Exception as e:
+            logger.error("model '%s': automatic %s failed: %s", name, verb, e)
+
+
+ROLLOUTS_PATH = "/modelyard/rollouts"
+
+
+def add_rollout_routes(
+    app: Any, rollouts: Rollouts, act: Callable[[str, str], Awaitable[Any]]
+) -> None:
+    """``GET /modelyard/rollouts[/NAME]`` and ``POST /modelyard/rollouts/NAME/promote|abort``
+    (the admin token's, as the repository API: `auth.py`) on the REST app."""
+    from fastapi.responses import ORJSONResponse
+
+    async def listed() -> dict[str, Any]:
+        return {"rollouts": rollouts.status()}
+
+    async def one(name: str) -> dict[str, Any]:
+        for found in rollouts.status():
+            if found["model"] == name:
+                return found
+        raise NoRollout(name)
+
+    def acting(verb: str) -> Callable[[str], Awaitable[dict[str, Any]]]:
+        async def handler(name: str) -> dict[str, Any]:
+            await act(verb, name)
+            model = rollouts.models.find(name)
+            return {"model": name, "action": verb, "serving": model.version if model else None}
+
+        return handler
+
+    app.add_api_route(ROLLOUTS_PATH, listed, methods=["GET"], response_class=ORJSONResponse)
+    app.add_api_route(
+        ROLLOUTS_PATH + "/{name}", one, methods=["GET"], response_class=ORJSONResponse
+    )
+    for verb in (PROMOTE, ABORT):
+        app.add_api_route(
+            f"{ROLLOUTS_PATH}/{{name}}/{verb}",
+            acting(verb),
+            methods=["POST"],
+            response_class=ORJSONResponse,
+        )
