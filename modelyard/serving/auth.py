@@ -8,8 +8,9 @@ certificates of inference, and the TLS of the ports.
 - Inference (every other path or method, the metrics port included) is open unless
   ``--inference-token-file`` (one allowed token a line) or ``--tls-client-ca`` (a client
   certificate signed by that CA) is given; with both, a call needs both.
-- The health probes (REST ``/v2/health/*``, gRPC ``grpc.health.v1.Health``) stay open:
-  the kubelet sends neither a token nor a certificate.
+- The health probes (REST ``/v2/health/*`` and ``/v2/models/{name}/ready``, gRPC
+  ``grpc.health.v1.Health``) stay open: the kubelet sends neither a token nor a
+  certificate.
 
 Tokens are compared in constant time, against every allowed token. With nothing
 configured, inference pays nothing: no check is installed on its path.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ REST_REPOSITORY_PREFIX = "/v2/repository/"
 # A rollout's promote and abort (`rollouts.py`) take the admin token too.
 REST_ROLLOUTS_PREFIX = "/modelyard/rollouts/"
 REST_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+# A model's readiness is a probe too (a Model's pods are ready when its model is), open
+# as gRPC's Health is for each model.
+REST_MODEL_READY = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/ready")
 GRPC_REPOSITORY_METHODS = frozenset(
     {
         "/inference.GRPCInferenceService/RepositoryIndex",
@@ -225,7 +230,7 @@ class Auth:
     # -- REST ----------------------------------------------------------------------------
     def rest_check(self, scope: Scope) -> Denied | None:
         path: str = scope["path"]
-        if path in REST_OPEN_PATHS:
+        if path in REST_OPEN_PATHS or (path[-6:] == "/ready" and REST_MODEL_READY.fullmatch(path)):
             return None
         authorization = _header(scope, b"authorization")
         if path.startswith(REST_REPOSITORY_PREFIX) or (

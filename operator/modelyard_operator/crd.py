@@ -105,13 +105,47 @@ _LABEL_SELECTOR: dict[str, Any] = {
 }
 CLUSTER_PROPERTIES["adminTokenSecret"] = {
     "description": "The Secret key holding the admin token of the repository API (load, "
-    "unload), given to the server as MODELYARD_ADMIN_TOKEN; none: the repository API is "
+    "unload), mounted as a file for --admin-token-file; none: the repository API is "
     "refused.",
     "type": "object",
     "required": ["secret", "key"],
     "properties": {
         "secret": {"description": "The Secret's name.", "type": "string", "minLength": 1},
         "key": {"description": "The key in the Secret.", "type": "string", "minLength": 1},
+    },
+}
+_SECRET_KEY = {
+    "type": "object",
+    "required": ["secret", "key"],
+    "properties": {
+        "secret": {"description": "The Secret's name.", "type": "string", "minLength": 1},
+        "key": {"description": "The key in the Secret.", "type": "string", "minLength": 1},
+    },
+}
+CLUSTER_PROPERTIES["auth"] = {
+    "description": "Who may call inference (REST, gRPC and the metrics port; health probes "
+    "stay open). With both keys, a call needs both a token and a certificate.",
+    "type": "object",
+    "properties": {
+        "inferenceTokenSecret": {
+            **_SECRET_KEY,
+            "description": "The Secret key holding the allowed tokens, one a line, mounted "
+            "for --inference-token-file: calls need 'Authorization: Bearer <token>'.",
+        },
+        "clientCASecret": {
+            **_SECRET_KEY,
+            "description": "The Secret key holding a PEM CA, mounted for --tls-client-ca: "
+            "calls need a client certificate it signed (mutual TLS; needs tls).",
+        },
+    },
+}
+CLUSTER_PROPERTIES["tls"] = {
+    "description": "REST, gRPC and metrics over TLS, from a kubernetes.io/tls Secret "
+    "(tls.crt and tls.key, mounted for --tls-cert and --tls-key); the probes use HTTPS.",
+    "type": "object",
+    "required": ["secret"],
+    "properties": {
+        "secret": {"description": "The Secret's name.", "type": "string", "minLength": 1},
     },
 }
 CLUSTER_PROPERTIES["networkPolicy"] = {

@@ -20,7 +20,8 @@ from modelyard.declarations.load import overlay
 
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = (
-    "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy"
+    "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy",
+    "auth", "tls",
 )  # fmt: skip
 # Runtimes that load an artifact and so need model.uri.
 ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
@@ -137,6 +138,21 @@ class SecretRef(_Frozen):
     key: str = Field(min_length=1)
 
 
+class InferenceAuth(_Frozen):
+    """Who may call inference (REST, gRPC, metrics): tokens and/or client certificates."""
+
+    # A Secret key holding the allowed tokens, one a line (--inference-token-file).
+    inference_token_secret: SecretRef | None = Field(default=None, alias="inferenceTokenSecret")
+    # A Secret key holding the PEM CA that client certificates are signed by (--tls-client-ca).
+    client_ca_secret: SecretRef | None = Field(default=None, alias="clientCASecret")
+
+
+class TLS(_Frozen):
+    """The ports' TLS: a kubernetes.io/tls Secret (its tls.crt and tls.key)."""
+
+    secret: str = Field(min_length=1)
+
+
 class NetworkPolicySpec(_Frozen):
     """A Model's own NetworkPolicy settings; unset fields take the operator's."""
 
@@ -170,6 +186,8 @@ class ModelSpec(BaseModel):
     image: str | None = None
     secret_env: dict[str, SecretRef] = Field(default_factory=dict, alias="secretEnv")
     admin_token_secret: SecretRef | None = Field(default=None, alias="adminTokenSecret")
+    auth: InferenceAuth = InferenceAuth()
+    tls: TLS | None = None
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, alias="networkPolicy"
     )
@@ -193,6 +211,15 @@ class ModelSpec(BaseModel):
             deployment = overlay(deployment, environments[environment])
         data["deployment"] = deployment
         return data
+
+    @model_validator(mode="after")
+    def _client_ca_over_tls(self) -> ModelSpec:
+        if self.auth.client_ca_secret is not None and self.tls is None:
+            raise ValueError(
+                "auth.clientCASecret needs tls: client certificates are checked in the TLS "
+                "handshake; set tls.secret to a kubernetes.io/tls Secret"
+            )
+        return self
 
 
 @dataclass(frozen=True)

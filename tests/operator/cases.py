@@ -81,12 +81,24 @@ INFLIGHT: dict[str, Any] = {
     },
 }
 
+# Inference tokens, client certificates, TLS and the admin token, each from a Secret.
+SECURED: dict[str, Any] = {
+    **MINIMAL,
+    "adminTokenSecret": {"secret": "iris-admin", "key": "token"},
+    "auth": {
+        "inferenceTokenSecret": {"secret": "iris-callers", "key": "tokens"},
+        "clientCASecret": {"secret": "iris-client-ca", "key": "ca.crt"},
+    },
+    "tls": {"secret": "iris-tls"},
+}
+
 # name -> (resource name, spec, options)
 GOLDEN: dict[str, tuple[str, dict[str, Any], RenderOptions]] = {
     "minimal": ("iris", MINIMAL, CURRENT),
     "full": ("gender", FULL, CURRENT),
     "full-staging": ("gender", {**FULL, "environment": "staging"}, CURRENT),
     "inflight": ("churn", INFLIGHT, CURRENT),
+    "secured": ("iris", SECURED, CURRENT),
     "full-v1.20": (
         "gender",
         {**FULL, "predictions": {**FULL["predictions"], "shards": 1}},

@@ -69,8 +69,10 @@ def test_admin_token_and_network_policy_follow_the_model(
     kinds = {("apps/v1", "Deployment", "{}"), ("networking.k8s.io/v1", "NetworkPolicy", "{}")}
     children = models.wait_children("iris", kinds=kinds)
     container = children["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    token = {"secretKeyRef": {"name": "iris-admin", "key": "token"}}
-    assert {"name": "MODELYARD_ADMIN_TOKEN", "valueFrom": token} in container["env"]
+    assert "--admin-token-file" in container["command"]
+    volumes = children["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "iris-admin", "items": [{"key": "token", "path": "token"}],
+            "defaultMode": 0o440} in [v.get("secret") for v in volumes]  # fmt: skip
     # No CPU or memory in the Model: the operator's defaults, never an unbounded pod.
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
     assert container["resources"]["limits"] == {"memory": "1Gi"}
@@ -90,8 +92,8 @@ def test_admin_token_and_network_policy_follow_the_model(
 
     def token_gone() -> bool:
         deployment = models.child("apps/v1", "Deployment", "iris")
-        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]  # type: ignore[index]
-        return all(e["name"] != "MODELYARD_ADMIN_TOKEN" for e in env)
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]  # type: ignore[index]
+        return "--admin-token-file" not in command
 
     wait_for(token_gone, 30, what="the admin token to leave the Deployment")
 

@@ -20,13 +20,11 @@ import yaml
 from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import declaration_schema
 from modelyard_operator.render import manifests, render_all
-from modelyard_operator.render.common import ADMIN_TOKEN_ENV as RENDERED_ENV
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
 from modelyard_operator.spec import Model, SpecError
 
 from modelyard.declarations.settings import model_settings, server_settings
-from modelyard.serving.auth import ADMIN_TOKEN_ENV
-from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, V1_20
+from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, SECURED, V1_20
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # The newest release kubernetes-validate knows: manifests must hold for a current cluster.
@@ -291,6 +289,11 @@ def test_shards_need_indexed_jobs() -> None:
         ),
         ("gender", {**FULL, "environment": "prod"}, r"declared: staging"),
         ("iris", {**MINIMAL, "runtime": "cobol"}, r"spec.runtime: Input should be"),
+        (
+            "iris",
+            {**MINIMAL, "auth": {"clientCASecret": {"secret": "ca", "key": "ca.crt"}}},
+            r"auth.clientCASecret needs tls: .* set tls.secret to a kubernetes.io/tls Secret",
+        ),
         ("x" * 47, {**FULL, "name": "g"}, "at most 46 characters"),
     ],
 )
@@ -338,17 +341,64 @@ def test_the_rendered_commands_are_the_clis(tmp_path: Path) -> None:
 # -- security: the admin token, the NetworkPolicy, default resources ---------------------
 
 
-def test_the_admin_token_comes_from_the_models_secret() -> None:
-    assert RENDERED_ENV == ADMIN_TOKEN_ENV  # the name the server reads
+def test_the_admin_token_is_the_models_secret_mounted_for_its_flag() -> None:
+    from modelyard.commands.serve import serve
+
     spec = {**MINIMAL, "adminTokenSecret": {"secret": "iris-admin", "key": "token"}}
-    deployment = render_all(model("iris", spec), CURRENT)["Deployment"]
-    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-    token = {"secretKeyRef": {"name": "iris-admin", "key": "token"}}
-    assert {"name": ADMIN_TOKEN_ENV, "valueFrom": token} in env
-    # Without one, the variable is absent (and the server refuses the repository API).
+    pod = render_all(model("iris", spec), CURRENT)["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    path = serve.make_context("serve", container["command"][2:]).params["admin_token_file"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    items = [{"key": "token", "path": path.name}]
+    assert volume["secret"] == {"secretName": "iris-admin", "items": items, "defaultMode": 0o440}
+    # A file, not a variable: the token is in no process's environment (CKV_K8S_35).
+    assert all("valueFrom" not in e for e in container["env"])
+    # Without one, no flag (and the server refuses the repository API).
     plain = render_all(model("iris", MINIMAL), CURRENT)["Deployment"]
-    names = [e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]]
-    assert ADMIN_TOKEN_ENV not in names
+    assert "--admin-token-file" not in plain["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_inference_auth_and_tls_are_secrets_mounted_for_the_servers_flags() -> None:
+    from modelyard.commands.serve import serve
+
+    rendered = render_all(model("iris", SECURED), CURRENT)
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    params = serve.make_context("serve", container["command"][2:]).params
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+
+    def secret_of(path: Path) -> tuple[str, str]:
+        """The Secret and key whose file the server reads at ``path``."""
+        mount = mounts[str(path.parent)]
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["defaultMode"] == 0o440  # the server's group (fsGroup) reads it
+        (key,) = [i["key"] for i in secret["items"] if i["path"] == path.name]
+        return secret["secretName"], key
+
+    assert secret_of(params["admin_token_file"]) == ("iris-admin", "token")
+    assert secret_of(params["inference_token_file"]) == ("iris-callers", "tokens")
+    assert secret_of(params["tls_cert"]) == ("iris-tls", "tls.crt")
+    assert secret_of(params["tls_key"]) == ("iris-tls", "tls.key")
+    assert secret_of(params["tls_client_ca"]) == ("iris-client-ca", "ca.crt")
+    # The kubelet probes over HTTPS, the model's readiness included (open to it).
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/iris/ready"
+    # Prometheus scrapes over HTTPS with a token the metrics port takes.
+    (endpoint,) = rendered["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "iris.ml.svc"
+    assert endpoint["bearerTokenSecret"] == {"name": "iris-callers", "key": "tokens"}
+    # Without them: no such flag, volume or scheme.
+    plain = render_all(model("iris", MINIMAL), CURRENT)
+    (container,) = plain["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["command"] if a.startswith(("--tls", "--inference"))]
+    assert "scheme" not in container["readinessProbe"]["httpGet"]
+    assert not [m for m in container["volumeMounts"] if m["mountPath"].startswith("/etc")]
+    assert "scheme" not in plain["ServiceMonitor"]["spec"]["endpoints"][0]
 
 
 def test_every_model_gets_a_network_policy_it_can_override() -> None:

@@ -147,6 +147,12 @@ def test_inference_tokens_guard_rest_grpc_and_metrics(
     with serve(tmp_path, models, "--inference-token-file", str(tokens), **env) as server:
         # The probes stay open: the kubelet sends no token.
         assert requests.get(f"{server.base}/v2/health/ready", timeout=5).json() == {"ready": True}
+        # A model's readiness too: a Model's pods are ready when their model is.
+        assert requests.get(f"{server.base}/v2/models/iris/ready", timeout=5).status_code == 200
+        unknown = requests.get(f"{server.base}/v2/models/nope/ready", timeout=5)
+        assert unknown.status_code == 404
+        metadata = requests.get(f"{server.base}/v2/models/iris", timeout=5)
+        assert metadata.status_code == 401
         with grpc.insecure_channel(server.grpc_url) as channel:
             assert health_check(channel) == health_pb2.HealthCheckResponse.SERVING
 
@@ -276,6 +282,8 @@ def test_client_certificates_guard_inference_but_not_probes(
         # The kubelet's HTTPS probe sends no certificate, and gets its answer.
         r = requests.get(f"{server.base}/v2/health/ready", verify=str(pki.ca), timeout=5)
         assert r.json() == {"ready": True}
+        r = requests.get(f"{server.base}/v2/models/iris/ready", verify=str(pki.ca), timeout=5)
+        assert r.status_code == 200
         credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
         with grpc.secure_channel(server.grpc_url, credentials) as channel:
             assert health_check(channel) == health_pb2.HealthCheckResponse.SERVING

@@ -27,9 +27,6 @@ MODELS_DIR = "/models"
 # loads (a declaration wins over model-settings.json) and the MLServer settings
 # generated from it, which are what MLServer runs with.
 CONFIG_FILES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME)
-# The server reads the repository API's admin token from it (modelyard.serving.auth's
-# ADMIN_TOKEN_ENV; not imported: the operator's image has no serving stack).
-ADMIN_TOKEN_ENV = "MODELYARD_ADMIN_TOKEN"
 CONFIG_HASH_ANNOTATION = "modelyard.io/config-hash"
 MODEL_LABEL = "modelyard.io/model"
 RUN_USER = 1000
@@ -180,14 +177,68 @@ def env(model: Model) -> list[dict[str, Any]]:
     ] + [{"name": "HOME", "value": "/tmp"}]
 
 
-def server_env(model: Model) -> list[dict[str, Any]]:
-    """The server container's variables: `env`, and the repository API's admin token
-    from its Secret (without one, the server refuses that API)."""
-    ref = model.spec.admin_token_secret
-    if ref is None:
-        return env(model)
-    token = {"secretKeyRef": {"name": ref.secret, "key": ref.key}}
-    return [*env(model), {"name": ADMIN_TOKEN_ENV, "valueFrom": token}]
+# Where the server container finds its Secrets (the admin token, `auth`, `tls`) as files:
+# a file, not a variable, so the token is in no process's environment.
+SECRETS_DIR = "/etc/modelyard"
+TLS_CERT, TLS_KEY = "tls.crt", "tls.key"  # a kubernetes.io/tls Secret's keys
+# Owner and group may read (the pod's fsGroup is the server's group); no one else.
+SECRET_MODE = 0o440
+
+
+@dataclass(frozen=True)
+class MountedSecret:
+    """A Secret mounted into the server container for one of `modelyard serve`'s flags."""
+
+    volume: str
+    secret: str
+    files: tuple[tuple[str, str], ...]  # (key in the Secret, file name), one per flag
+    flags: tuple[str, ...]
+
+    @property
+    def directory(self) -> str:
+        return f"{SECRETS_DIR}/{self.volume}"
+
+    def args(self) -> list[str]:
+        return [a for flag, (_, name) in zip(self.flags, self.files, strict=True)
+                for a in (flag, f"{self.directory}/{name}")]  # fmt: skip
+
+    def volume_spec(self) -> dict[str, Any]:
+        items = [{"key": key, "path": name} for key, name in self.files]
+        return {
+            "name": self.volume,
+            "secret": {"secretName": self.secret, "items": items, "defaultMode": SECRET_MODE},
+        }
+
+    def mount(self) -> dict[str, Any]:
+        return {"name": self.volume, "mountPath": self.directory, "readOnly": True}
+
+
+def server_secrets(model: Model) -> list[MountedSecret]:
+    """The Secrets the server container mounts: the admin token of the repository API
+    (without one, the server refuses that API), inference authentication and TLS."""
+    spec = model.spec
+    found = []
+    if spec.admin_token_secret is not None:
+        ref = spec.admin_token_secret
+        found.append(
+            MountedSecret("admin-token", ref.secret, ((ref.key, "token"),), ("--admin-token-file",))
+        )
+    if spec.auth.inference_token_secret is not None:
+        ref = spec.auth.inference_token_secret
+        found.append(
+            MountedSecret(
+                "inference-tokens", ref.secret, ((ref.key, "tokens"),), ("--inference-token-file",)
+            )
+        )
+    if spec.tls is not None:
+        pair = ((TLS_CERT, TLS_CERT), (TLS_KEY, TLS_KEY))
+        found.append(MountedSecret("tls", spec.tls.secret, pair, ("--tls-cert", "--tls-key")))
+    if spec.auth.client_ca_secret is not None:
+        ref = spec.auth.client_ca_secret
+        found.append(
+            MountedSecret("client-ca", ref.secret, ((ref.key, "ca.crt"),), ("--tls-client-ca",))
+        )
+    return found
 
 
 def volume_mounts(model: Model) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from modelyard_operator.render.common import (
     RenderOptions,
     container_security_context,
     content_hash,
+    env,
     init_containers,
     labels,
     metadata,
@@ -21,8 +22,8 @@ from modelyard_operator.render.common import (
     resources,
     scheduling,
     selector_labels,
-    server_env,
     server_processes,
+    server_secrets,
     volume_mounts,
     volumes,
 )
@@ -50,12 +51,17 @@ def serve_command(model: Model) -> list[str]:
     ]  # fmt: skip
     if "grpc_max_message_length" in settings:
         command += ["--max-message-mb", str(settings["grpc_max_message_length"] // MIB)]
+    for secret in server_secrets(model):
+        command += secret.args()
     return command
 
 
-def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def probe(path: str, period: int, failures: int, tls: bool = False) -> dict[str, Any]:
+    # Over TLS the kubelet speaks HTTPS (it checks no certificate and sends none: the
+    # health paths stay open with tokens or client certificates required).
+    get = {"path": path, "port": "http", **({"scheme": "HTTPS"} if tls else {})}
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": get,
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 3,
@@ -64,6 +70,8 @@ def probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
     spec = model.spec
+    secrets = server_secrets(model)
+    tls = spec.tls is not None
     container = {
         "name": "server",
         "image": spec.image or options.image,
@@ -74,16 +82,16 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "env": server_env(model),
+        "env": env(model),
         "resources": resources(model, options),
         # Loading a large model can take minutes: the server is started once every one of
         # its processes has tried, and only then do liveness and readiness begin.
-        "startupProbe": probe("/v2/health/ready", 5, 120),
-        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "startupProbe": probe("/v2/health/ready", 5, 120, tls),
+        "livenessProbe": probe("/v2/health/live", 10, 3, tls),
         # Ready when this pod's one model is, not merely tried: a version that fails to
         # load never takes traffic, and a rollout to it stops with the old pods serving.
-        "readinessProbe": probe(f"/v2/models/{model.model_name}/ready", 5, 2),
-        "volumeMounts": volume_mounts(model),
+        "readinessProbe": probe(f"/v2/models/{model.model_name}/ready", 5, 2, tls),
+        "volumeMounts": [*volume_mounts(model), *(s.mount() for s in secrets)],
         "securityContext": container_security_context(),
         # A terminating pod leaves the Service's endpoints a moment after it is told to
         # stop (kube-proxy rewrites every node's rules): it keeps answering meanwhile,
@@ -115,7 +123,7 @@ def render_deployment(model: Model, options: RenderOptions) -> dict[str, Any]:
                 "terminationGracePeriodSeconds": 30,
                 "initContainers": init_containers(model, options),
                 "containers": [container],
-                "volumes": volumes(model),
+                "volumes": [*volumes(model), *(s.volume_spec() for s in secrets)],
                 **scheduling(model, options),
             },
         },
