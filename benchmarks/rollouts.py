@@ -1,0 +1,123 @@
+"""`make bench`'s rollouts part: what a shadow candidate costs the incumbent's clients.
+
+One `modelyard serve` serves the iris model three times: without a rollout (off), with
+a shadow candidate answering every call (shadow 100%) and one answering a tenth of
+them (shadow 10%); the candidate is the same model, so every call is compared. 1-row
+REST calls at 16 connections (wrk) go to each in turn, for several rounds, and each
+one's median req/s and p99 are set against off's: the incumbent's clients should see
+no more than 10% less throughput or 10% more p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+import yaml
+from sklearn.datasets import load_iris
+
+from benchmarks.load import Load, rest_body, wrk
+from tests.support.server import REPO, ServerProcess
+
+CONCURRENCY = 16
+ROUNDS = 3
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "off": None,
+    "shadow 100%": {"mode": "shadow"},
+    "shadow 10%": {"mode": "shadow", "sample": 0.1},
+}
+
+
+def _folder(root: Path, name: str, version: str, rollout: dict[str, Any] | None) -> Path:
+    folder = root / name
+    if not folder.exists():
+        shutil.copytree(REPO / "model-settings/iris", folder)
+    decl = yaml.safe_load((REPO / "model-settings/iris/model.yaml").read_text())
+    decl.update(name=name, version=version)
+    if rollout is not None:
+        decl["rollout"] = rollout
+    tmp = root / f".{name}.yaml"
+    tmp.write_text(yaml.safe_dump(decl, sort_keys=False))
+    tmp.replace(folder / "model.yaml")
+    return folder
+
+
+def _name(variant: str) -> str:
+    return "iris-" + variant.replace(" ", "-").replace("%", "")
+
+
+def rollouts(args: argparse.Namespace, tmp: Path) -> dict:
+    models = tmp / "models"
+    for variant, rollout in VARIANTS.items():
+        _folder(models, _name(variant), "1", rollout)
+    server = ServerProcess(models, tmp / "server.log").start()
+    try:
+        server.wait_ready(timeout=300)
+        for variant, rollout in VARIANTS.items():
+            if rollout is not None:  # a new version: the candidate, beside version 1
+                _folder(models, _name(variant), "2", rollout)
+        deadline = time.monotonic() + 120
+        wanted = {_name(v) for v, r in VARIANTS.items() if r is not None}
+        while time.monotonic() < deadline:
+            found = requests.get(f"{server.base}/modelyard/rollouts", timeout=10).json()
+            if {r["model"] for r in found["rollouts"]} >= wanted:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"candidates not loaded:\n{server.log()}")
+        body = rest_body("input-0", load_iris().data[:1].astype(np.float64), "FP64")
+        runs: dict[str, list[Load]] = {v: [] for v in VARIANTS}
+        for _ in range(ROUNDS):
+            for variant in VARIANTS:
+                url = f"{server.base}/v2/models/{_name(variant)}/infer"
+                runs[variant].append(wrk(url, body, CONCURRENCY, args.duration))
+        status = {
+            r["model"]: r
+            for r in requests.get(f"{server.base}/modelyard/rollouts", timeout=10).json()[
+                "rollouts"
+            ]
+        }
+    finally:
+        server.stop()
+    off_rps = statistics.median(r.rps for r in runs["off"])
+    off_p99 = statistics.median(r.p99_ms for r in runs["off"])
+    print(f"\nshadow rollouts: the incumbent's 1-row REST calls at c{CONCURRENCY}, "
+          f"median of {ROUNDS} rounds:")  # fmt: skip
+    rows = []
+    for variant in VARIANTS:
+        rps = statistics.median(r.rps for r in runs[variant])
+        p99 = statistics.median(r.p99_ms for r in runs[variant])
+        errors = sum(r.errors for r in runs[variant])
+        found = status.get(_name(variant))
+        row = {
+            "variant": variant,
+            "rps": rps,
+            "p99_ms": p99,
+            "errors": errors,
+            "ratio_rps": rps / off_rps if off_rps else None,
+            "ratio_p99": p99 / off_p99 if off_p99 else None,
+            "compared": found["compared"] if found else None,
+            "dropped": found["dropped"] if found else None,
+            "agreement": found["agreement"] if found else None,
+        }
+        rows.append(row)
+        shadowed = (
+            f"  compared {found['compared']}, dropped {found['dropped']}, "
+            f"agreement {found['agreement']}"
+            if found
+            else ""
+        )
+        print(f"  {variant:12} {rps:7.0f} req/s ({row['ratio_rps']:.2f}x), p99 {p99:6.2f} ms "
+              f"({row['ratio_p99']:.2f}x), errors {errors}{shadowed}")  # fmt: skip
+    return {
+        "concurrency": CONCURRENCY,
+        "rounds": ROUNDS,
+        "rows": rows,
+        "runs": {v: [r.as_dict() for r in rs] for v, rs in runs.items()},
+    }
