@@ -39,6 +39,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
+from benchmarks.rollouts import rollouts
 from benchmarks.runtimes import runtimes
 from modelyard.serving.direct import DIRECT_ENV, predict_directly
 from tests.support.server import REPO, ServerProcess
@@ -422,6 +423,7 @@ def monitoring(args: argparse.Namespace, tmp: Path) -> dict:
 
 part(batch)
 part(runtimes)
+part(rollouts)
 
 
 def machine() -> dict:
