@@ -18,7 +18,7 @@ import yaml
 
 from tests.serving.test_live_registry import wait_for
 from tests.support.declarations import run_cli
-from tests.support.server import ServerProcess, running
+from tests.support.server import REPO, ServerProcess, copy_model, running
 
 TOKEN = "rollout-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -105,11 +105,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         models, root / "server.log", ["--processes", "2"], env={"MODELYARD_ADMIN_TOKEN": TOKEN}
     )
+    iris = yaml.safe_load((REPO / "model-settings/iris/model.yaml").read_text())
+    copy_model("iris", models)
     with running(proc):
         for name, rollout in MODELS.items():
             write(models / name, declaration(name, "2", rollout, **CANDIDATES.get(name, {})))
+        # A model predicted directly, whose gRPC calls take the lane (`lanes.py`) but for
+        # the rollout.
+        (models / "iris" / "model.yaml").write_text(
+            yaml.safe_dump({**iris, "version": "2", "rollout": SHADOW}, sort_keys=False)
+        )
         wait_for(
-            lambda: {r["model"] for r in rollouts(proc)} >= set(MODELS) - {"broken"},
+            lambda: {r["model"] for r in rollouts(proc)} >= set(MODELS) - {"broken"} | {"iris"},
             60,
             "every candidate loaded",
         )
@@ -201,6 +208,18 @@ def test_a_candidate_differing_on_a_known_share_shows_that_share(server: ServerP
     assert status.returncode == 0, status.stderr
     assert "incumbent 1 -> candidate 2" in status.stdout
     assert re.search(r"compared \d+, agreement 0\.\d{4}", status.stdout), status.stdout
+
+
+def test_a_model_with_a_lane_is_shadowed_over_grpc(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = grpcclient.InferInput("input-0", [1, 4], "FP64")
+    x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]]))
+    for _ in range(100):
+        result = client.infer("iris", [x])
+        assert result.get_response().model_version == "1"
+        assert result.as_numpy("predict")[0, 0] == 0
+    found = compared(server, "iris", 100)
+    assert found["agreement"] == 1.0 and found["outputs"]["predict"]["max_abs"] == 0.0
 
 
 def test_a_canary_answers_its_weight_then_promote_serves_it_without_a_failure(
