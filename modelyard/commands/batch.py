@@ -98,6 +98,12 @@ def batch() -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="A progress bar (default: on a terminal)."
 )
+@click.option(
+    "--candidate",
+    is_flag=True,
+    help="Score TARGET as its model's candidate version: into a table of its own, never "
+    "the readers' latest, and compared entity by entity with the model's latest run.",
+)
 @click.option("--debug", is_flag=True, help="Debug logging.")
 def run(
     target: Path,
@@ -107,6 +113,7 @@ def run(
     chunk_rows: int,
     max_bad_rows: int,
     progress: bool | None,
+    candidate: bool,
     debug: bool,
 ) -> None:
     """Score every entity of TARGET (a model folder or its model.yaml) into its
@@ -129,7 +136,12 @@ def run(
             max_bad_rows=max_bad_rows,
             bar=progress,
         )
-        result = job.run(options)
+        if candidate:
+            from modelyard.batch.candidate import run_candidate
+
+            result, comparison = run_candidate(job, options)
+        else:
+            result, comparison = job.run(options), None
     except ModelyardError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -139,6 +151,8 @@ def run(
         )
         sys.exit(130)
     click.echo(result.summary())
+    if comparison is not None:
+        click.echo(comparison.summary())
     if result.error is not None:
         sys.exit(1)
 
