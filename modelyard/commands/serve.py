@@ -94,6 +94,20 @@ EXIT_PORT_IN_USE = 2
 )
 @click.option("--no-watch", is_flag=True, help="Load the folders once; do not follow changes.")
 @click.option(
+    "--watch-registry",
+    is_flag=True,
+    help="Poll MLFLOW_TRACKING_URI for each model named by a models:/ alias, stage or "
+    "latest, and load the new version through the same swap when it moves. Without it, "
+    "the version resolved at load stays pinned, across restarts too.",
+)
+@click.option(
+    "--registry-poll-s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two polls of the registry (with --watch-registry).",
+)
+@click.option(
     "--admin-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="File of the admin token that the repository API (load, unload, index) needs "
@@ -134,6 +148,8 @@ def serve(
     processes: str,
     no_pin: bool,
     no_watch: bool,
+    watch_registry: bool,
+    registry_poll_s: float,
     debug: bool,
     admin_token_file: Path | None,
     inference_token_file: Path | None,
@@ -184,6 +200,8 @@ def serve(
             "--idle-timeout-s", str(idle_timeout_s), "--shutdown-grace-s", str(shutdown_grace_s),
             "--processes", str(count),
             *(["--no-watch"] if no_watch else []), *(["--debug"] if debug else []),
+            *(["--watch-registry"] if watch_registry else []),
+            "--registry-poll-s", str(registry_poll_s),
             *auth.args(),
         ]  # fmt: skip
         sys.exit(supervise(child, count, pin=not no_pin, grace_s=shutdown_grace_s))
@@ -201,6 +219,8 @@ def serve(
         idle_timeout_s=idle_timeout_s,
         shutdown_grace_s=shutdown_grace_s,
         watch=not no_watch,
+        watch_registry=watch_registry,
+        registry_poll_s=registry_poll_s,
         debug=debug,
         auth=auth,
     )

@@ -52,6 +52,13 @@ def status(url: str, as_json: bool) -> None:
             )
         console = Console(width=160 if not sys.stdout.isatty() else None)
         console.print(table)
+        for m in body["models"]:
+            if reg := m.get("registry"):
+                version = f"version {reg['version']}" if reg["version"] else reg["pinned"]
+                console.print(
+                    f"{m['name']}: {reg['uri']} is {version} (run {reg['run_id'] or '-'}, "
+                    f"source {reg['source'] or '-'})"
+                )
         for p in body.get("processes", []):
             state = "serving" if p["ready"] else "not serving"
             versions = ", ".join(f"{n} {v or '-'}" for n, v in p["versions"].items()) or "no models"

@@ -29,9 +29,10 @@ from modelyard.declarations.companions import companions
 from modelyard.declarations.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.declarations.load import DECLARATION_FILENAME, example_request
 from modelyard.errors import InvalidModelFolder
-from modelyard.serving import metrics
+from modelyard.serving import metrics, registry_uris
 from modelyard.serving.artifacts import UnreadableArtifact
 from modelyard.serving.models import LoadedModels, settle_heap
+from modelyard.serving.registry_uris import RegistryUriError, Resolved, is_registry_uri
 from modelyard.serving.rollouts import Rollouts
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class FolderStatus:
     fingerprint: str = ""
     # Models served next to the folder's own (see modelyard.declarations.companions).
     companions: list[str] = field(default_factory=list)
+    # For a model named by a registry URI: what it resolved to (`registry_uris.py`).
+    registry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class FolderStatus:
             "error": self.error,
             "updated_at": self.updated_at,
             "companions": self.companions,
+            "registry": self.registry,
         }
 
 
@@ -132,6 +136,8 @@ class Registry:
         self.held: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
+        # Registry URIs seen to move by `follow_registry`, by folder, for the next load.
+        self._moved: dict[str, Resolved] = {}
 
     # -- views ---------------------------------------------------------------------
     def statuses(self) -> list[FolderStatus]:
@@ -219,6 +225,10 @@ class Registry:
         if settings.name in self.held:
             return self._unloaded(status)
         try:
+            resolved = await self._resolve_registry_uri(folder, settings, fingerprint)
+        except RegistryUriError as e:
+            return self._failed(status, settings.name, f"{folder}: {e}")
+        try:
             candidate = None
             if self.rollouts is not None and status.serving_version is not None:
                 candidate = await self.rollouts.begin(settings, warmup_request(folder))
@@ -238,6 +248,7 @@ class Registry:
         metrics.REGISTRY_FAILING.labels(model=settings.name).set(0)
         status.state = State.READY
         status.error = None
+        self._served_registry_uri(folder, status, resolved, fingerprint)
         if candidate is not None:  # the incumbent serves on beside it
             status.updated_at = time.time()
             return None
@@ -247,6 +258,68 @@ class Registry:
             "model '%s' version %s serving from %s", settings.name, settings.version, folder
         )
         await self._apply_companions(status, settings)
+
+    async def _resolve_registry_uri(
+        self, folder: Path, settings: ModelSettings, fingerprint: str
+    ) -> Resolved | None:
+        """For a model named by a registry URI, the version to serve, written into its
+        settings: the one `follow_registry` saw it move to, else the one pinned for
+        these files, else the one it names now."""
+        params = settings.parameters
+        uri = params.uri if params is not None else None
+        if params is None or uri is None or not is_registry_uri(uri):
+            return None
+        resolved = self._moved.pop(str(folder), None)
+        if resolved is None or resolved.uri != uri:
+            resolved = await asyncio.to_thread(registry_uris.pinned, folder, uri, fingerprint)
+            how = "pinned"
+        else:
+            how = "moved"
+        if resolved is None:
+            resolved = await asyncio.to_thread(registry_uris.resolve, uri)
+            how = "resolved"
+        logger.info("model '%s': %s is %s (%s)", settings.name, uri, resolved.pinned, how)
+        params.uri = resolved.pinned
+        return resolved
+
+    def _served_registry_uri(
+        self, folder: Path, status: FolderStatus, resolved: Resolved | None, fingerprint: str
+    ) -> None:
+        status.registry = resolved.as_dict() if resolved is not None else None
+        if resolved is None:
+            return
+        try:
+            registry_uris.pin(folder, resolved, fingerprint)
+        except OSError as e:  # a read-only home: served, but not pinned across restarts
+            logger.warning("model '%s': cannot pin %s: %s", status.name, resolved.pinned, e)
+
+    async def follow_registry(self, stop: asyncio.Event, poll_s: float) -> None:
+        """Until ``stop``: every ``poll_s``, resolve each served alias, stage or latest
+        afresh; a folder whose URI now names another version is loaded again with it
+        (the same swap, or a rollout's candidate, as a new folder version)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), poll_s)
+                return
+            except TimeoutError:
+                pass
+            for key, status in list(self.folders.items()):
+                served = status.registry
+                if served is None or status.state is State.UNLOADED:
+                    continue
+                if not registry_uris.moves(served["uri"]):
+                    continue
+                try:
+                    now = await asyncio.to_thread(registry_uris.resolve, served["uri"])
+                except Exception as e:  # the tracking server down: try again next poll
+                    logger.warning("model '%s': %s not resolved: %s", status.name,
+                                   served["uri"], e)  # fmt: skip
+                    continue
+                if now.pinned != served["pinned"]:
+                    logger.info("model '%s': %s moved from %s to %s", status.name,
+                                served["uri"], served["pinned"], now.pinned)  # fmt: skip
+                    self._moved[key] = now
+                    self._spawn(self.sync_folder(Path(key), force=True))
 
     def _settling(self, folder: Path, status: FolderStatus) -> bool:
         """Whether a folder that just failed was written to moments ago (a copy or a

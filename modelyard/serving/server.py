@@ -81,6 +81,9 @@ class ServeOptions:
     metrics_port: int = 8082
     workers: int = 0
     watch: bool = True
+    # Poll MLFLOW_TRACKING_URI for the registry URIs served (`registry_uris.py`).
+    watch_registry: bool = False
+    registry_poll_s: float = 30.0
     debug: bool = False
     # One limit for both protocols: MLServer leaves gRPC at its 4 MB default and
     # REST unbounded, so a large request worked over one and not the other.
@@ -247,6 +250,8 @@ class Server:
             await self.registry.sync()
         if self.opts.watch:
             start(self.registry.watch(self._stop))
+        if self.opts.watch_registry:
+            start(self.registry.follow_registry(self._stop, self.opts.registry_poll_s))
         start(self._follow_siblings())
         start(self.rollouts.run(self._stop))
         if self.metrics is not None:  # quality and batch gauges, from the stores

@@ -19,7 +19,6 @@ import asyncio
 import importlib
 import logging
 import os
-import re
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from mlserver_mlflow.codecs import TensorDictCodec
 
 from modelyard.declarations.signature import declared_signature, keep_signature
 from modelyard.serving.direct import DIRECT_ENV
+from modelyard.serving.registry_uris import RegistryUriError, moves, resolve
 from modelyard.serving.tensors import NUMPY_DTYPES
 from modelyard_runtimes.errors import ModelError
 
@@ -45,31 +45,17 @@ NATIVE_FLAVOURS = {
 NUMERIC = {"FP32", "FP64", "INT32", "INT64"}
 
 
-REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/]+)|@(?P<alias>[^/]+))/?$")
-
-
 def pin_registry_uri(uri: str) -> str:
-    """A ``models:/`` URI naming a stage (``models:/churn/Production``), ``latest`` or an
-    alias (``models:/churn@champion``) as the version it names now
-    (``models:/churn/3``), resolved against ``MLFLOW_TRACKING_URI``; any other URI
-    (a version already, ``runs:/``, a folder) as it is."""
-    match = REGISTRY.match(uri)
-    if match is None or (match["ref"] or "").isdigit():
+    """A ``models:/`` URI naming a stage, ``latest`` or an alias as the version it names
+    now (``models:/churn/3``); any other URI as it is. The server's registry pins a
+    folder's URI before the model loads (`modelyard.serving.registry_uris`): this is for
+    settings loaded without it (a batch run)."""
+    if not moves(uri):
         return uri
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    name = match["name"]
-    if match["alias"]:
-        version = client.get_model_version_by_alias(name, match["alias"]).version
-    else:
-        ref = match["ref"]
-        stages = None if ref.lower() == "latest" else [ref]
-        found = client.get_latest_versions(name, stages=stages)
-        if not found:
-            raise ModelError(f"{uri}: the registry has no version of {name} in stage {ref}")
-        version = max(found, key=lambda v: int(v.version)).version
-    return f"models:/{name}/{version}"
+    try:
+        return resolve(uri).pinned
+    except RegistryUriError as e:
+        raise ModelError(str(e)) from None
 
 
 class MLflowRuntime(PyfuncRuntime):

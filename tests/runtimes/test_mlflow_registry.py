@@ -1,7 +1,8 @@
 """A model served from a real MLflow tracking server's registry (`mlflow server` on
 loopback, SQLite backend, local artifact root) by a ``models:/`` URI: an alias is
-pinned to the version it names at load, and a new version the alias moves to is swapped
-in when the folder changes, with no failed request under load."""
+pinned to the version it names at load, also across a restart of the server; a new
+version the alias moves to is swapped in when the folder changes, or when
+``--watch-registry`` sees the alias move, with no failed request under load."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import yaml
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from modelyard.serving.registry_uris import PINS_ENV
 from tests.support.clients import infer, make_client
 from tests.support.server import ServerProcess, free_port
 
@@ -67,8 +69,8 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def register(url: str, model: LogisticRegression) -> str:
-    """Log ``model`` to the tracking server as a new version of iris-churn; its version."""
+def register(url: str, model: LogisticRegression, name: str = "iris-churn") -> str:
+    """Log ``model`` to the tracking server as a new version of ``name``; its version."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -78,25 +80,25 @@ def register(url: str, model: LogisticRegression) -> str:
         warnings.simplefilter("ignore")
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(
-                model, name="model", registered_model_name="iris-churn",
+                model, name="model", registered_model_name=name,
                 signature=infer_signature(X, Y),
             )  # fmt: skip
     return str(info.registered_model_version)
 
 
-def point_alias(url: str, version: str) -> None:
+def point_alias(url: str, version: str, name: str = "iris-churn") -> None:
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(url).set_registered_model_alias("iris-churn", "champion", version)
+    MlflowClient(url).set_registered_model_alias(name, "champion", version)
 
 
-def declare(folder: Path, version: str) -> None:
+def declare(folder: Path, version: str, name: str = "iris-churn") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     decl = {
         "name": "churn",
         "version": version,
         "runtime": "mlflow",
-        "model": {"uri": "models:/iris-churn@champion"},
+        "model": {"uri": f"models:/{name}@champion"},
     }
     (folder / "model.yaml").write_text(yaml.safe_dump(decl, sort_keys=False))
 
@@ -112,16 +114,15 @@ def test_served_by_alias_then_swapped_to_the_new_version_under_load(
     point_alias(tracking, v1)
     models = tmp_path / "models"
     declare(models / "churn", "1")
-    server = ServerProcess(
-        models, tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": tracking}
-    ).start()
+    env = {"MLFLOW_TRACKING_URI": tracking, PINS_ENV: str(tmp_path / "pins.json")}
+    server = ServerProcess(models, tmp_path / "serve.log", env=env).start()
     try:
         server.wait_ready(timeout=300)
         client = make_client("grpc", server)
         name = "input-0"
         result = infer(client, "churn", {name: (ROWS, "FP64")})
         assert result.as_numpy("output-0").ravel().tolist() == first.predict(ROWS).tolist()
-        assert f"models:/iris-churn@champion is models:/iris-churn/{v1}" in server.log()
+        assert f"models:/iris-churn@champion is models:/iris-churn/{v1} (resolved)" in server.log()
 
         v2 = register(tracking, second)
         point_alias(tracking, v2)
@@ -159,9 +160,131 @@ def test_served_by_alias_then_swapped_to_the_new_version_under_load(
         assert answered[0] > 0
         result = infer(client, "churn", {name: (ROWS, "FP64")})
         assert result.as_numpy("output-0").ravel().tolist() == second.predict(ROWS).tolist()
-        assert f"models:/iris-churn@champion is models:/iris-churn/{v2}" in server.log()
+        assert f"models:/iris-churn@champion is models:/iris-churn/{v2} (resolved)" in server.log()
     except BaseException:
         print(server.log())
         raise
+    finally:
+        server.stop()
+
+
+class Callers:
+    """Four REST callers of ``churn`` until stopped, counting answers and failures."""
+
+    def __init__(self, server: ServerProcess):
+        self.server = server
+        self.failures: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._call) for _ in range(4)]
+
+    def _call(self) -> None:
+        caller = make_client("http", self.server)
+        while not self._stop.is_set():
+            try:
+                infer(caller, "churn", {"input-0": (ROWS, "FP64")})
+                self.answered += 1
+            except Exception as e:
+                self.failures.append(repr(e))
+
+    def __enter__(self) -> Callers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def served(server: ServerProcess) -> dict:
+    return {s["name"]: s for s in server.status()["models"]}["churn"]
+
+
+def answers(server: ServerProcess) -> list[int]:
+    result = infer(make_client("grpc", server), "churn", {"input-0": (ROWS, "FP64")})
+    return result.as_numpy("output-0").ravel().astype(int).tolist()
+
+
+def test_pinned_across_a_restart_and_moved_by_watching_the_registry(
+    tracking: str, tmp_path: Path
+) -> None:
+    """The alias moves while the server is down: started again, it serves the version
+    it pinned. With --watch-registry, it follows the alias under load, and pins that."""
+    name = "iris-watched"
+    first = LogisticRegression(max_iter=1000).fit(X, Y)
+    second = LogisticRegression(max_iter=1000).fit(X, np.choose(Y, [1, 0, 2]))
+    v1 = register(tracking, first, name)
+    point_alias(tracking, v1, name)
+    models = tmp_path / "models"
+    declare(models / "churn", "1", name)
+    env = {"MLFLOW_TRACKING_URI": tracking, PINS_ENV: str(tmp_path / "pins.json")}
+    uri = f"models:/{name}@champion"
+
+    def start(*args: str) -> ServerProcess:
+        log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*')))}.log"
+        server = ServerProcess(models, log, ["--processes", "1", *args], env).start()
+        try:
+            server.wait_ready(timeout=300)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    server = start()
+    try:
+        registry = served(server)["registry"]
+        assert registry["uri"] == uri
+        assert registry["pinned"] == f"models:/{name}/{v1}"
+        assert registry["version"] == v1
+        assert len(registry["run_id"]) == 32
+        # The files of the version: the local artifact root's copy of the model.
+        assert (Path(registry["source"].removeprefix("file://")) / "MLmodel").is_file()
+        assert answers(server) == first.predict(ROWS).tolist()
+        table = subprocess.run(
+            [str(Path(sys.executable).parent / "modelyard"), "status", "--url", server.base],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert f"churn: {uri} is version {v1} (run {registry['run_id']}" in table
+    finally:
+        server.stop()
+
+    v2 = register(tracking, second, name)
+    point_alias(tracking, v2, name)
+    server = start()  # the same folder: the pin holds although the alias moved
+    try:
+        assert served(server)["registry"]["version"] == v1
+        assert answers(server) == first.predict(ROWS).tolist()
+        assert f"{uri} is models:/{name}/{v1} (pinned)" in server.log()
+    finally:
+        server.stop()
+
+    point_alias(tracking, v1, name)
+    server = start("--watch-registry", "--registry-poll-s", "0.5")
+    try:
+        assert served(server)["registry"]["version"] == v1
+        with Callers(server) as callers:
+            point_alias(tracking, v2, name)
+            deadline = time.monotonic() + 240
+            while served(server)["registry"]["version"] != v2:
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.5)
+            answered = callers.answered
+            while callers.answered < answered + 20:  # calls on the new version too
+                time.sleep(0.1)
+        assert callers.failures == []
+        assert answers(server) == second.predict(ROWS).tolist()
+        assert f"{uri} moved from models:/{name}/{v1} to models:/{name}/{v2}" in server.log()
+    except BaseException:
+        print(server.log())
+        raise
+    finally:
+        server.stop()
+
+    server = start()  # what the watch moved to is the pin now
+    try:
+        assert served(server)["registry"]["version"] == v2
+        assert answers(server) == second.predict(ROWS).tolist()
     finally:
         server.stop()
