@@ -1,0 +1,79 @@
+"""The declared promote_when / abort_when rules, and the merge of the processes'
+comparisons they are judged on (the server runs them in test_rollouts.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.serving.rollouts import RolloutConfig, judge, summary
+
+
+def dump(
+    compared: int = 0,
+    agreed: int = 0,
+    answered: tuple[int, int] = (0, 0),
+    errors: tuple[int, int] = (0, 0),
+    latencies: tuple[list[float], list[float]] = ([], []),
+    differences: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "compared": compared,
+        "agreed": agreed,
+        "dropped": 0,
+        "answered": {"incumbent": answered[0], "candidate": answered[1]},
+        "errors": {"incumbent": errors[0], "candidate": errors[1]},
+        "latencies": {"incumbent": latencies[0], "candidate": latencies[1]},
+        "differences": differences or {},
+    }
+
+
+def test_two_processes_merge_into_one_comparison() -> None:
+    fast, slow = [0.001] * 300, [0.002] * 300
+    first = dump(100, 90, (100, 100), (0, 2), (fast[:100], slow[:98]), {"y": [5.0, 100, 1.0]})
+    second = dump(300, 300, (300, 300), (0, 0), (fast, slow), {"y": [0.0, 300, 0.5]})
+    merged = summary([first, second])
+    assert merged["compared"] == 400 and merged["agreement"] == 390 / 400
+    assert merged["sides"]["candidate"]["errors"] == 2
+    assert merged["sides"]["candidate"]["error_rate"] == 2 / 400
+    assert merged["sides"]["incumbent"]["p99_ms"] == pytest.approx(1.0)
+    assert merged["p99_ratio"] == pytest.approx(2.0)
+    assert merged["outputs"]["y"] == {"mean_abs": 5.0 / 400, "max_abs": 1.0}
+
+
+def config(**rollout: Any) -> RolloutConfig:
+    return RolloutConfig(mode=rollout.pop("mode", "shadow"), **rollout)
+
+
+def test_promote_needs_every_rule_and_says_why() -> None:
+    rules = {"min_requests": 400, "min_agreement": 0.95, "max_p99_ratio": 2.5}
+    merged = summary([dump(400, 390, (400, 400), (0, 0), ([0.001] * 10, [0.002] * 10))])
+    assert judge(config(promote_when=rules), merged) == (
+        "promote",
+        "400 requests, agreement 0.9750 >= 0.95, p99 ratio 2.00 <= 2.5",
+    )
+    assert judge(config(promote_when={**rules, "min_requests": 401}), merged) is None
+    assert judge(config(promote_when={**rules, "min_agreement": 0.98}), merged) is None
+    assert judge(config(promote_when={**rules, "max_p99_ratio": 1.5}), merged) is None
+
+
+def test_abort_is_judged_first_once_enough_calls_are_seen() -> None:
+    merged = summary([dump(200, 100, (200, 200), (0, 30), ([0.001] * 10, [0.004] * 10))])
+    both = config(
+        promote_when={"min_requests": 1},
+        abort_when={"min_requests": 200, "error_rate_above": 0.1},
+    )
+    assert judge(both, merged) == ("abort", "error rate 0.1500 > 0.1")
+    assert judge(config(abort_when={"p99_ratio_above": 3}), merged) == (
+        "abort",
+        "p99 ratio 4.00 > 3",
+    )
+    assert judge(config(abort_when={"min_requests": 201, "agreement_below": 0.9}), merged) is None
+
+
+def test_a_canary_counts_the_calls_its_candidate_answered() -> None:
+    merged = summary([dump(0, 0, (800, 200), (0, 0), ([0.001] * 10, [0.001] * 10))])
+    canary = config(mode="canary", weight=20, promote_when={"min_requests": 200})
+    assert judge(canary, merged) == ("promote", "200 requests")
+    assert judge(config(mode="canary", promote_when={"min_requests": 201}), merged) is None
