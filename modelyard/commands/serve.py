@@ -12,6 +12,7 @@ from modelyard.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_INFLIGHT_MB,
     DEFAULT_SHUTDOWN_GRACE_S,
 )
 from modelyard.serving.listeners import PortInUse, check_free
@@ -43,6 +44,16 @@ EXIT_PORT_IN_USE = 2
     show_default=True,
     envvar="MODELYARD_MAX_MESSAGE_MB",
     help="Largest request or response, over REST and gRPC alike.",
+)
+@click.option(
+    "--max-inflight-mb",
+    default=DEFAULT_MAX_INFLIGHT_MB,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="MODELYARD_MAX_INFLIGHT_MB",
+    help="Request bodies one server process takes at once, REST and gRPC together; a "
+    "request beyond it gets 429 (Retry-After) / RESOURCE_EXHAUSTED. A request alone is "
+    "always taken.",
 )
 @click.option(
     "--max-metadata-kb",
@@ -140,6 +151,7 @@ def serve(
     metrics_port: int,
     workers: int,
     max_message_mb: int,
+    max_inflight_mb: int,
     max_metadata_kb: int,
     header_timeout_s: float,
     body_timeout_s: float,
@@ -195,6 +207,7 @@ def serve(
             str(directory.resolve()), "--host", host, "--http-port", str(http_port),
             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
             "--workers", str(workers), "--max-message-mb", str(max_message_mb),
+            "--max-inflight-mb", str(max_inflight_mb),
             "--max-metadata-kb", str(max_metadata_kb),
             "--header-timeout-s", str(header_timeout_s), "--body-timeout-s", str(body_timeout_s),
             "--idle-timeout-s", str(idle_timeout_s), "--shutdown-grace-s", str(shutdown_grace_s),
@@ -213,6 +226,7 @@ def serve(
         metrics_port=metrics_port,
         workers=workers,
         max_message_mb=max_message_mb,
+        max_inflight_mb=max_inflight_mb,
         max_metadata_kb=max_metadata_kb,
         header_timeout_s=header_timeout_s,
         body_timeout_s=body_timeout_s,

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from modelyard.mlserver_internals import GRPCInferMetrics
 from modelyard.serving.auth import Auth
 from modelyard.serving.dataplane import DataPlane, unexpected
+from modelyard.serving.limits import RETRY_AFTER_S, InFlight
 from modelyard.serving.repository import Repository
 from modelyard.serving.tensors import raw_tensor
 
@@ -166,15 +167,39 @@ class InferenceServicer(MLServerInferenceServicer):
         self.metrics = metrics
         # Set only when inference calls are checked: none of its cost otherwise.
         self.auth: Auth | None = None
+        # The process's budget of request bytes in flight, shared with REST.
+        self.inflight: InFlight | None = None
 
     async def answer(
-        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str | bytes]]
+        self,
+        request: pb.ModelInferRequest,
+        metadata: Iterable[tuple[str, str | bytes]],
+        size: int | None = None,
     ) -> Answer:
-        """ModelInfer for any transport: this server's, or the Go front end's socket."""
+        """ModelInfer for any transport: this server's, or the Go front end's socket
+        (which gives the ``size`` of the request as it came)."""
         if self.auth is not None:
             denied = self.auth.grpc_check(MODEL_INFER, metadata)
             if denied is not None:
                 return Answer(denied.grpc_code, denied.message, None, ())
+        inflight = self.inflight
+        if inflight is None:
+            return await self._answer(request, metadata)
+        size = request.ByteSize() if size is None else size
+        if not inflight.take(size):
+            # gRPC's retry policies wait this long before they send the call again.
+            pushback = (("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)),)
+            return Answer(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, inflight.refusal(size), None, pushback
+            )
+        try:
+            return await self._answer(request, metadata)
+        finally:
+            inflight.give(size)
+
+    async def _answer(
+        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str | bytes]]
+    ) -> Answer:
         start = time.perf_counter()
         if self.metrics is not None:
             self.metrics.started.inc()

@@ -129,7 +129,7 @@ class InferSocket(asyncio.Protocol):
                 (),
             )
         else:
-            answer = await self.servicer.answer(request, metadata)
+            answer = await self.servicer.answer(request, metadata, len(frame))
         try:
             reply = reply_frame(answer)
         except Exception as e:  # a reply that cannot be framed still gets an answer

@@ -10,6 +10,10 @@
   connection (``--idle-timeout-s``). uvicorn has the last only.
 - Drain: a stopping process answers every request it has received, those still in the
   port's queue included, then exits within ``--shutdown-grace-s``.
+- Requests in flight: a process takes at most ``--max-inflight-mb`` of request bodies at
+  once, REST and gRPC together (`InFlight`); a request beyond it gets 429 with
+  Retry-After (REST) or RESOURCE_EXHAUSTED (gRPC), never a queue that grows without
+  bound. A request alone in its process is always taken (``--max-message-mb`` bounds it).
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ GZIP = {"gzip", "x-gzip"}
 PIECE = 1024 * 1024
 
 
+# Two requests of the default --max-message-mb at once, or thousands of small ones.
+DEFAULT_MAX_INFLIGHT_MB = 128
+# What a refused client is told to wait before it sends the request again.
+RETRY_AFTER_S = 1
+
+
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
@@ -66,6 +76,34 @@ class Limits:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+
+
+class InFlight:
+    """The request bytes one process has taken and not yet answered, REST and gRPC
+    alike, within a budget: `take` says whether one more request of ``size`` bytes fits
+    (one is always taken when nothing else is in flight), `give` returns it."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.bytes = 0
+
+    def take(self, size: int) -> bool:
+        if self.bytes and self.bytes + size > self.limit:
+            return False
+        self.bytes += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.bytes -= size
+
+    def refusal(self, size: int) -> str:
+        mb = 1024 * 1024
+        return (
+            f"the server process has {self.bytes / mb:.1f} MB of requests in flight and this "
+            f"one of {size / mb:.1f} MB would take it over its budget of {self.limit / mb:g} "
+            f"MB; send it again in {RETRY_AFTER_S} s, or raise `modelyard serve "
+            "--max-inflight-mb` (MODELYARD_MAX_INFLIGHT_MB)"
+        )
 
 
 class Refused(Exception):
@@ -90,24 +128,41 @@ class BodyLimits:
     decoded), then handed to ``app`` as one message. Its deadline is the connection's
     (`Deadlines`)."""
 
-    def __init__(self, app: ASGIApp, limits: Limits):
+    def __init__(self, app: ASGIApp, limits: Limits, inflight: InFlight | None = None):
         self.app = app
         self.limits = limits
+        self.inflight = inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        taken = 0
         try:
-            scope, body = await self._read(scope, receive)
-        except Refused as e:
-            await _refuse(send, e.status, str(e))
-            return
-        except ClientGone:
-            return
-        await self.app(scope, _replay(body, receive), send)
+            try:
+                scope, body, taken = await self._read(scope, receive)
+            except Refused as e:
+                await _refuse(send, e.status, str(e))
+                return
+            except ClientGone:
+                return
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            if taken:
+                self._give(taken)
 
-    async def _read(self, scope: Scope, receive: Receive) -> tuple[Scope, bytes]:
+    def _take(self, size: int) -> int:
+        """``size`` bytes taken from the process's budget (what to give back), or a 429."""
+        if self.inflight is None or not size:
+            return 0
+        if not self.inflight.take(size):
+            raise Refused(429, self.inflight.refusal(size))
+        return size
+
+    async def _read(self, scope: Scope, receive: Receive) -> tuple[Scope, bytes, int]:
+        """The body within the limits, and the bytes of the process's budget it took
+        (`InFlight`): a plain body's Content-Length before it is read (a refused body is
+        never read), else its size once read (decoded, for gzip)."""
         limit = self.limits.max_body_bytes
         headers = scope["headers"]
         declared = encoding = None
@@ -128,6 +183,23 @@ class BodyLimits:
                 f"Content-Encoding {encoding!r} is not supported; send the body as is "
                 "or with Content-Encoding: gzip",
             )
+        taken = self._take(int(declared)) if declared is not None and encoding == "identity" else 0
+        try:
+            scope, body = await self._body(scope, receive, headers, encoding)
+            return scope, body, taken or self._take(len(body))
+        except BaseException:
+            if taken:
+                self._give(taken)
+            raise
+
+    def _give(self, size: int) -> None:
+        assert self.inflight is not None
+        self.inflight.give(size)
+
+    async def _body(
+        self, scope: Scope, receive: Receive, headers: list[tuple[bytes, bytes]], encoding: str
+    ) -> tuple[Scope, bytes]:
+        limit = self.limits.max_body_bytes
         gunzip = Gunzip(limit) if encoding in GZIP else None
         chunks: list[bytes] = []
         sent = size = 0
@@ -225,17 +297,14 @@ def error_body(message: str) -> bytes:
 async def _refuse(send: Send, status: int, message: str) -> None:
     """A JSON error that closes the connection: the rest of the body is never read."""
     body = error_body(message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if status == 429:
+        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -365,15 +434,18 @@ class Deadlines(HttpToolsProtocol):
         self.transport.close()
 
 
-def rest_config(app: ASGIApp, limits: Limits, debug: bool) -> uvicorn.Config:
-    """uvicorn's settings for a REST port behind ``limits``."""
+def rest_config(
+    app: ASGIApp, limits: Limits, debug: bool, inflight: InFlight | None = None
+) -> uvicorn.Config:
+    """uvicorn's settings for a REST port behind ``limits`` (and the process's budget
+    of requests in flight)."""
     protocol = type(
         "Deadlines",
         (Deadlines,),
         {"header_timeout_s": limits.header_timeout_s, "body_timeout_s": limits.body_timeout_s},
     )
     return uvicorn.Config(
-        BodyLimits(app, limits),
+        BodyLimits(app, limits, inflight),
         http=protocol,
         access_log=debug,
         lifespan="off",

@@ -42,8 +42,10 @@ from modelyard.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_INFLIGHT_MB,
     DEFAULT_SHUTDOWN_GRACE_S,
     DrainingServer,
+    InFlight,
     Limits,
     rest_config,
 )
@@ -88,6 +90,8 @@ class ServeOptions:
     # One limit for both protocols: MLServer leaves gRPC at its 4 MB default and
     # REST unbounded, so a large request worked over one and not the other.
     max_message_mb: int = 64
+    # Request bodies in flight in one process, REST and gRPC together (`limits.InFlight`).
+    max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB
     # gRPC metadata (headers) of one call, as plain MLServer's gRPC server allows.
     max_metadata_kb: int = 16
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
@@ -194,6 +198,9 @@ class Server:
         self._rest: DrainingServer | None = None
         # Large REST bodies parsed off the event loop (`heavy.py`).
         self.decoder = Decoder()
+        # One budget of request bytes in flight for both ports.
+        self.inflight = InFlight(opts.max_inflight_mb * 1024 * 1024)
+        self.grpc.servicer.inflight = self.inflight
 
     async def _add_handlers(self, model: MLModel) -> MLModel:
         return await add_custom_handlers(self.app, model)
@@ -280,7 +287,10 @@ class Server:
 
     async def _serve_rest(self, sock: Any) -> None:
         config = rest_config(
-            RestInfer(self.app, self.data_plane, self.decoder), self.opts.limits, self.opts.debug
+            RestInfer(self.app, self.data_plane, self.decoder),
+            self.opts.limits,
+            self.opts.debug,
+            self.inflight,
         )
         self._rest = DrainingServer(config)
         config = secure_http(config, self.auth, self.opts.auth)  # infer checked, TLS

@@ -124,6 +124,7 @@ class Serving(_Frozen):
     max_batch_time_ms: float | None = Field(default=None, ge=0)
     workers: int | None = Field(default=None, ge=0)
     max_message_mb: int | None = Field(default=None, ge=1)
+    max_inflight_mb: int | None = Field(default=None, ge=1)
 
 
 class Artifact(BaseModel):

@@ -341,6 +341,18 @@ def test_the_rendered_commands_are_the_clis(tmp_path: Path) -> None:
 # -- security: the admin token, the NetworkPolicy, default resources ---------------------
 
 
+def test_the_servers_budget_of_requests_in_flight_follows_the_declaration() -> None:
+    from modelyard.commands.serve import serve
+
+    def budget(spec: dict[str, Any]) -> int:
+        deployment = render_all(model("iris", spec), CURRENT)["Deployment"]
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+        return serve.make_context("serve", command[2:]).params["max_inflight_mb"]
+
+    assert budget({**MINIMAL, "serving": {"max_inflight_mb": 32}}) == 32
+    assert budget(MINIMAL) == 128  # the server's default
+
+
 def test_the_admin_token_is_the_models_secret_mounted_for_its_flag() -> None:
     from modelyard.commands.serve import serve
 

@@ -51,6 +51,8 @@ def serve_command(model: Model) -> list[str]:
     ]  # fmt: skip
     if "grpc_max_message_length" in settings:
         command += ["--max-message-mb", str(settings["grpc_max_message_length"] // MIB)]
+    if model.spec.serving.max_inflight_mb is not None:
+        command += ["--max-inflight-mb", str(model.spec.serving.max_inflight_mb)]
     for secret in server_secrets(model):
         command += secret.args()
     return command
