@@ -63,3 +63,16 @@ class GRPCInferMetrics:
             child = self._by_code[code] = self._handled.labels(**self._labels, grpc_code=code.name)
         child.inc()
         self.seconds.observe(seconds)
+
+
+def inference_pool(settings: Any, env: Any) -> Any:
+    """An MLServer `InferencePool` (not exported by `mlserver.parallel`) on ``env``."""
+    from mlserver.parallel.pool import InferencePool
+
+    return InferencePool(settings, env=env)
+
+
+def pool_workers(pool: Any) -> dict[int, Any]:
+    """The worker processes of an MLServer `InferencePool`, by pid."""
+    workers: dict[int, Any] = pool._workers
+    return workers

@@ -10,13 +10,14 @@ import functools
 import hashlib
 import importlib
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import Distribution, PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from packaging.utils import canonicalize_name
 
+from modelyard.environments import env_paths
 from modelyard.mlserver_internals import settings_folder
 
 if TYPE_CHECKING:
@@ -63,10 +64,15 @@ def verify_sha256(model: str, path: Path, expected: str) -> None:
         )
 
 
-def _installed(name: str) -> str | None:
-    """The installed version of a distribution, or None. Looked up again once with
+def _installed(name: str, path: list[str] | None = None) -> str | None:
+    """The installed version of a distribution (on ``path``, when given: a model's own
+    environment), or None. Looked up again once with
     fresh caches before saying it is missing: importlib.metadata caches what it found
     on each path entry, and a miss there must not refuse a model that is installed."""
+    if path is not None:
+        for found in Distribution.discover(name=canonicalize_name(name), path=path):
+            return found.version
+        return None
     for attempt in range(2):
         try:
             return version(canonicalize_name(name))
@@ -76,11 +82,11 @@ def _installed(name: str) -> str | None:
     return None
 
 
-def version_mismatches(declared: Mapping[str, str]) -> list[str]:
+def version_mismatches(declared: Mapping[str, str], path: list[str] | None = None) -> list[str]:
     """One line per declared library whose installed version differs (or is missing)."""
     problems = []
     for name, wanted in sorted(declared.items()):
-        installed = _installed(name)
+        installed = _installed(name, path)
         if installed is None:
             problems.append(f"{name} {wanted} is declared but not installed")
             continue
@@ -89,8 +95,8 @@ def version_mismatches(declared: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def verify_versions(model: str, declared: Mapping[str, str]) -> None:
-    problems = version_mismatches(declared)
+def verify_versions(model: str, declared: Mapping[str, str], path: list[str] | None = None) -> None:
+    problems = version_mismatches(declared, path)
     if problems:
         raise IntegrityError(
             f"model '{model}': library versions differ from the declaration ("
@@ -125,7 +131,9 @@ def verify_settings(settings: ModelSettings) -> None:
     extra: dict[str, Any] = (settings.parameters.extra if settings.parameters else None) or {}
     declared = extra.get(EXTRA_KEY) or {}
     if declared.get("versions"):
-        verify_versions(settings.name, declared["versions"])
+        env = settings.parameters.environment_path if settings.parameters else None
+        # A model on packages of its own is checked against what its worker imports.
+        verify_versions(settings.name, declared["versions"], env_paths(env) if env else None)
     if declared.get("sha256"):
         path = artifact_path(settings)
         if path is None:

@@ -121,6 +121,7 @@ class _Checks:
     def all(self) -> Iterator[tuple[str, str]]:
         yield from self.variables(self.data, [])
         yield from self.files()
+        yield from self.environment()
         yield from self.integrity()
         yield from self.signature()
         yield from self.runtime()
@@ -168,6 +169,7 @@ class _Checks:
             (("features", "sql"), "query file"),
             (("features", "preprocess"), "fitted transformer"),
             (("monitoring", "reference"), "drift reference (a sample of the training data)"),
+            (("python", "requirements"), "requirements file"),
         ]
         for keys, what in named:
             value = self.text(*keys)
@@ -228,7 +230,7 @@ class _Checks:
                 except IntegrityError as e:
                     yield pointer(hash_keys), str(e)
         versions = self.get("model", "versions")
-        if isinstance(versions, dict):
+        if isinstance(versions, dict) and not self.own_environment():
             for lib, wanted in versions.items():
                 if not isinstance(wanted, str):
                     continue
@@ -238,6 +240,22 @@ class _Checks:
                         f"{mismatch}; install it (pip install '{lib}=={wanted}') "
                         "or retrain and update model.versions",
                     )
+
+    def own_environment(self) -> bool:
+        """Whether the model runs on packages of its own (checked there, when it loads)."""
+        return bool(self.get("python")) or (self.folder / "requirements.txt").is_file()
+
+    def environment(self) -> Iterator[tuple[str, str]]:
+        from modelyard.environments import EnvironmentBuildError, check_requirements
+
+        declared = self.text("python", "requirements")
+        path = self.local(declared)[0] if declared else self.folder / "requirements.txt"
+        if path is None or not path.is_file():
+            return
+        try:
+            check_requirements(path)
+        except EnvironmentBuildError as e:
+            yield ("/python/requirements" if declared else ""), str(e)
 
     def signature(self) -> Iterator[tuple[str, str]]:
         for key in ("inputs", "outputs"):

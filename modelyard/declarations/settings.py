@@ -63,6 +63,8 @@ def _extra(decl: dict[str, Any]) -> dict[str, Any]:
         carried["monitoring"] = decl["monitoring"]  # see modelyard.declarations.monitoring
     if decl.get("rollout"):
         carried["rollout"] = decl["rollout"]  # see modelyard.serving.rollouts
+    if decl.get("python"):
+        carried["python"] = decl["python"]  # see modelyard.environments
     if carried:
         extra[EXTRA_KEY] = carried
     return extra

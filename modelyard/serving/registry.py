@@ -25,6 +25,7 @@ from mlserver.errors import MLServerError, ModelNotFound
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest
 
+from modelyard import environments
 from modelyard.declarations.companions import companions
 from modelyard.declarations.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.declarations.load import DECLARATION_FILENAME, example_request
@@ -199,6 +200,8 @@ class Registry:
         status.updated_at = time.time()
         try:
             settings = await asyncio.to_thread(load_model_folder, folder)
+            # A folder with requirements: its environment, built beside the serving version.
+            await asyncio.to_thread(environments.prepare, folder, settings)
         except InvalidModelFolder as e:
             if self._settling(folder, status):
                 return None

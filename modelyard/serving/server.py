@@ -28,6 +28,7 @@ from typing import Any
 from mlserver.batching import load_batching
 from mlserver.model import MLModel
 from mlserver.parallel import InferencePoolRegistry
+from mlserver.registry import model_initialiser
 from mlserver.settings import ModelSettings, Settings
 
 from modelyard import __version__
@@ -35,6 +36,8 @@ from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
 from modelyard.serving.auth import Auth, AuthOptions, Guarded, secure_http
 from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.environments import EnvironmentPools
+from modelyard.serving.environments import initialiser as env_initialiser
 from modelyard.serving.grpc_front import GRPCFront, front_binary
 from modelyard.serving.grpc_server import GRPCServer
 from modelyard.serving.heavy import Decoder
@@ -154,11 +157,14 @@ class Server:
             on_load.insert(0, self._pool.load_model)
             on_unload.insert(0, self._pool.unload_model)
             initialise = self._pool.model_initialiser
-        self.models = (
-            LoadedModels(on_load, on_unload, initialise)
-            if initialise
-            else LoadedModels(on_load, on_unload)
-        )
+        # A model on packages of its own is answered by a worker on its environment
+        # (MLServer's pool does so itself when there are workers); the others in process.
+        self._envs = None if opts.workers else EnvironmentPools(self.settings)
+        if self._envs is not None:
+            on_load.insert(0, self._envs.load_model)
+            on_unload.insert(0, self._envs.unload_model)
+        initialise = env_initialiser(initialise or model_initialiser)
+        self.models = LoadedModels(on_load, on_unload, initialise)
         self.rollouts = Rollouts(self.models, self.siblings)
         self.registry = Registry(opts.directory, self.models, self.rollouts)
         self.repository = Repository(self.registry, self.siblings)
@@ -229,6 +235,10 @@ class Server:
             "directory": str(self.opts.directory),
             "models": [s.as_dict() for s in self.registry.statuses()],
             "processes": processes,
+            # Models whose worker died and is being started again.
+            "workers_restarting": (
+                self._envs.models_down(await self.models.get_models()) if self._envs else []
+            ),
         }
 
     # -- running -----------------------------------------------------------------------
@@ -333,6 +343,8 @@ class Server:
             await self.metrics.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._envs is not None:
+            await self._envs.close()
         self.decoder.close()
 
 

@@ -1,0 +1,416 @@
+"""A model folder's own Python packages: one environment per distinct requirements.
+
+A folder's ``requirements.txt`` (or the file ``python.requirements`` names) is
+installed with uv into a virtual environment of its own, kept in a cache
+(``~/.cache/modelyard/envs/<hash>``, or ``$MODELYARD_ENVS_DIR``) under the hash of what
+decides its contents: the requirements, the Python version and the server's own
+packages. A second folder with the same requirements reuses it; a build of a hash
+already under way elsewhere is waited for (a file lock), and an environment appears
+under its name only once complete (built beside it, then renamed).
+
+The environment holds the folder's packages alone. The model's worker process runs its
+Python with the environment's site-packages first and the server's after them, so the
+folder's pins win and MLServer and the runtimes still import. Everything the folder
+does not pin is resolved with the server's versions as constraints, and the packages
+the worker shares with the server process (MLServer, pydantic, numpy: requests and
+answers cross between them pickled) are held to the server's versions even when the
+folder pins them: such a pin fails with the resolver's own message.
+
+Package indexes come from the server's configuration (uv's own: ``UV_INDEX_URL``,
+``UV_DEFAULT_INDEX``, ``uv.toml``; or ``$MODELYARD_ENV_INDEX_URL``), never from a
+model folder: index, find-links and trusted-host lines in a folder's requirements are
+refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import site
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import distributions
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+if TYPE_CHECKING:
+    from mlserver.settings import ModelSettings
+
+logger = logging.getLogger(__name__)
+
+REQUIREMENTS_FILENAME = "requirements.txt"
+ENVS_DIR_VAR = "MODELYARD_ENVS_DIR"
+INDEX_URL_VAR = "MODELYARD_ENV_INDEX_URL"
+# Bumped when the layout of an environment changes, so old ones are not reused.
+FORMAT = "1"
+COMPLETE_MARKER = "modelyard-env.json"
+LAST_USED = ".last-used"
+# Shared by the server process and the model's worker: held to the server's versions.
+SHARED = ("mlserver", "pydantic", "pydantic-core", "numpy", "modelyard")
+# Options a model folder may not give: where packages come from is the server's choice.
+REFUSED_OPTIONS = (
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "--no-index",
+    "-f",
+    "--find-links",
+    "--trusted-host",
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-e",
+    "--editable",
+)
+# The key of the model settings' `extra.modelyard` naming the requirements file.
+SETTINGS_KEY = "python"
+
+
+class EnvironmentBuildError(Exception):
+    """A folder's environment cannot be built; the message says why and what to do."""
+
+
+def envs_dir() -> Path:
+    """Where environments are kept."""
+    configured = os.environ.get(ENVS_DIR_VAR)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "modelyard" / "envs"
+
+
+def requirements_file(folder: Path, declared: str | None = None) -> Path | None:
+    """The requirements file of ``folder``: the one declared, else a bare
+    requirements.txt, else None."""
+    if declared:
+        return folder / declared
+    bare = folder / REQUIREMENTS_FILENAME
+    return bare if bare.is_file() else None
+
+
+def declared_requirements(settings: ModelSettings) -> str | None:
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+    environment = (extra.get("modelyard") or {}).get(SETTINGS_KEY) or {}
+    value = environment.get("requirements")
+    return value if isinstance(value, str) else None
+
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) with continuations joined and comments dropped."""
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #")[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
+        if line:
+            yield start, line
+    if pending.strip():
+        yield start, pending.strip()
+
+
+def check_requirements(path: Path) -> tuple[str, list[str]]:
+    """The requirements text and the names it pins; refuses what a folder may not say."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise EnvironmentBuildError(
+            f"{path} does not exist; add it or fix python.requirements"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EnvironmentBuildError(
+            f"{path} cannot be read ({e}); make it a readable text file"
+        ) from None
+    names: list[str] = []
+    for number, line in _logical_lines(text):
+        option = line.split()[0].split("=")[0]
+        if not option.startswith("--"):
+            option = option[:2]  # -i URL, -iURL, -fDIR
+        if option in REFUSED_OPTIONS:
+            raise EnvironmentBuildError(
+                f"{path} line {number}: {option} is not taken from a model folder: package "
+                f"indexes and files come from the server's configuration (UV_INDEX_URL, "
+                f"uv.toml or ${INDEX_URL_VAR}); remove the line and list the packages here"
+            )
+        if line.startswith("-"):
+            continue  # --require-hashes, --pre, --only-binary ...: uv takes them as pip does
+        spec = line.split(" --hash")[0].split(";")[0].strip() if "@" not in line else line
+        try:
+            names.append(canonicalize_name(Requirement(spec).name))
+        except InvalidRequirement as e:
+            raise EnvironmentBuildError(
+                f"{path} line {number}: {line!r} is not a requirement ({e}); "
+                "write one package per line, e.g. scikit-learn==1.5.2"
+            ) from None
+    return text, names
+
+
+@lru_cache(maxsize=1)
+def server_packages() -> tuple[tuple[str, str], ...]:
+    """The server's own installed distributions, (name, version), sorted."""
+    found: dict[str, str] = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found.setdefault(canonicalize_name(name), dist.version)
+    return tuple(sorted(found.items()))
+
+
+def content_hash(text: str) -> str:
+    """What decides an environment's contents, hashed."""
+    digest = hashlib.sha256()
+    digest.update(f"modelyard-env {FORMAT}\n".encode())
+    digest.update(f"{sys.implementation.name} {sys.version_info[:3]} {sys.prefix}\n".encode())
+    for name, version in server_packages():
+        digest.update(f"{name}=={version}\n".encode())
+    digest.update(b"--\n")
+    digest.update(text.strip().encode())
+    return digest.hexdigest()[:24]
+
+
+def constraints(pinned: list[str]) -> str:
+    """The server's versions of everything the folder does not pin (and always of the
+    packages the worker shares with the server process)."""
+    own = set(pinned) - set(SHARED)
+    return "".join(
+        f"{name}=={version}\n"
+        for name, version in server_packages()
+        if name not in own and not version.endswith("+editable")
+    )
+
+
+@dataclass
+class Env:
+    """One built environment."""
+
+    path: Path
+
+    @property
+    def hash(self) -> str:
+        return self.path.name
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.path / COMPLETE_MARKER).read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def site_packages(self) -> Path:
+        return next(iter(sorted(self.path.glob("lib/python*/site-packages"))))
+
+    def last_used(self) -> float:
+        for name in (LAST_USED, COMPLETE_MARKER):
+            with contextlib.suppress(OSError):
+                return (self.path / name).stat().st_mtime
+        return 0.0
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / LAST_USED).touch()
+
+    def size(self) -> int:
+        return sum(
+            p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not p.is_symlink()
+        )
+
+
+def _uv() -> str:
+    """uv's binary, from the PyPI package `uv` installed with modelyard."""
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        found = shutil.which("uv")
+        if found:
+            return found
+        raise EnvironmentBuildError("uv is not installed; pip install uv") from None
+    return str(find_uv_bin())
+
+
+class _Progress:
+    """A line on a terminal, log lines elsewhere."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def begin(self) -> None:
+        if self.tty:
+            sys.stderr.write(f"building {self.what} ...")
+            sys.stderr.flush()
+        logger.info("building %s", self.what)
+
+    def end(self, ok: bool) -> None:
+        took = time.monotonic() - self.start
+        if self.tty:
+            sys.stderr.write(
+                f"\rbuilding {self.what}: {'done' if ok else 'FAILED'} in {took:.1f} s\n"
+            )
+        logger.info("built %s in %.1f s" if ok else "building %s failed after %.1f s",
+                    self.what, took)  # fmt: skip
+
+
+def _run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=dict(env), check=False)
+
+
+def build(requirements: Path, cache: Path | None = None, label: str = "") -> Env:
+    """The environment for ``requirements``, built unless it is there already."""
+    text, pinned = check_requirements(requirements)
+    cache = cache or envs_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / content_hash(text)
+    env = Env(target)
+    if (target / COMPLETE_MARKER).is_file():
+        env.touch()
+        return env
+    with open(cache / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build of this hash: wait for it
+        if (target / COMPLETE_MARKER).is_file():
+            env.touch()
+            return env
+        _build_into(target, requirements, text, pinned, label or str(requirements.parent))
+    env.touch()
+    return env
+
+
+def _build_into(target: Path, requirements: Path, text: str, pinned: list[str], label: str) -> None:
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    progress = _Progress(f"environment {target.name} for {label}")
+    progress.begin()
+    ok = False
+    try:
+        uv = _uv()
+        run_env = dict(os.environ)
+        run_env.pop("VIRTUAL_ENV", None)
+        made = _run([uv, "venv", "--quiet", "--relocatable", "--python", sys.executable,
+                     str(tmp)], run_env)  # fmt: skip
+        if made.returncode:
+            raise EnvironmentBuildError(f"creating the environment failed:\n{made.stderr.strip()}")
+        (tmp / "constraints.txt").write_text(constraints(pinned))
+        shutil.copyfile(requirements, tmp / REQUIREMENTS_FILENAME)
+        reqs, cons = str(tmp / REQUIREMENTS_FILENAME), str(tmp / "constraints.txt")
+        args = [uv, "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python"),
+                "-r", reqs, "-c", cons]  # fmt: skip
+        index = os.environ.get(INDEX_URL_VAR)
+        if index:
+            args += ["--index-url", index]
+        installed = _run(args, run_env)
+        if installed.returncode:
+            raise EnvironmentBuildError(
+                f"installing {requirements} failed (uv pip install; the server's own "
+                f"versions of the packages the folder does not pin, and of "
+                f"{', '.join(SHARED[:-1])} always, are constraints):\n" + installed.stderr.strip()
+            )
+        meta = {
+            "hash": target.name,
+            "requirements": text,
+            "python": sys.version.split()[0],
+            "built_for": label,
+            "built_at": time.time(),
+        }
+        # The server's packages after the folder's own, its .pth files (an editable
+        # install's finder) processed as in the server, for the worker's interpreter.
+        server_site = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        site_dir = next(iter(sorted(tmp.glob("lib/python*/site-packages"))))
+        (site_dir / "zz-modelyard-server.pth").write_text(
+            "".join(f"import site; site.addsitedir({p!r})\n" for p in server_site)
+        )
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        os.rename(tmp, target)
+        ok = True
+    finally:
+        progress.end(ok)
+        if not ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def for_folder(folder: Path, declared: str | None = None) -> Path | None:
+    """The requirements file ``folder`` asks for (declared or bare), or None."""
+    return requirements_file(folder, declared)
+
+
+def prepare(folder: Path, settings: ModelSettings, cache: Path | None = None) -> Env | None:
+    """Build ``folder``'s environment when it has requirements and point ``settings`` at
+    it (``parameters.environment_path``), so the model is served in a worker on it."""
+    requirements = requirements_file(folder, declared_requirements(settings))
+    if requirements is None:
+        return None
+    env = build(requirements, cache, label=f"{settings.name} ({folder})")
+    if settings.parameters is None:
+        from mlserver.settings import ModelParameters
+
+        settings.parameters = ModelParameters()
+    settings.parameters.environment_path = str(env.path)
+    return env
+
+
+def folder_hash(folder: Path, declared: str | None = None) -> str | None:
+    """The hash of the environment ``folder`` would use (None: it has no requirements)."""
+    requirements = requirements_file(folder, declared)
+    if requirements is None:
+        return None
+    return content_hash(check_requirements(requirements)[0])
+
+
+def env_paths(environment_path: str) -> list[str]:
+    """The import path of a model's worker on ``environment_path``: its own packages
+    first, the server's after them."""
+    return [str(Env(Path(environment_path)).site_packages()), *sys.path]
+
+
+def installed_envs(cache: Path | None = None) -> list[Env]:
+    cache = cache or envs_dir()
+    if not cache.is_dir():
+        return []
+    return [
+        Env(p)
+        for p in sorted(cache.iterdir())
+        if not p.name.startswith(".") and (p / COMPLETE_MARKER).is_file()
+    ]
+
+
+def prune(
+    keep: set[str] | None, older_than_days: float | None, cache: Path | None = None
+) -> list[tuple[Env, str]]:
+    """Remove the environments no folder in ``keep`` uses (when given) or unused for
+    ``older_than_days``; returns each removed and why. Half-built leftovers go too."""
+    removed: list[tuple[Env, str]] = []
+    now = time.time()
+    for env in installed_envs(cache):
+        why = None
+        idle_days = (now - env.last_used()) / 86400
+        if keep is not None and env.hash not in keep:
+            why = "used by no model folder"
+        elif keep is None and older_than_days is not None and idle_days > older_than_days:
+            why = f"not used for {idle_days:.1f} days"
+        if why:
+            shutil.rmtree(env.path, ignore_errors=True)
+            removed.append((env, why))
+    root = cache or envs_dir()
+    for leftover in root.glob(".tmp-*") if root.is_dir() else []:
+        with open(root / f".{leftover.name.split('-')[1]}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # still being built
+            shutil.rmtree(leftover, ignore_errors=True)
+    return removed

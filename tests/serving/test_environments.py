@@ -1,0 +1,219 @@
+"""Models on Python packages of their own: a folder's requirements.txt built into an
+environment, the model served by a worker on it, side by side with the others.
+
+The environments are built from PyPI into a persistent cache (a second run is warm)
+from two tiny pure-Python wheels: six (the server has 1.17.0; a folder pins 1.16.0)
+and humanize (the server has none).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from modelyard.environments import envs_dir
+from tests.support.server import ServerProcess, running
+
+ENVS = Path.home() / ".cache" / "modelyard" / "test-envs"
+ONE = ("--processes", "1", "--no-pin")
+
+PREDICTOR = """
+import os
+from importlib.metadata import version
+
+import numpy as np
+
+
+class Reporter:
+    def predict(self, instances):
+        import {module}  # the folder's own package, from its environment
+
+        parts = [int(p) for p in version("{package}").split(".")[:3]]
+        number = parts[0] * 10000 + parts[1] * 100 + parts[2]
+        rows = len(instances)
+        return {{
+            "version": np.full((rows, 1), number, dtype=np.float64),
+            "pid": np.full((rows, 1), os.getpid(), dtype=np.float64),
+        }}
+"""
+
+DECLARATION = """
+name: {name}
+version: "1"
+runtime: predictor
+predictor: predictor.py:Reporter
+model: {{uri: predictor.py{versions}}}
+{environment}
+inputs:
+  - {{name: x, datatype: FP64, shape: [-1, 1]}}
+outputs:
+  - {{name: version, datatype: FP64, shape: [-1, 1]}}
+  - {{name: pid, datatype: FP64, shape: [-1, 1]}}
+example:
+  inputs:
+    - {{name: x, datatype: FP64, shape: [1, 1], data: [[1.0]]}}
+"""
+
+
+def write_folder(
+    folder: Path,
+    package: str,
+    requirements: str | None,
+    declared: bool = False,
+    versions: str = "",
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    module = package.replace("-", "_")
+    (folder / "predictor.py").write_text(PREDICTOR.format(module=module, package=package))
+    environment = ""
+    if requirements is not None:
+        name = "deps.txt" if declared else "requirements.txt"
+        (folder / name).write_text(requirements)
+        environment = f"python: {{requirements: {name}}}" if declared else ""
+    (folder / "model.yaml").write_text(
+        DECLARATION.format(
+            name=folder.name,
+            environment=environment,
+            versions=f", versions: {{{versions}}}" if versions else "",
+        )
+    )
+
+
+def answer(server: ServerProcess, name: str) -> tuple[int, int]:
+    """(the library version the model reports, as major*10000+minor*100+patch; its pid)."""
+    body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+    r = requests.post(f"{server.base}/v2/models/{name}/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o["data"][0] for o in r.json()["outputs"]}
+    return int(outputs["version"]), int(outputs["pid"])
+
+
+def status_of(server: ServerProcess, name: str) -> dict:
+    return next(m for m in server.status()["models"] if Path(m["folder"]).name == name)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("envs") / "models"
+    write_folder(root / "pinned-six", "six", "six==1.16.0\n")
+    write_folder(
+        root / "humanizer", "humanize", "humanize==4.9.0\n", declared=True,
+        versions="humanize: 4.9.0",
+    )  # fmt: skip
+    write_folder(root / "server-six", "six", None)
+    # numpy is held to the server's version: the worker and the server exchange arrays.
+    write_folder(root / "conflicting", "six", "numpy==1.26.4\nsix\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("envs-log") / "server.log"
+    proc = ServerProcess(models, log, ONE, env={"MODELYARD_ENVS_DIR": str(ENVS)})
+    with running(proc) as started:
+        yield started
+
+
+def test_folders_pinning_other_versions_are_served_side_by_side(server: ServerProcess) -> None:
+    six_version, six_pid = answer(server, "pinned-six")
+    assert six_version == 11600  # the folder's pin, not the server's 1.17.0
+    humanize_version, humanize_pid = answer(server, "humanizer")
+    assert humanize_version == 40900  # a library the server does not have
+    server_version, server_pid = answer(server, "server-six")
+    assert server_version == 11700  # in process, on the server's packages
+    server_proc = server.proc
+    assert server_proc is not None
+    assert server_pid != six_pid and server_pid != humanize_pid and six_pid != humanize_pid
+    # One environment per distinct requirements, under the configured cache.
+    assert len(list(ENVS.glob("*/modelyard-env.json"))) >= 2
+
+
+def test_a_conflicting_pin_is_reported_with_the_resolvers_message(server: ServerProcess) -> None:
+    status = status_of(server, "conflicting")
+    assert status["state"] == "failed"
+    assert status["serving_version"] is None
+    assert "numpy" in status["error"] and "unsatisfiable" in status["error"], status["error"]
+    assert answer(server, "pinned-six")[0] == 11600  # the others serve on
+
+
+def test_a_requirements_change_is_swapped_under_load_without_a_failure(
+    server: ServerProcess, models: Path
+) -> None:
+    failures: list[str] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+        while not stop.is_set():
+            r = requests.post(f"{server.base}/v2/models/pinned-six/infer", json=body, timeout=30)
+            if r.status_code != 200:
+                failures.append(r.text)
+            else:
+                seen.add(int(r.json()["outputs"][0]["data"][0]))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        (models / "pinned-six" / "requirements.txt").write_text("six==1.15.0\n")
+        wait_for(lambda: 11500 in seen, 120, "the new environment's answers")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert seen == {11600, 11500}
+    assert answer(server, "pinned-six")[0] == 11500
+
+
+def test_a_killed_worker_is_restarted_and_reported_while_down(server: ServerProcess) -> None:
+    _, pid = answer(server, "humanizer")
+    reported: list[list[str]] = []
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: bool(r := server.status()["workers_restarting"]) and not reported.append(r),
+        30,
+        "the model reported while its worker restarts",
+    )
+    assert reported[0] == ["humanizer"]
+
+    def answered_by_a_new_worker() -> bool:
+        try:
+            return answer(server, "humanizer")[1] != pid
+        except AssertionError:
+            return False  # answered with an error while its worker starts
+
+    wait_for(answered_by_a_new_worker, 60, "an answer from the restarted worker")
+    assert server.status()["workers_restarting"] == []
+    assert answer(server, "humanizer")[0] == 40900
+
+
+def test_the_envs_directory_is_configurable() -> None:
+    old = os.environ.get("MODELYARD_ENVS_DIR")
+    os.environ["MODELYARD_ENVS_DIR"] = str(ENVS)
+    try:
+        assert envs_dir() == ENVS
+    finally:
+        if old is None:
+            del os.environ["MODELYARD_ENVS_DIR"]
+        else:
+            os.environ["MODELYARD_ENVS_DIR"] = old
