@@ -165,6 +165,20 @@ CASES = [
         "reference.parquet does not exist",
     ),
     Case(
+        "requirements-missing",
+        setting("python", {"requirements": "deps.txt"}),
+        "/python/requirements",
+        "deps.txt does not exist",
+    ),
+    Case(
+        "requirements-name-an-index",
+        lambda d, folder: (folder / "requirements.txt").write_text(
+            "six==1.16.0\n--extra-index-url https://elsewhere.example/simple\n"
+        ),
+        "",
+        "line 2: --extra-index-url is not taken from a model folder",
+    ),
+    Case(
         "drift-reference-not-a-table",
         setting("monitoring", {"reference": "reference.json"}),
         "/monitoring/reference",

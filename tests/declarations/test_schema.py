@@ -58,7 +58,7 @@ def test_top_level_keys_are_the_designed_ones() -> None:
     assert list(declaration_schema()["properties"]) == [
         "name", "version", "runtime", "predictor", "implementation", "model", "inputs",
         "outputs", "features", "predictions", "serving", "deployment", "monitoring", "rollout",
-        "example",
+        "python", "example",
     ]  # fmt: skip
 
 
