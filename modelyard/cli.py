@@ -23,6 +23,7 @@ COMMANDS = {
     "drift": "modelyard.commands.drift:drift",
     "predict": "modelyard.commands.predict:predict",
     "rollout": "modelyard.commands.rollout:rollout",
+    "envs": "modelyard.commands.envs:envs",
 }
 
 

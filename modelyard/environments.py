@@ -343,11 +343,6 @@ def _build_into(target: Path, requirements: Path, text: str, pinned: list[str], 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def for_folder(folder: Path, declared: str | None = None) -> Path | None:
-    """The requirements file ``folder`` asks for (declared or bare), or None."""
-    return requirements_file(folder, declared)
-
-
 def prepare(folder: Path, settings: ModelSettings, cache: Path | None = None) -> Env | None:
     """Build ``folder``'s environment when it has requirements and point ``settings`` at
     it (``parameters.environment_path``), so the model is served in a worker on it."""
@@ -363,9 +358,19 @@ def prepare(folder: Path, settings: ModelSettings, cache: Path | None = None) ->
     return env
 
 
-def folder_hash(folder: Path, declared: str | None = None) -> str | None:
+def folder_requirements(folder: Path) -> Path | None:
+    """The requirements file of a model folder, as its settings say or a bare one."""
+    from modelyard.declarations.folders import settings_dict
+
+    data = settings_dict(folder)[1]
+    extra = (data.get("parameters") or {}).get("extra") or {}
+    declared = ((extra.get("modelyard") or {}).get(SETTINGS_KEY) or {}).get("requirements")
+    return requirements_file(folder, declared if isinstance(declared, str) else None)
+
+
+def folder_hash(folder: Path) -> str | None:
     """The hash of the environment ``folder`` would use (None: it has no requirements)."""
-    requirements = requirements_file(folder, declared)
+    requirements = folder_requirements(folder)
     if requirements is None:
         return None
     return content_hash(check_requirements(requirements)[0])
