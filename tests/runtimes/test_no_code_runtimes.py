@@ -14,7 +14,10 @@ import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
 import pytest
+import xgboost as xgb
 import yaml
+from onnxmltools import convert_xgboost
+from onnxmltools.convert.common.data_types import FloatTensorType as XgbFloatTensorType
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_iris
@@ -97,6 +100,22 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             inputs=[tensor("float_input", "FP64", [-1, 4])])  # fmt: skip
     (root / "iris-onnx-wrong" / "model.onnx").write_bytes(onnx_bytes(logistic))
 
+    # XGBoost exported to ONNX by onnxmltools: served by onnxruntime, answering as
+    # XGBoost's own predict_proba.
+    boosted = xgb.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1).fit(X, Y)
+    declare(
+        root / "iris-onnx-xgb", "onnx", "model.onnx",
+        inputs=[tensor("input", "FP32", [-1, 4])],
+        outputs=[tensor("label", "INT64", [-1]), tensor("probabilities", "FP32", [-1, 3])],
+        example=example("input", "FP32"),
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = convert_xgboost(
+            boosted, initial_types=[("input", XgbFloatTensorType([None, 4]))], target_opset=15
+        )
+    (root / "iris-onnx-xgb" / "model.onnx").write_bytes(exported.SerializeToString())
+
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
@@ -126,6 +145,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "catboost": cat.predict(ROWS),
         "sklearn": logistic.predict(ROWS),
         "onnx": (label, proba),
+        "xgboost": (
+            boosted.predict(ROWS.astype(np.float32)),
+            boosted.predict_proba(ROWS.astype(np.float32)),
+        ),
     }
 
 
@@ -165,6 +188,16 @@ def test_onnx_answers_as_onnxruntime_and_scikit_learn(
     only = infer(client, "iris-onnx", {"float_input": (rows, "FP32")}, outputs=["label"])
     assert only.as_numpy("probabilities") is None
     assert np.array_equal(only.as_numpy("label"), label)
+
+
+def test_onnx_exported_from_xgboost_answers_as_xgboost(
+    client: Client, models: dict[str, Any]
+) -> None:
+    result = infer(client, "iris-onnx-xgb", {"input": (ROWS.astype(np.float32), "FP32")})
+    label, proba = models["xgboost"]
+    assert result.as_numpy("label").tolist() == label.tolist()
+    # onnxruntime sums the trees in float32 as XGBoost does, in another order.
+    np.testing.assert_allclose(result.as_numpy("probabilities"), proba, rtol=1e-5, atol=1e-6)
 
 
 def test_onnx_refuses_the_wrong_datatype_with_a_400(client: Client) -> None:
