@@ -78,6 +78,19 @@ def plain_model_dir(folders: list[Path], out: Path, **settings: object) -> Path:
     return out
 
 
+def datasets() -> dict[str, tuple[np.ndarray, str]]:
+    """The benchmark's rows of each model (1,000, repeated from the data set) and their
+    V2 datatype."""
+    from sklearn.datasets import load_breast_cancer, load_iris
+
+    iris = load_iris().data.astype(np.float64)
+    cancer = load_breast_cancer().data.astype(np.float32)
+    return {
+        "iris": (np.resize(iris, (1000, 4)), "FP64"),
+        "breast-cancer": (np.resize(cancer, (1000, 30)), "FP32"),
+    }
+
+
 def rest_body(name: str, array: np.ndarray, datatype: str) -> str:
     return json.dumps(
         {
@@ -160,10 +173,12 @@ def grpc_errors(metrics_url: str) -> int:
 
 
 def h2load_grpc(target: str, body: bytes, concurrency: int, duration: float,
-                metrics_url: str) -> Load:  # fmt: skip
+                metrics_url: str | None) -> Load:  # fmt: skip
     """h2load, closed loop over HTTP/2 with gRPC framing: `concurrency` connections, one
-    call in flight on each (as wrk does for REST); latencies from its per-request log."""
-    errors_before = grpc_errors(metrics_url)
+    call in flight on each (as wrk does for REST); latencies from its per-request log.
+    Without ``metrics_url`` (a server with no gRPC metrics), errors are those h2load
+    sees: a gRPC status in the trailers of a 200 is not among them."""
+    errors_before = grpc_errors(metrics_url) if metrics_url else 0
     with tempfile.TemporaryDirectory() as tmp:
         framed = Path(tmp) / "body.grpc"
         # A gRPC message: no compression, 4-byte big-endian length, the protobuf.
@@ -184,7 +199,7 @@ def h2load_grpc(target: str, body: bytes, concurrency: int, duration: float,
         )
     counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
     failed = sum(int(g) for g in counts.groups()[1:]) if counts else 0
-    errors = failed + grpc_errors(metrics_url) - errors_before
+    errors = failed + (grpc_errors(metrics_url) if metrics_url else 0) - errors_before
     return Load(
         rps=len(durations) / float(seconds),
         p50_ms=float(np.percentile(durations, 50)) if len(durations) else float("nan"),

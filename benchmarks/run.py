@@ -2,7 +2,7 @@
 same clients, same run; and the live registry's time-to-serve and swaps under load.
 
 Prints one table per part and writes every figure to a JSON file.
-Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,registry,monitoring]
+Usage: python -m benchmarks.run [--duration S] [--out FILE] [--only serving,registry,peers,...]
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import joblib
 import numpy as np
 import requests
 import xgboost as xgb
-from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.datasets import load_iris
 
 from benchmarks.batch import batch
 from benchmarks.load import (
     Load,
     PlainMLServer,
     calls_per_s,
+    datasets,
     grpc_body,
     grpc_load,
     h2load_grpc,
@@ -39,6 +40,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
+from benchmarks.peers.bench import peers
 from benchmarks.rollouts import rollouts
 from benchmarks.runtimes import runtimes
 from modelyard.serving.direct import DIRECT_ENV, predict_directly
@@ -66,15 +68,6 @@ class Scenario:
     @property
     def label(self) -> str:
         return f"{self.title or self.model} {self.rows}-row {self.protocol} c{self.concurrency}"
-
-
-def datasets() -> dict[str, tuple[np.ndarray, str]]:
-    iris = load_iris().data.astype(np.float64)
-    cancer = load_breast_cancer().data.astype(np.float32)
-    return {
-        "iris": (np.resize(iris, (1000, 4)), "FP64"),
-        "breast-cancer": (np.resize(cancer, (1000, 30)), "FP32"),
-    }
 
 
 # The customer-profile example online: each request names users by id and the model
@@ -424,6 +417,7 @@ def monitoring(args: argparse.Namespace, tmp: Path) -> dict:
 part(batch)
 part(runtimes)
 part(rollouts)
+part(peers)
 
 
 def machine() -> dict:
