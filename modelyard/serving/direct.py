@@ -49,6 +49,11 @@ from modelyard.mlserver_internals import runtime_model
 logger = logging.getLogger(__name__)
 
 DIRECT_ENV = "MODELYARD_DIRECT_PREDICT"
+# A runtime that predicts directly itself (the onnx runtime's session.run) offers
+# ``predict_arrays(name, datatype, array)``, returning ``[(output name, array), ...]``,
+# the answer its ``predict`` gives, only once it checked so on probes at its load; the
+# model's gRPC lane (`lanes.py`) writes all of them.
+ARRAYS_METHOD = "predict_arrays"
 
 SKLEARN_RUNTIME = ("mlserver_sklearn", "SKLearnModel")
 XGBOOST_RUNTIME = ("mlserver_xgboost", "XGBoostModel")
@@ -317,6 +322,8 @@ def predict_directly(model: MLModel) -> bool:
     cover it and agree with its library at load; True when it has them."""
     if os.environ.get(DIRECT_ENV) == "off":
         return False
+    if callable(getattr(model, ARRAYS_METHOD, None)):
+        return True  # its runtime predicts directly, checked on probes at its load
     try:
         direct = _xgboost(model) or _lightgbm(model) or _linear(model)
         if direct is None:

@@ -34,7 +34,7 @@ from mlserver.utils import extract_headers
 
 from modelyard.declarations.signature import check_inputs, check_outputs, declared
 from modelyard.mlserver_internals import runtime_model
-from modelyard.serving.direct import runtime_classes
+from modelyard.serving.direct import ARRAYS_METHOD, runtime_classes
 from modelyard.serving.tensors import RAW_DTYPES, check_shape, datatype_of
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ def _content_type(tensor: MetadataTensor) -> str | None:
 def give_lane(model: MLModel) -> bool:
     """Give a model predicted directly its lane, where its settings leave the
     runtime's decoding and encoding at NumPy's; True when it has one."""
+    if callable(getattr(model, ARRAYS_METHOD, None)):
+        return _give_arrays_lane(model)
     if type(model) not in runtime_classes():
         return False  # a subclass may decode, predict or encode its own way
     settings = model.settings
@@ -68,6 +70,17 @@ def give_lane(model: MLModel) -> bool:
     if any(_content_type(t) not in _PLAIN for t in tensors):
         return False
     setattr(model, LANE_ATTR, Lane(model))
+    logger.info("model '%s': gRPC calls of one raw input answered from NumPy", model.name)
+    return True
+
+
+def _give_arrays_lane(model: MLModel) -> bool:
+    """A runtime answering arrays itself (`ARRAYS_METHOD`): its lane, unless adaptive
+    batching gathers its calls."""
+    settings = model.settings
+    if settings.max_batch_size > 1 and settings.max_batch_time > 0:
+        return False
+    setattr(model, LANE_ATTR, ArraysLane(model))
     logger.info("model '%s': gRPC calls of one raw input answered from NumPy", model.name)
     return True
 
@@ -177,3 +190,52 @@ class Lane:
             check_outputs(model.name, self.outputs, response.outputs, every=False)
         headers = extract_headers(response)
         return ModelInferResponseConverter.from_types(response, use_raw=True), headers
+
+
+class ArraysLane(Lane):
+    """The lane of a runtime with `ARRAYS_METHOD`: every output it answers, raw."""
+
+    def __init__(self, model: MLModel):
+        self.model = model
+        self.inputs, self.outputs = declared(model)
+        self.arrays = getattr(model, ARRAYS_METHOD)
+        self._no_id_headers = None
+
+    def answer(
+        self, request: pb.ModelInferRequest, middleware: InferenceMiddleware
+    ) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
+        model = self.model
+        if self.inputs:
+            check_inputs(model.name, self.inputs, request.inputs)
+        tensor = request.inputs[0]
+        check_shape(tensor.name, tensor.shape)
+        x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
+        answered = self.arrays(tensor.name, tensor.datatype, x.reshape(tuple(tensor.shape)))
+        outputs, raw = [], []
+        for name, y in answered:
+            datatype = datatype_of(y.dtype)
+            raw_dtype = RAW_DTYPES.get(datatype) if datatype is not None else None
+            if datatype is None or raw_dtype is None:
+                raise TypeError(f"output {name!r} is {y.dtype}, which the lane does not write")
+            outputs.append(_Output(name, datatype, list(y.shape)))
+            raw.append(np.ascontiguousarray(y, raw_dtype).tobytes())
+        if self.outputs:
+            check_outputs(model.name, self.outputs, outputs, every=False)
+        response = pb.ModelInferResponse(
+            model_name=model.name,
+            id=request.id,
+            outputs=[
+                pb.ModelInferResponse.InferOutputTensor(
+                    name=o.name,
+                    datatype=o.datatype,
+                    shape=o.shape,
+                    parameters=_NUMPY,
+                    contents=_EMPTY,
+                )
+                for o in outputs
+            ],
+            raw_output_contents=raw,
+        )
+        if model.version is not None:
+            response.model_version = model.version
+        return response, self._headers(request.id, middleware)

@@ -8,13 +8,20 @@ first request. Without a declared signature the graph's becomes the model's V2
 signature (``/v2/models/<name>`` shows it and requests are checked against it).
 
 onnxruntime is the direct path here: the request's arrays go to the session's C++
-run with no per-call layers of a training library in between.
+run with no per-call layers of a training library in between. A graph of one numeric
+input and numeric outputs also gets the gRPC lane (`modelyard.serving.lanes`): a call of
+one raw input is read from its bytes, run and written back as raw outputs, with no V2
+request or response objects, once ``predict_arrays`` answered as ``predict`` does on
+probes at load (``MODELYARD_DIRECT_PREDICT=off`` leaves every call to ``predict``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,9 +32,14 @@ from mlserver.model import MLModel
 from mlserver.utils import get_model_uri
 
 from modelyard.declarations.signature import declared_signature, keep_signature
+from modelyard.serving.direct import DIRECT_ENV
+from modelyard.serving.tensors import datatype_of
 from modelyard_runtimes.errors import ModelError
 
+logger = logging.getLogger("modelyard.runtimes")
+
 WELLKNOWN_MODEL_FILENAMES = ["model.onnx"]
+Arrays = list[tuple[str, np.ndarray]]
 
 # ONNX tensor element types -> V2 datatypes.
 ONNX_DATATYPES = {
@@ -115,6 +127,10 @@ def signature_problems(
 class OnnxRuntime(MLModel):
     """Loads ``model.uri`` (a .onnx file) into an onnxruntime session."""
 
+    # The gRPC lane's call (`modelyard.serving.direct.ARRAYS_METHOD`), set at load once
+    # it answered probes as `predict` does.
+    predict_arrays: Callable[[str, str, np.ndarray], Arrays] | None = None
+
     async def load(self) -> bool:
         import onnxruntime as ort
 
@@ -155,30 +171,85 @@ class OnnxRuntime(MLModel):
             self.inputs = graph_in
             self.outputs = graph_out
             keep_signature(self, (graph_in, graph_out))
+        if os.environ.get(DIRECT_ENV) != "off":
+            self.predict_arrays = await self._checked_arrays(graph_in, graph_out)
         return True
+
+    def _arrays(self, name: str, datatype: str, x: np.ndarray) -> Arrays:
+        """Every output the graph answers for one input's array."""
+        feed = {name: self._input_array(name, datatype, x)}
+        missing = [n for n in self._types if n not in feed]
+        if missing:
+            raise InferenceError(
+                f"model '{self.name}': missing input {', '.join(map(repr, missing))}"
+            )
+        return list(zip(self._answered, self._run(self._answered, feed), strict=True))
+
+    async def _checked_arrays(
+        self, graph_in: list[types.MetadataTensor], graph_out: list[types.MetadataTensor]
+    ) -> Callable[[str, str, np.ndarray], Arrays] | None:
+        """`_arrays`, when the graph has one numeric input of fixed width and numeric
+        outputs, and it answers probes of that input as `predict` does."""
+        if len(graph_in) != 1 or any(t.datatype not in NUMPY_OF for t in graph_out):
+            return None
+        (spec,) = graph_in
+        if spec.datatype not in NUMPY_OF or any(d < 0 for d in spec.shape[1:]):
+            return None
+        for rows in (1, 5) if spec.shape and spec.shape[0] < 0 else (0,):
+            shape: list[int] = [rows if d < 0 else d for d in spec.shape]
+            probe = np.linspace(-3.0, 3.0, math.prod(shape)).reshape(shape)
+            x: np.ndarray = probe.astype(NUMPY_OF[spec.datatype])
+            request = types.InferenceRequest(inputs=[NumpyCodec.encode_input(spec.name, x)])
+            request.inputs[0].datatype = spec.datatype
+            try:
+                theirs = (await self.predict(request)).outputs
+                ours = self._arrays(spec.name, spec.datatype, x)
+            except Exception as e:  # a graph that refuses the probe: every call to predict
+                logger.info("model '%s': no gRPC lane (%s)", self.name, e)
+                return None
+            same = len(ours) == len(theirs) and all(
+                name == t.name
+                and datatype_of(y.dtype) == t.datatype
+                and list(y.shape) == list(t.shape)
+                and np.array_equal(y, NumpyCodec.decode_output(t).reshape(y.shape), equal_nan=True)
+                for (name, y), t in zip(ours, theirs, strict=False)
+            )
+            if not same:
+                logger.info("model '%s': no gRPC lane (its answers differ)", self.name)
+                return None
+        return self._arrays
+
+    def _input_array(self, name: str, datatype: str | None, array: Any) -> np.ndarray:
+        """A numeric input as the graph takes it; a 400 naming the input otherwise."""
+        expected = self._types.get(name)
+        if expected is None:
+            raise InferenceError(
+                f"model '{self.name}' has no input '{name}'; its inputs are "
+                + ", ".join(repr(n) for n in self._types)
+            )
+        if datatype != expected:
+            raise InferenceError(
+                f"model '{self.name}': input '{name}' is {expected}, "
+                f"sent {datatype}; send it as {expected}"
+            )
+        return np.asarray(array, dtype=NUMPY_OF[expected])
+
+    def _run(self, wanted: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+        try:
+            return self._session.run(wanted, feed)
+        except Exception as e:  # onnxruntime's errors name the node and the shapes
+            raise InferenceError(f"model '{self.name}': {type(e).__name__}: {e}") from None
 
     def _feed(self, payload: types.InferenceRequest) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         for request_input in payload.inputs:
-            datatype = self._types.get(request_input.name)
-            if datatype is None:
-                raise InferenceError(
-                    f"model '{self.name}' has no input '{request_input.name}'; its inputs are "
-                    + ", ".join(repr(n) for n in self._types)
-                )
-            if request_input.datatype != datatype:
-                raise InferenceError(
-                    f"model '{self.name}': input '{request_input.name}' is {datatype}, "
-                    f"sent {request_input.datatype}; send it as {datatype}"
-                )
-            if datatype == "BYTES":
+            name, datatype = request_input.name, request_input.datatype
+            if datatype == "BYTES" and self._types.get(name) == "BYTES":
                 strings = StringCodec.decode_input(request_input)
-                feed[request_input.name] = np.array(strings, dtype=object).reshape(
-                    request_input.shape
-                )
+                feed[name] = np.array(strings, dtype=object).reshape(request_input.shape)
             else:
-                array = NumpyCodec.decode_input(request_input)
-                feed[request_input.name] = np.asarray(array, dtype=NUMPY_OF[datatype])
+                array = NumpyCodec.decode_input(request_input) if datatype != "BYTES" else None
+                feed[name] = self._input_array(name, datatype, array)
         missing = [n for n in self._types if n not in feed]
         if missing:
             raise InferenceError(
@@ -195,10 +266,7 @@ class OnnxRuntime(MLModel):
                 f"model '{self.name}' has no output {', '.join(map(repr, unknown))}; "
                 f"its outputs are {', '.join(map(repr, self._answered))}"
             )
-        try:
-            results = self._session.run(wanted, feed)
-        except Exception as e:  # onnxruntime's errors name the node and the shapes
-            raise InferenceError(f"model '{self.name}': {type(e).__name__}: {e}") from None
+        results = self._run(wanted, feed)
         outputs = []
         for name, value in zip(wanted, results, strict=True):
             array = np.asarray(value)

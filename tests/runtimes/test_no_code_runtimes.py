@@ -200,6 +200,14 @@ def test_onnx_exported_from_xgboost_answers_as_xgboost(
     np.testing.assert_allclose(result.as_numpy("probabilities"), proba, rtol=1e-5, atol=1e-6)
 
 
+def test_onnx_models_answer_grpc_from_numpy(server: ServerProcess) -> None:
+    """A graph of one numeric input and numeric outputs answers gRPC calls of one raw
+    input through the lane, once it answered probes as predict does (the answers above
+    are those calls)."""
+    for name in ("iris-onnx", "iris-onnx-bare", "iris-onnx-xgb"):
+        assert f"model '{name}': gRPC calls of one raw input answered from NumPy" in server.log()
+
+
 def test_onnx_refuses_the_wrong_datatype_with_a_400(client: Client) -> None:
     message = expect_error(
         client,
