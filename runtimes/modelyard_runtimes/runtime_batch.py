@@ -13,7 +13,8 @@ in ``predictions.outputs`` fills its prediction columns::
 
 An output of one value per row names one column; an output of one value per class
 names a list of columns in the model's class order. The input tensor is the declared
-signature's (``inputs``: its name and datatype), else ``input-0`` in FP64 (BYTES for
+signature's (``inputs``: its name and datatype), else the one the runtime gives
+itself as it loads (huggingface: its task's, ``args``), else ``input-0`` in FP64 (BYTES for
 text columns): the same request a client sends online gives the same numbers.
 """
 
@@ -98,6 +99,8 @@ class RuntimePipeline:
         declared = list(settings.inputs or [])
         self.input_name = declared[0].name if len(declared) == 1 else DEFAULT_INPUT
         self.input_datatype = declared[0].datatype if len(declared) == 1 else None
+        # A signature of one dimension takes the texts as a vector ([n], not [n, 1]).
+        self.input_rank = len(declared[0].shape) if len(declared) == 1 else 2
         self.model: MLModel | None = None
         self.features: FeatureSource | None = None
         self.inputs: list[str] = []
@@ -113,8 +116,16 @@ class RuntimePipeline:
         verify_settings(self.settings)  # before anything is unpickled
         cls = runtime_class(self.settings, self.folder)
         self._loop = asyncio.new_event_loop()
+        declared = bool(self.settings.inputs)
         self.model = cls(self.settings)
         self._loop.run_until_complete(self.model.load())
+        if not declared:
+            # No declared signature: the one the runtime gives itself as it loads
+            # (huggingface: its task's, the texts in ``args``), else ``input-0``.
+            own = list(self.model.settings.inputs or [])
+            if len(own) == 1:
+                self.input_name, self.input_datatype = own[0].name, own[0].datatype
+                self.input_rank = len(own[0].shape)
         if self.options.features is None:
             return
         self.features = FeatureSource(self.name, self.options.features, self.folder)
@@ -144,6 +155,8 @@ class RuntimePipeline:
                 )
             values = [str(v) for v in frame[self.inputs[0]].tolist()]
             tensor = StringCodec.encode_input(self.input_name, values, use_bytes=False)
+            if self.input_rank == 1:
+                tensor.shape = [len(values)]
         else:
             dtype = NUMPY_DTYPES[self.input_datatype or "FP64"]
             try:
