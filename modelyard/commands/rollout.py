@@ -86,6 +86,12 @@ def _describe(r: dict[str, Any]) -> str:
         lines.append(
             f"  {side:9} answered {s['answered']}, errors {s['errors']} "
             f"({s['error_rate']:.2%}), p50 {_ms(s['p50_ms'])}, p99 {_ms(s['p99_ms'])}"
+            + (
+                f"; on {s['labelled']} labelled: accuracy {s['accuracy']:.4f}, "
+                f"precision {s['precision']:.4f}, recall {s['recall']:.4f}"
+                if s.get("labelled")
+                else ""
+            )
         )
     for output, d in r["outputs"].items():
         lines.append(f"  output {output}: mean |diff| {d['mean_abs']:.6g}, max {d['max_abs']:.6g}")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import sqlalchemy as sa
 from mlserver.context import model_context
 from mlserver.errors import MLServerError
 from mlserver.model import MLModel
@@ -45,6 +46,7 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 from modelyard.declarations.integrity import EXTRA_KEY
+from modelyard.declarations.monitoring import QualityConfig
 from modelyard.serving import metrics
 from modelyard.serving.models import InFlight, LoadedModels
 from modelyard.serving.siblings import ABORT, PROMOTE, Siblings
@@ -62,6 +64,11 @@ LATENCY_WINDOW = 2000
 # How often each process writes its comparison and the first judges the rules.
 INTERVAL_S = 0.25
 FILE_PREFIX = "rollouts-"
+# Shadow calls of a classifier waiting for their labels (the feedback path), and the
+# labelled ones kept per side for accuracy, precision and recall (the latest).
+PENDING_LABELS = 10_000
+LABELLED_WINDOW = 10_000
+LABELS_INTERVAL_S = 2.0
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
@@ -127,6 +134,11 @@ class Comparison:
         }
         # output -> [sum of mean abs differences, calls, max abs difference]
         self.differences: dict[str, list[float]] = {}
+        # (label, predicted class) of the shadow calls labels arrived for, per side
+        self.labelled: dict[str, deque[tuple[str, str]]] = {
+            INCUMBENT: deque(maxlen=LABELLED_WINDOW),
+            CANDIDATE: deque(maxlen=LABELLED_WINDOW),
+        }
 
     def answer(self, side: str, seconds: float, failed: bool) -> None:
         self.answered[side] += 1
@@ -172,6 +184,7 @@ class Comparison:
             "errors": dict(self.errors),
             "latencies": {k: list(v) for k, v in self.latencies.items()},
             "differences": self.differences,
+            "labelled": {k: [list(p) for p in v] for k, v in self.labelled.items()},
         }
 
 
@@ -228,7 +241,9 @@ def summary(dumps: list[dict[str, Any]]) -> dict[str, Any]:
         answered = sum(d["answered"][side] for d in dumps)
         errors = sum(d["errors"][side] for d in dumps)
         latencies = np.asarray([x for d in dumps for x in d["latencies"][side]], np.float64)
+        pairs = [p for d in dumps for p in d.get("labelled", {}).get(side, [])]
         sides[side] = {
+            **_quality(pairs),
             "answered": answered,
             "errors": errors,
             "error_rate": errors / answered if answered else 0.0,
@@ -250,6 +265,27 @@ def summary(dumps: list[dict[str, Any]]) -> dict[str, Any]:
     p99s = sides[INCUMBENT]["p99_ms"], sides[CANDIDATE]["p99_ms"]
     out["p99_ratio"] = p99s[1] / p99s[0] if p99s[0] and p99s[1] is not None else None
     return out
+
+
+def _quality(pairs: list[list[str]]) -> dict[str, Any]:
+    """Accuracy and macro precision and recall of one side on its labelled calls."""
+    from modelyard.quality.scoring import OVERALL, classification
+
+    if not pairs:
+        return {"labelled": 0, "accuracy": None, "precision": None, "recall": None}
+    labels = [p[0] for p in pairs]
+    predicted = [p[1] for p in pairs]
+    metrics_ = {
+        m.name: m.value
+        for m in classification(labels, predicted, sorted(set(labels)))
+        if m.cls == OVERALL
+    }
+    return {
+        "labelled": len(pairs),
+        "accuracy": metrics_.get("accuracy"),
+        "precision": metrics_.get("precision_macro"),
+        "recall": metrics_.get("recall_macro"),
+    }
 
 
 def judge(config: RolloutConfig, merged: dict[str, Any]) -> tuple[str, str] | None:
@@ -300,6 +336,15 @@ class Rollout:
         self.started_at = time.time()
         self.comparison = Comparison()
         self.decided: str | None = None
+        # A classifier with a prediction output and a store: its shadow calls wait
+        # there for the labels the feedback path brings (by request id and row).
+        quality = QualityConfig.from_settings(candidate.settings)
+        self.quality = (
+            quality
+            if quality is not None and quality.task == "classification" and quality.prediction
+            else None
+        )
+        self.pending: dict[tuple[str, int], tuple[str, str]] = {}
         labels = {"model": name, "incumbent": incumbent, "candidate": candidate.version or ""}
         self._requests = {
             side: metrics.ROLLOUT_REQUESTS.labels(**labels, side=side)
@@ -380,6 +425,59 @@ class Rollout:
             # event loop: the incumbent's calls go first.
             await asyncio.sleep(0)
             self.comparison.compare(response, theirs, self.config.tolerance, self.config.outputs)
+            if self.quality is not None and payload.id:
+                self._await_labels(payload.id, response, theirs)
+
+    def _await_labels(
+        self, request_id: str, mine: list[Answered], theirs: InferenceResponse
+    ) -> None:
+        from modelyard.quality.labels import label_text
+
+        assert self.quality is not None
+        name = self.quality.prediction
+        ours = next((o.values for o in mine if o.name == name), None)
+        other = next((answered(o).values for o in theirs.outputs if o.name == name), None)
+        if ours is None or other is None or len(ours) != len(other):
+            return
+        for row, (a, b) in enumerate(zip(ours, other, strict=True)):
+            if len(self.pending) >= PENDING_LABELS:
+                self.pending.pop(next(iter(self.pending)))  # the oldest never labelled
+            self.pending[(request_id, row)] = (label_text(a), label_text(b))
+
+    def fetch_labels(self, ids: list[str]) -> list[Any]:
+        """The labels the store has for ``ids`` (key, row, label); run on a thread."""
+        from modelyard.quality.tables import REQUEST, QualityStore
+
+        assert self.quality is not None
+        found: list[Any] = []
+        store = QualityStore.open(self.quality, writer=False)
+        try:
+            if not store.exists():
+                return found
+            table = store.labels
+            with store.engine.connect() as conn:
+                for start in range(0, len(ids), 500):
+                    query = sa.select(table.c.key, table.c.row, table.c.label).where(
+                        table.c.model == self.name,
+                        table.c.kind == REQUEST,
+                        table.c.key.in_(ids[start : start + 500]),
+                    )
+                    found.extend(conn.execute(query).all())
+        finally:
+            store.close()
+        return found
+
+    def apply_labels(self, found: list[Any]) -> None:
+        """Move the pending calls whose labels have arrived into the comparison."""
+        from modelyard.quality.labels import label_text
+
+        for key, row, label in found:
+            predicted = self.pending.pop((key, int(row)), None)
+            if predicted is None:
+                continue
+            truth = label_text(label)
+            self.comparison.labelled[INCUMBENT].append((truth, predicted[0]))
+            self.comparison.labelled[CANDIDATE].append((truth, predicted[1]))
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -484,8 +582,16 @@ class Rollouts:
         """Write this process's comparisons for its siblings; the first process judges
         the declared rules and sets the agreement gauge."""
         first = self.siblings.index in (None, 0)
+        labels_at = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= labels_at:
+                    labels_at = time.monotonic() + LABELS_INTERVAL_S
+                    for rollout in list(self.active.values()):
+                        if rollout.quality is not None and rollout.pending:
+                            ids = sorted({request_id for request_id, _ in rollout.pending})
+                            found = await asyncio.to_thread(rollout.fetch_labels, ids)
+                            rollout.apply_labels(found)
                 self._write()
                 if first:
                     await self._judge()

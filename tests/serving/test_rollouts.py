@@ -52,7 +52,9 @@ class Echo:
 
 
 def declaration(name: str, version: str, rollout: dict[str, Any], **parameters: Any) -> dict:
+    monitoring = {"monitoring": MONITORED[name]} if name in MONITORED else {}
     return {
+        **monitoring,
         "name": name,
         "version": version,
         "runtime": "predictor",
@@ -87,12 +89,16 @@ MODELS: dict[str, dict[str, Any]] = {
     "broken": SHADOW,
     "auto-promote": {**SHADOW, "promote_when": {"min_requests": 50, "min_agreement": 0.99}},
     "auto-abort": {**SHADOW, "abort_when": {"min_requests": 50, "agreement_below": 0.9}},
+    "labelled": SHADOW,
 }
+# A classifier whose labels arrive through the feedback path.
+MONITORED = {"labelled": {"task": "classification", "prediction": "y"}}
 # The candidate's parameters: "differs" and "auto-abort" disagree on every 4th input.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "differs": {"shift_every": 4},
     "auto-abort": {"shift_every": 4},
     "broken": {"fail": True},
+    "labelled": {"shift_every": 4},
 }
 
 
@@ -309,6 +315,33 @@ def test_abort_unloads_the_candidate(
         f"{server.base}/modelyard/rollouts/differs/abort", headers=ADMIN, timeout=60
     )
     assert again.status_code == 409 and "has no candidate" in again.json()["error"]
+
+
+def test_labels_from_the_feedback_path_judge_both_sides(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    with requests.Session() as s:
+        ids = [infer(s, server, "labelled", float(i % 2))["id"] for i in range(200)]
+    labels = tmp_path / "labels.csv"
+    lines = [f"{request_id},{i % 2},2026-12-04T12:00:00Z" for i, request_id in enumerate(ids)]
+    labels.write_text("request_id,label,observed_at\n" + "\n".join(lines) + "\n")
+    loaded = run_cli("feedback", "load", "labelled", str(labels), "--dir", str(server.directory))
+    assert loaded.returncode == 0, loaded.stderr
+
+    found: dict[str, Any] = {}
+
+    def judged() -> bool:
+        found.update(rollout(server, "labelled") or {})
+        return bool(found and found["sides"]["candidate"]["labelled"] == 200)
+
+    wait_for(judged, 30, "the labels reaching both sides")
+    incumbent, candidate = found["sides"]["incumbent"], found["sides"]["candidate"]
+    # The incumbent answers x itself, the label; the candidate answers 1 for 0 and 1.
+    assert (incumbent["accuracy"], incumbent["precision"], incumbent["recall"]) == (1.0, 1.0, 1.0)
+    assert (candidate["accuracy"], candidate["precision"], candidate["recall"]) == (0.5, 0.25, 0.5)
+    assert found["agreement"] == 0.5
+    status = run_cli("rollout", "status", "labelled", "--url", server.base)
+    assert "on 200 labelled: accuracy 0.5000, precision 0.2500, recall 0.5000" in status.stdout
 
 
 def test_a_candidate_that_fails_to_load_leaves_the_incumbent_serving(
