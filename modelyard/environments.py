@@ -419,3 +419,24 @@ def prune(
                 continue  # still being built
             shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+IN_ENV_VAR = "MODELYARD_IN_ENV"
+
+
+def exec_in_environment(folder: Path, argv: list[str]) -> None:
+    """For a command on one model folder (a batch run): when the folder has
+    requirements, replace this process by the same command on the folder's environment's
+    interpreter (its packages first, the server's after them, as a serving worker's),
+    building the environment first; returns at once when there is none or when already
+    there."""
+    inside = os.environ.get(IN_ENV_VAR)
+    if inside and Path(sys.prefix).name == inside:
+        return  # (its hash, computed here, would count the environment's own packages)
+    requirements = folder_requirements(folder)
+    if requirements is None:
+        return
+    env = build(requirements, label=str(folder))
+    python = str(env.path / "bin" / "python")
+    logger.info("running in environment %s: %s", env.hash, " ".join(argv))
+    os.execve(python, [python, "-m", "modelyard", *argv], {**os.environ, IN_ENV_VAR: env.hash})

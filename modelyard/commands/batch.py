@@ -128,6 +128,7 @@ def run(
     configure_logging(debug)
     _interrupt_on_sigterm()
     try:
+        _in_model_environment(target)
         job = BatchJob(target)
         options = RunOptions(
             run_id=run_id,
@@ -155,6 +156,21 @@ def run(
         click.echo(comparison.summary())
     if result.error is not None:
         sys.exit(1)
+
+
+def _in_model_environment(target: Path) -> None:
+    """A folder with requirements is scored on its own environment's interpreter."""
+    from modelyard import environments
+    from modelyard.declarations.folders import resolve_model_folder
+    from modelyard.errors import ModelyardError
+
+    folder = resolve_model_folder(target)
+    if folder is None:
+        return  # BatchJob says what is wrong with it
+    try:
+        environments.exec_in_environment(folder, sys.argv[1:])
+    except environments.EnvironmentBuildError as e:
+        raise ModelyardError(f"{folder}: {e}") from None
 
 
 @batch.command("schedule")

@@ -245,6 +245,11 @@ class _Checks:
         """Whether the model runs on packages of its own (checked there, when it loads)."""
         return bool(self.get("python")) or (self.folder / "requirements.txt").is_file()
 
+    def imported_elsewhere(self, error: ClassSpecError) -> bool:
+        """A class that needs a package of the folder's own environment is imported there,
+        when the model loads (in its worker), not here."""
+        return self.own_environment() and "ModuleNotFoundError" in str(error)
+
     def environment(self) -> Iterator[tuple[str, str]]:
         from modelyard.environments import EnvironmentBuildError, check_requirements
 
@@ -292,7 +297,8 @@ class _Checks:
         try:
             cls = load_class(spec, self.folder)
         except ClassSpecError as e:
-            yield "/predictor", str(e)
+            if not self.imported_elsewhere(e):
+                yield "/predictor", str(e)
             return
         if not callable(getattr(cls, "predict", None)):
             yield "/predictor", f"{spec} has no predict(self, instances) method; add one"
@@ -334,7 +340,8 @@ class _Checks:
         finally:
             sys.path.remove(str(self.folder.resolve()))
         if isinstance(cls, ClassSpecError):
-            yield "/implementation", str(cls).replace(spec, path)
+            if not self.imported_elsewhere(cls):
+                yield "/implementation", str(cls).replace(spec, path)
             return
         mlmodel = sys.modules.get("mlserver.model")
         if mlmodel is None or not issubclass(cls, mlmodel.MLModel):
