@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": "modelyard.commands.predict:predict",
     "rollout": "modelyard.commands.rollout:rollout",
     "envs": "modelyard.commands.envs:envs",
+    "image": "modelyard.commands.image:image",
 }
 
 

@@ -83,10 +83,11 @@ def prune(directories: tuple[Path, ...], older_than_days: float | None) -> None:
 
 
 @envs.command()
-@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("folder", type=click.Path(path_type=Path, exists=True))
 def build(folder: Path) -> None:
-    """Build FOLDER's environment now (as serving it would), and print its path."""
-    requirements = environments.folder_requirements(folder)
+    """Build FOLDER's environment now (as serving it would), and print its path; FOLDER
+    may be a requirements file itself (an image's build does so)."""
+    requirements = folder if folder.is_file() else environments.folder_requirements(folder)
     if requirements is None:
         raise click.ClickException(
             f"{folder} has no requirements.txt and declares no python.requirements"
