@@ -86,6 +86,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "differs": SHADOW,
     "canary": CANARY,
     "sticky": {**CANARY, "sticky_by": {"header": "x-user"}},
+    "sticky-input": {**CANARY, "sticky_by": {"input": "x"}},
     "broken": SHADOW,
     "auto-promote": {**SHADOW, "promote_when": {"min_requests": 50, "min_agreement": 0.99}},
     "auto-abort": {**SHADOW, "abort_when": {"min_requests": 50, "agreement_below": 0.9}},
@@ -294,6 +295,22 @@ def test_a_sticky_canary_keeps_each_caller_on_one_side(server: ServerProcess) ->
             for i in range(400)
         ]
     assert 0.12 <= sides.count("2") / len(sides) <= 0.28
+
+
+def test_a_canary_sticky_by_an_input_keeps_each_entity_on_one_side(
+    server: ServerProcess,
+) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)  # gRPC routes alike
+    x = grpcclient.InferInput("x", [1, 1], "FP64")
+    sides: dict[float, set[str]] = {}
+    for _ in range(3):
+        for i in range(300):
+            x.set_data_from_numpy(np.array([[float(i)]]))
+            version = client.infer("sticky-input", [x]).get_response().model_version
+            sides.setdefault(float(i), set()).add(version)
+    assert all(len(seen) == 1 for seen in sides.values())
+    share = sum(seen == {"2"} for seen in sides.values()) / len(sides)
+    assert 0.12 <= share <= 0.28, share
 
 
 def test_abort_unloads_the_candidate(
