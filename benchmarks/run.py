@@ -28,6 +28,7 @@ import xgboost as xgb
 from sklearn.datasets import load_iris
 
 from benchmarks.batch import batch
+from benchmarks.environments import environments
 from benchmarks.load import (
     Load,
     PlainMLServer,
@@ -417,6 +418,7 @@ def monitoring(args: argparse.Namespace, tmp: Path) -> dict:
 part(batch)
 part(runtimes)
 part(rollouts)
+part(environments)
 part(peers)
 
 
