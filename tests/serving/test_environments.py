@@ -187,23 +187,40 @@ def test_a_requirements_change_is_swapped_under_load_without_a_failure(
 
 def test_a_killed_worker_is_restarted_and_reported_while_down(server: ServerProcess) -> None:
     _, pid = answer(server, "humanizer")
+    answers: list[tuple[int, int | None]] = []  # (status, pid answering)
+    stop = threading.Event()
+
+    def load() -> None:
+        body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+        while not stop.is_set():
+            r = requests.post(f"{server.base}/v2/models/humanizer/infer", json=body, timeout=30)
+            by = int(r.json()["outputs"][1]["data"][0]) if r.status_code == 200 else None
+            answers.append((r.status_code, by))
+
+    thread = threading.Thread(target=load)
+    thread.start()
     reported: list[list[str]] = []
-    os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: bool(r := server.status()["workers_restarting"]) and not reported.append(r),
-        30,
-        "the model reported while its worker restarts",
-    )
+    try:
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: bool(r := server.status()["workers_restarting"]) and not reported.append(r),
+            30,
+            "the model reported while its worker restarts",
+        )
+        wait_for(
+            lambda: any(by not in (None, pid) for _, by in answers[-5:]),
+            60,
+            "answers from the restarted worker",
+        )
+    finally:
+        stop.set()
+        thread.join()
     assert reported[0] == ["humanizer"]
-
-    def answered_by_a_new_worker() -> bool:
-        try:
-            return answer(server, "humanizer")[1] != pid
-        except AssertionError:
-            return False  # answered with an error while its worker starts
-
-    wait_for(answered_by_a_new_worker, 60, "an answer from the restarted worker")
     assert server.status()["workers_restarting"] == []
+    # Answered by the old worker, then (while it restarts) errors, then the new one.
+    assert answers[0] == (200, pid)
+    assert {status for status, _ in answers} <= {200, 500, 503}
     assert answer(server, "humanizer")[0] == 40900
 
 
