@@ -183,23 +183,14 @@ class InferenceServicer(MLServerInferenceServicer):
             if denied is not None:
                 return Answer(denied.grpc_code, denied.message, None, ())
         inflight = self.inflight
-        if inflight is None:
-            return await self._answer(request, metadata)
-        size = request.ByteSize() if size is None else size
-        if not inflight.take(size):
-            # gRPC's retry policies wait this long before they send the call again.
-            pushback = (("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)),)
-            return Answer(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, inflight.refusal(size), None, pushback
-            )
-        try:
-            return await self._answer(request, metadata)
-        finally:
-            inflight.give(size)
-
-    async def _answer(
-        self, request: pb.ModelInferRequest, metadata: Iterable[tuple[str, str | bytes]]
-    ) -> Answer:
+        if inflight is not None:
+            size = request.ByteSize() if size is None else size
+            if not inflight.take(size):
+                # gRPC's retry policies wait this long before they send the call again.
+                pushback = (("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)),)
+                return Answer(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, inflight.refusal(size), None, pushback
+                )
         start = time.perf_counter()
         if self.metrics is not None:
             self.metrics.started.inc()
@@ -228,6 +219,8 @@ class InferenceServicer(MLServerInferenceServicer):
             code = grpc.StatusCode.INTERNAL
             return Answer(code, str(unexpected(request.model_name, request.id, e)), None, ())
         finally:
+            if inflight is not None and size is not None:
+                inflight.give(size)
             if self.metrics is not None:
                 self.metrics.handled(code, time.perf_counter() - start)
 

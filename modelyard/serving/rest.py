@@ -183,7 +183,11 @@ class RestInfer:
         request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         raw = await self._body(receive)
         try:
-            payload = await self.decoder.decode(raw, request_headers.get(HEADER))
+            header = request_headers.get(HEADER)
+            if len(raw) < self.decoder.heavy_bytes:  # most: no coroutine more per call
+                payload = decode(raw, header)
+            else:
+                payload = await self.decoder.decode(raw, header)
         except Undecodable as e:
             return e.status, [], _error(e.message)
         binary = binary_outputs(payload)
