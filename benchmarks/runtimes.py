@@ -6,7 +6,9 @@ Both models are trained here on breast-cancer (30 features): a LightGBM booster 
 trees, and a scikit-learn LogisticRegression exported to ONNX with skl2onnx. Plain
 MLServer serves the LightGBM model with its own runtime (mlserver-lightgbm) and the
 ONNX model with modelyard's (MLServer has no ONNX runtime), so the ONNX rows measure
-the servers alone.
+the servers alone. modelyard is run twice, as it serves (LightGBM predicted directly, both
+models' gRPC lanes) and with ``MODELYARD_DIRECT_PREDICT=off`` (every call through the
+runtime's own predict), so the direct paths' share is a same-run ratio.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from benchmarks.load import (
     rest_body,
     wrk,
 )
-from modelyard.serving.direct import predict_directly
+from modelyard.serving.direct import DIRECT_ENV, predict_directly
 from tests.support.server import ServerProcess
 
 # model -> (input name, datatype)
@@ -125,11 +127,12 @@ def runtimes(args: argparse.Namespace, tmp: Path) -> dict:
     predict = make_models(folders)
     plain = plain_model_dir([folders / m for m in INPUTS], tmp / "models")
     results: dict[str, dict[str, dict]] = {}
-    for label, cls, extra in (
-        ("mlserver", PlainMLServer, ()),
-        ("modelyard", ServerProcess, ("--no-watch",)),
+    for label, cls, extra, env in (
+        ("mlserver", PlainMLServer, (), {}),
+        ("modelyard", ServerProcess, ("--no-watch",), {}),
+        ("modelyard-off", ServerProcess, ("--no-watch",), {DIRECT_ENV: "off"}),
     ):
-        server = cls(plain, tmp / f"{label}.log", extra_args=extra).start()
+        server = cls(plain, tmp / f"{label}.log", extra_args=extra, env=env).start()
         try:
             server.wait_ready(timeout=300)
             for model in INPUTS:
@@ -147,10 +150,10 @@ def runtimes(args: argparse.Namespace, tmp: Path) -> dict:
             data = _rows(model, rows)
             raw[f"{model} {rows}-row"] = calls_per_s(partial(fn, data)) * rows
     print(f"\n{'scenario':32} {'plain MLServer':>22} {'modelyard':>22} {'ratio':>6}"
-          f" {'raw predict rows/s':>19}")  # fmt: skip
+          f" {'direct off':>22} {'direct/off':>10} {'raw predict rows/s':>19}")  # fmt: skip
     table = []
     for key, both in results.items():
-        base, ours = both["mlserver"], both["modelyard"]
+        base, ours, off = both["mlserver"], both["modelyard"], both["modelyard-off"]
         rows = int(key.split()[1].split("-")[0])
         raw_rows = raw[" ".join(key.split()[:2])]
         row = {
@@ -158,14 +161,79 @@ def runtimes(args: argparse.Namespace, tmp: Path) -> dict:
             "mlserver": base,
             "modelyard": ours,
             "ratio_rps": ours["rps"] / base["rps"] if base["rps"] else float("nan"),
+            "direct_off": off,
+            "direct_ratio_rps": ours["rps"] / off["rps"] if off["rps"] else float("nan"),
             "raw_rows_per_s": raw_rows,
             "served_rows_per_s": ours["rps"] * rows,
         }
         table.append(row)
         print(f"{key:32} {base['rps']:7.0f} p99 {base['p99_ms']:6.1f} {base['errors']:3d}"
               f" {ours['rps']:7.0f} p99 {ours['p99_ms']:6.1f} {ours['errors']:3d}"
-              f" {row['ratio_rps']:5.2f}x {raw_rows:12,.0f}")  # fmt: skip
+              f" {row['ratio_rps']:5.2f}x {off['rps']:7.0f} p99 {off['p99_ms']:6.1f}"
+              f" {off['errors']:3d} {row['direct_ratio_rps']:9.2f}x {raw_rows:12,.0f}")  # fmt: skip
     direct = _direct_lightgbm(folders)
     print(f"\nLightGBM 1-row predict in process: {direct['library_us']:.0f} us Booster.predict,"
           f" {direct['direct_us']:.0f} us direct, {direct['speedup']:.2f}x")  # fmt: skip
-    return {"rows": table, "raw_rows_per_s": raw, "lightgbm_direct": direct}
+    onnx = _onnx_lane(folders)
+    for rows, times in onnx.items():
+        print(f"ONNX {rows}-row gRPC call in process: {times['v2_us']:.0f} us through V2 objects"
+              f" and predict, {times['lane_us']:.0f} us the lane, {times['run_us']:.0f} us"
+              f" session.run alone")  # fmt: skip
+    return {"rows": table, "raw_rows_per_s": raw, "lightgbm_direct": direct, "onnx_lane": onnx}
+
+
+def _onnx_lane(root: Path) -> dict[int, dict[str, float]]:
+    """One gRPC ModelInfer of the ONNX model in process, from its protobuf request to its
+    protobuf response: through V2 objects and the runtime's predict (MLServer's way),
+    and through the lane; and the session's run alone."""
+    import asyncio
+
+    from mlserver.cloudevents import CloudEventsMiddleware
+    from mlserver.grpc import dataplane_pb2 as pb
+    from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
+    from mlserver.middleware import InferenceMiddlewares
+    from mlserver.settings import ModelParameters, ModelSettings, Settings
+    from modelyard_runtimes.onnx import OnnxRuntime
+
+    from modelyard.serving.lanes import ArraysLane
+
+    uri = str(root / "cancer-onnx" / "model.onnx")
+    settings = ModelSettings(
+        name="cancer-onnx", implementation=OnnxRuntime, parameters=ModelParameters(uri=uri)
+    )
+    model = OnnxRuntime(settings)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(model.load())
+    if model.predict_arrays is None:
+        raise RuntimeError("cancer-onnx: the lane's answers did not agree at load")
+    lane = ArraysLane(model)
+    middleware = InferenceMiddlewares(CloudEventsMiddleware(Settings()))
+    out = {}
+    for rows in (1, 1000):
+        x = _rows("cancer-onnx", rows)
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="float_input", datatype="FP32", shape=list(x.shape)
+        )
+        request = pb.ModelInferRequest(
+            model_name="cancer-onnx", inputs=[tensor], raw_input_contents=[x.tobytes()]
+        )
+
+        def v2(request: pb.ModelInferRequest = request) -> object:
+            # predict never awaits: driven by hand, no event loop's cost is counted.
+            call = model.predict(ModelInferRequestConverter.to_types(request))
+            try:
+                call.send(None)
+            except StopIteration as done:
+                return ModelInferResponseConverter.from_types(done.value, use_raw=True)
+            raise RuntimeError("predict awaited")
+
+        def laned(request: pb.ModelInferRequest = request) -> object:
+            return lane.answer(request, middleware)
+
+        def run(x: np.ndarray = x) -> object:
+            return model._session.run(None, {"float_input": x})
+
+        out[rows] = {name: 1e6 / calls_per_s(fn) for name, fn in
+                     (("v2_us", v2), ("lane_us", laned), ("run_us", run))}  # fmt: skip
+    loop.close()
+    return out
