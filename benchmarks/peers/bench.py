@@ -184,3 +184,53 @@ def print_perf_analyzer(second: dict[str, dict[str, dict]], results: dict[str, d
             print(f"  {server:15} {name:30} {found['rps']:8.0f} req/s p99 {found['p99_ms']:6.1f} ms"
                   f"  (wrk/h2load {ours.get('rps', float('nan')):8.0f} req/s"
                   f" p99 {ours.get('p99_ms', float('nan')):6.1f} ms)")  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    """The part's figures as the Markdown tables of benchmarks/README.md:
+    `python -m benchmarks.peers.bench [FILE]` (benchmarks/results/latest.json)."""
+    names = [n for n in result["servers"] if n not in (Modelyard.name, Constant.name)]
+    lines = [
+        "| scenario | modelyard req/s (p99 ms) | " + " | ".join(names) + " | best peer | ratio"
+        " req/s | ratio p99 |",
+        "|---" * (len(names) + 5) + "|",
+    ]
+    for row in result["rows"]:
+        ours = row["modelyard"]
+        cells = [f"{row['peers'][n]:.0f}" if n in row["peers"] else "-" for n in names]
+        lines.append(
+            f"| {row['scenario']} | {ours['rps']:.0f} ({ours['p99_ms']:.1f}) | "
+            + " | ".join(cells)
+            + f" | {row['best_peer']} | {row['ratio_rps']:.2f}x | {row['ratio_p99']:.2f}x |"
+        )
+    lines += ["", "| 1-row iris | transport limit req/s | modelyard | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 3) + "|"]  # fmt: skip
+    for row in result["transport_limit"]:
+        shares = [f"{row['share'][n]:.2f}" if n in row["share"] else "-" for n in names]
+        lines.append(
+            f"| {row['scenario']} | {row['limit']['rps']:.0f} | "
+            f"{row['share'].get(Modelyard.name, float('nan')):.2f} | " + " | ".join(shares) + " |"
+        )
+    head = "| server | scenario | perf_analyzer req/s (p99 ms) | wrk/h2load req/s (p99 ms) |"
+    lines += ["", head, "|---|---|---|---|"]
+    for server, runs in result["perf_analyzer"].items():
+        for name, found in runs.items():
+            ours = result["servers"][server].get(name)
+            theirs = "-" if ours is None else f"{ours['rps']:.0f} ({ours['p99_ms']:.1f})"
+            if "error" in found:
+                lines.append(
+                    f"| {server} | {name} | did not run: `{found['error'][:60]}` | {theirs} |"
+                )
+            else:
+                lines.append(
+                    f"| {server} | {name} | {found['rps']:.0f} ({found['p99_ms']:.1f}) | {theirs} |"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "benchmarks/results/latest.json"
+    print(markdown(json.loads(path.read_text())["peers"]))
