@@ -1,6 +1,7 @@
-"""Predictions in and out of a model version's table: a scored chunk upserted in one
-transaction (PostgreSQL: COPY into a staging table, then one upsert), and the rows of
-a run read back by entity id."""
+"""Predictions in and out of a model version's table: a scored chunk written in one
+transaction (PostgreSQL: COPY straight into the table, since a run's rows are new;
+COPY into a staging table and one upsert when some are not), and the rows of a run
+read back by entity id."""
 
 from __future__ import annotations
 
@@ -36,11 +37,14 @@ class Predictions:
     """The predictions tables of one store: what a batch run writes and the lookup
     model reads."""
 
-    def __init__(self, engine: sa.Engine, copy: bool = True):
+    def __init__(self, engine: sa.Engine, copy: bool = True, direct: bool = True):
         self.engine = engine
         self.dialect = engine.dialect.name
-        # PostgreSQL: write through COPY and one upsert (else one INSERT per row).
+        # PostgreSQL: write through COPY (else one INSERT per row) ...
         self.copy = copy and engine.dialect.driver == "psycopg"
+        # ... straight into the table, the staged upsert only for a chunk whose rows
+        # are there already (a shard written again, a key repeated across chunks).
+        self.direct = direct
         self._upserts: dict[tuple[str, ...], str] = {}
 
     def _upsert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
@@ -132,15 +136,40 @@ class Predictions:
         self, conn: sa.Connection, table: sa.Table, spec: PredictionsSpec, frame: pd.DataFrame,
         constants: tuple[Any, ...],
     ) -> None:  # fmt: skip
-        """PostgreSQL: the chunk COPYed into a temporary staging table (emptied at
-        commit), then one INSERT ... SELECT ... ON CONFLICT DO UPDATE into ``table``."""
+        """PostgreSQL: the chunk COPYed straight into ``table``: a run's rows are new
+        (its own run id), so nothing is there to update, and COPY into the table is the
+        server's fastest insert (no staging table, no conflict check per row). Where a
+        row is there already (a shard run again after a failure, a key repeated across
+        chunks) the primary key refuses the COPY, which is rolled back to its
+        savepoint, and the chunk is COPYed into a temporary staging table (emptied at
+        commit) and upserted in one INSERT ... ON CONFLICT DO UPDATE instead."""
         q = self.engine.dialect.identifier_preparer.quote
         data = [spec.key, *spec.values]
+        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
+        if self.direct:
+            import psycopg
+
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute("SAVEPOINT modelyard_copy")
+                try:
+                    statement = (
+                        f"COPY {q(table.name)} ({', '.join(q(c) for c in names)}) FROM STDIN"
+                    )
+                    with cursor.copy(statement) as copy:
+                        for row in zip(*[frame[c].tolist() for c in data], strict=True):
+                            copy.write_row((*constants, *row))
+                except psycopg.errors.UniqueViolation:
+                    cursor.execute("ROLLBACK TO SAVEPOINT modelyard_copy")
+                else:
+                    cursor.execute("RELEASE SAVEPOINT modelyard_copy")
+                    return
+            finally:
+                cursor.close()
         # Per table and columns: a connection's staging table outlives a changed declaration.
         digest = hashlib.sha1("\0".join([table.name, *data]).encode()).hexdigest()[:12]
         stage = f"{STAGE_TABLE}_{digest}"
         keys = [c.name for c in table.primary_key]
-        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
         listed = ", ".join(q(c) for c in data)
         updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]

@@ -47,14 +47,18 @@ def test_postgresql_copy_writes_what_row_by_row_inserts_write(postgres: Postgres
     store = PredictionStore(sa.make_url(postgres.create_database("store_copy")))
     try:
         table = store.tables.ensure(SPEC)
-        assert store.predictions.copy
+        assert store.predictions.copy and store.predictions.direct
         by_row = Predictions(store.engine, copy=False)
-        for writer, run_id in ((store.predictions, "copy"), (by_row, "insert")):
-            assert writer.write(table, SPEC, run_id, frame(1000), now()) == 1000
-            # Written again (a rerun): upserted, one row per entity, the new values.
+        staged = Predictions(store.engine, direct=False)
+        writers = ((store.predictions, "copy"), (staged, "staged"), (by_row, "insert"))
+        for writer, run_id in writers:
+            # New rows (COPY straight into the table, where the writer does).
+            assert writer.write(table, SPEC, run_id, frame(600), now()) == 600
+            # Some there already (a rerun, a key in two chunks): the COPY is refused by
+            # the primary key and the chunk upserted, one row per entity, the new values.
             writer.write(table, SPEC, run_id, frame(1000, offset=1.0), now())
         copied, inserted = rows(store, "copy"), rows(store, "insert")
-        assert len(copied) == 1000 and copied == inserted
+        assert len(copied) == 1000 and copied == inserted == rows(store, "staged")
         by_id = {r[0]: r for r in copied}
         assert by_id["e3"][1] == "nan" and by_id["e5"][3] is None  # NaN stays NaN; None, NULL
         assert by_id["e1"][1] == np.float32(1 / 7) + np.float32(1.0)
