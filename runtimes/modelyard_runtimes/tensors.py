@@ -92,6 +92,13 @@ def cast_column(model: str, name: str, values: Any, datatype: str) -> np.ndarray
     """``values`` in the numpy dtype of a V2 datatype; BYTES become Python strings."""
     array = np.asarray(values)
     if datatype == "BYTES":
+        if array.dtype.kind == "U":
+            return array.astype(object)
+        if (
+            array.dtype == object
+            and pd.api.types.infer_dtype(array.ravel(), skipna=False) == "string"
+        ):
+            return array  # text already (a batch's keys): no Python work per value
         return np.array([_as_text(v) for v in array.ravel()], dtype=object).reshape(array.shape)
     try:
         return array.astype(NUMPY_DTYPES[datatype])
