@@ -30,7 +30,7 @@ from modelyard.batch import DEFAULT_CHUNK_ROWS
 from tests.support.server import MODELYARD, REPO, ServerProcess
 
 EXAMPLE = REPO / "examples" / "customer-profile"
-MODEL_FILES = ("model.yaml", "predictor.py", "model.joblib", "preprocess.pkl")
+MODEL_FILES = ("model.yaml", "predictor.py", "model.joblib", "preprocess.pkl", "reference.parquet")
 CATEGORIES = ["beauty", "fashion", "home", "books", "sports", "electronics", "gaming", "diy"]
 COUNTRIES = ["FR", "DE", "ES", "IT", "NL", "PL"]
 # The columns features.sql returns for the example, from one flat table here.

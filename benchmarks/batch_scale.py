@@ -85,26 +85,31 @@ def writes(url: str, rows: int) -> list[dict]:
     )
     rng = np.random.default_rng(4)
     chunks = []
-    for start in range(0, rows, DEFAULT_CHUNK_ROWS):
-        n = min(DEFAULT_CHUNK_ROWS, rows - start)
+    for first in range(0, rows, DEFAULT_CHUNK_ROWS):
+        n = min(DEFAULT_CHUNK_ROWS, rows - first)
         p = rng.random(n).astype(np.float32)
         chunks.append(
             pd.DataFrame(
-                {"user_id": [f"u{i:07d}" for i in range(start, start + n)],
+                {"user_id": [f"u{i:07d}" for i in range(first, first + n)],
                  "p_male": p, "p_female": 1 - p}
             )
         )  # fmt: skip
     results = []
+    sqlite = f"sqlite:///{tempfile.mkdtemp()}/w.db"
+    # Before and after alternate (twice each) on a machine others load; medians count.
     targets = [
-        ("postgresql COPY + upsert", url, True, "copy"),
-        ("postgresql INSERT per row (before)", url, False, "insert"),
-        ("sqlite", f"sqlite:///{tempfile.mkdtemp()}/w.db", True, "sqlite"),
+        ("postgresql COPY into the table", url, True, True, "direct-1"),
+        ("postgresql COPY + upsert (before)", url, True, False, "staged-1"),
+        ("postgresql COPY into the table", url, True, True, "direct-2"),
+        ("postgresql COPY + upsert (before)", url, True, False, "staged-2"),
+        ("postgresql INSERT per row (before)", url, False, False, "insert"),
+        ("sqlite", sqlite, True, True, "sqlite"),
     ]
-    for name, target, copy, run_id in targets:
+    for name, target, copy, direct, run_id in targets:
         store = PredictionStore(sa.make_url(target))
         try:
             table = store.tables.ensure(spec)
-            writer = Predictions(store.engine, copy=copy)
+            writer = Predictions(store.engine, copy=copy, direct=direct)
             start = time.perf_counter()
             for chunk in chunks:
                 writer.write(table, spec, run_id, chunk, now())
