@@ -104,7 +104,10 @@ clean:
 	rm -rf $(VENV) $(MODELS) model-settings/sentiment/*.json.tmp
 	rm -f examples/customer-profile/features.db examples/customer-profile/preprocess.pkl
 
-# Benchmarks (not part of `make test`): modelyard against plain `mlserver start`.
+# Benchmarks (not part of `make test`): modelyard against plain `mlserver start`, and
+# (the peers part) against KServe, BentoML and Ray Serve, whose virtualenvs the first
+# run builds under ~/.cache/modelyard/peers (minutes, once); perf_analyzer likewise.
+# One part, shorter: python -m benchmarks.run --only peers --duration 3
 bench: models $(FRONT)
 	command -v wrk >/dev/null && command -v h2load >/dev/null || apt-get install -y -q wrk nghttp2-client
 	$(BIN)/python -m benchmarks.run
