@@ -5,7 +5,8 @@ request (with 5, 16 callers over 2 replicas wait in the proxy's queue), and acce
 logs are off.
 
 The request is the natural JSON of a handler that reads rows: {"rows": [[...], ...]}.
-Run by the ray virtualenv's python: serve_ray.py MODELS HTTP_PORT REPLICAS
+Run by the ray virtualenv's python: serve_ray.py MODELS HTTP_PORT REPLICAS TEMP_DIR
+(Ray's session files there, not in /tmp/ray, so they go with the benchmark's folder).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ class Model:
 
 
 def main() -> None:
-    models, http_port, replicas = sys.argv[1:4]
+    models, http_port, replicas, temp_dir = sys.argv[1:5]
     # A replica takes one of Ray's logical CPUs: one per replica of each model, so both
     # models get all their replicas (the kernel shares the real cores among them).
     ray.init(
         address="local", num_cpus=int(replicas) * len(MODELS), include_dashboard=False,
-        object_store_memory=80 * 2**20,
+        object_store_memory=80 * 2**20, _temp_dir=temp_dir,
     )  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": int(http_port)}, logging_config=LOGGING)
     deployment = serve.deployment(

@@ -110,8 +110,9 @@ class RayServe(Peer):
 
     def command(self) -> list[str]:
         python = ensure_venv("ray", RAY)
+        sessions = self.log_path.parent / "ray"
         return [str(python), str(HERE / "serve_ray.py"), str(self.directory),
-                str(self.http_port), str(self.workers)]  # fmt: skip
+                str(self.http_port), str(self.workers), str(sessions)]  # fmt: skip
 
 
 @dataclass
