@@ -18,6 +18,7 @@ MLflow is imported only when a model names such a URI (the ``mlflow`` extra).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -135,13 +136,16 @@ def pinned(folder: Path, uri: str, fingerprint: str) -> Resolved | None:
 
 
 def pin(folder: Path, resolved: Resolved, fingerprint: str) -> None:
-    """Record that ``folder`` (these files) serves ``resolved``; replaced in one step, so
-    the server's processes never read half a file."""
+    """Record that ``folder`` (these files) serves ``resolved``: under a lock, since the
+    server's processes each pin the folders they load, and replaced in one step, so no
+    process reads half a file."""
     path = pins_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    pins = _read_pins(path)
-    pins[str(folder)] = {"fingerprint": fingerprint, "resolved": resolved.as_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(pins, f, indent=1)
-    os.replace(tmp, path)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pins = _read_pins(path)
+        pins[str(folder)] = {"fingerprint": fingerprint, "resolved": resolved.as_dict()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(pins, f, indent=1)
+        os.replace(tmp, path)

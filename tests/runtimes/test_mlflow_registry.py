@@ -221,6 +221,14 @@ def test_pinned_across_a_restart_and_moved_by_watching_the_registry(
     declare(models / "churn", "1", name)
     env = {"MLFLOW_TRACKING_URI": tracking, PINS_ENV: str(tmp_path / "pins.json")}
     uri = f"models:/{name}@champion"
+    # Beside it: the same version by its run, and an alias the registry does not have.
+    from mlflow.tracking import MlflowClient
+
+    run_id = MlflowClient(tracking).get_model_version(name, v1).run_id
+    for folder, named in (("by-run", f"runs:/{run_id}/model"), ("ghost", f"models:/{name}@nobody")):
+        (models / folder).mkdir()
+        decl = {"name": folder, "version": "1", "runtime": "mlflow", "model": {"uri": named}}
+        (models / folder / "model.yaml").write_text(yaml.safe_dump(decl))
 
     def start(*args: str) -> ServerProcess:
         log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*')))}.log"
@@ -244,9 +252,19 @@ def test_pinned_across_a_restart_and_moved_by_watching_the_registry(
         assert answers(server) == first.predict(ROWS).tolist()
         table = subprocess.run(
             [str(Path(sys.executable).parent / "modelyard"), "status", "--url", server.base],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        assert f"churn: {uri} is version {v1} (run {registry['run_id']}" in table
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert table.returncode == 1  # a folder failed: the ghost below
+        assert f"churn: {uri} is version {v1} (run {registry['run_id']}" in table.stdout
+        statuses = {s["name"]: s for s in server.status()["models"]}
+        by_run = statuses["by-run"]["registry"]
+        assert by_run["pinned"] == f"runs:/{run_id}/model" and by_run["version"] is None
+        assert by_run["run_id"] == run_id and by_run["source"].endswith("/model")
+        assert statuses["by-run"]["state"] == "ready"
+        ghost = statuses["ghost"]
+        assert ghost["state"] == "failed" and ghost["registry"] is None
+        assert f"models:/{name}@nobody: the registry at {tracking} answered" in ghost["error"]
+        assert "MLFLOW_TRACKING_URI" in ghost["error"]
     finally:
         server.stop()
 
