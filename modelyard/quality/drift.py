@@ -429,7 +429,15 @@ class BatchSample:
     def add_scored(self, inputs: pd.DataFrame, outputs: pd.DataFrame, key: str) -> None:
         """A chunk's inputs and the predictions made of them (joined by ``key``)."""
         wanted = [c for c in outputs.columns if c in self.columns and c != key]
+        # Bottom-k: once the sample is full, only a row drawn below its largest key can
+        # enter, so the keys are drawn first and only those rows joined and kept (a
+        # few per chunk, where every row of a chunk was copied, joined and sorted).
+        draws = self.random.random(len(inputs))
+        if len(self.rows) >= self.size:
+            below = draws < self.rows["__key"].to_numpy().max()
+            inputs, draws = inputs[below], draws[below]
         inputs = inputs[[c for c in inputs.columns if c in self.columns or c == key]]
+        inputs = inputs.assign(__key=draws)
         if wanted and key in outputs.columns and key in inputs.columns:
             inputs = inputs.merge(outputs[[key, *wanted]], on=key, how="inner",
                                   suffixes=("", " (output)"))  # fmt: skip
@@ -440,7 +448,8 @@ class BatchSample:
         if not present or frame.empty:
             return
         part = frame[present].copy()
-        part["__key"] = self.random.random(len(part))
+        drawn = frame["__key"].to_numpy() if "__key" in frame.columns else None
+        part["__key"] = self.random.random(len(part)) if drawn is None else drawn
         rows = pd.concat([self.rows, part]) if not self.rows.empty else part
         self.rows = rows.nsmallest(self.size, "__key") if len(rows) > self.size else rows
 
