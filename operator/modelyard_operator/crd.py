@@ -175,6 +175,16 @@ CLUSTER_PROPERTIES["networkPolicy"] = {
     },
 }
 
+# Kubernetes only: what the operator does with a running candidate, once.
+ROLLOUT_ACTION: dict[str, Any] = {
+    "description": "Kubernetes only: promote (the candidate's version serves from the "
+    "Model's Deployment, the candidate is deleted) or abort (the candidate is deleted, the "
+    "incumbent serves on until the version changes again). The operator acts once and "
+    "removes the key. See docs/kubernetes.md#rollouts.",
+    "type": "string",
+    "enum": ["promote", "abort"],
+}
+
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     # kopf keeps its own progress in status too.
@@ -285,6 +295,9 @@ def spec_schema(declaration: Mapping[str, Any]) -> dict[str, Any]:
         "`name` defaults to the resource's name."
     )
     spec["properties"] = {**spec["properties"], **CLUSTER_PROPERTIES}
+    rollout = spec["properties"].get("rollout")
+    if rollout is not None:
+        rollout["properties"] = {**rollout.get("properties", {}), "action": ROLLOUT_ACTION}
     # The resource's name stands in for the declaration's.
     spec["required"] = [r for r in spec.get("required", []) if r != "name"]
     return spec

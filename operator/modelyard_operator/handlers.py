@@ -17,10 +17,13 @@ from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
 from modelyard_operator.kube import Cluster, api_client, api_message, transient_errors_retry
 from modelyard_operator.render import RenderOptions, render_all
-from modelyard_operator.render.common import cronjob_name
-from modelyard_operator.spec import Model, SpecError
+from modelyard_operator.render.common import config_name, cronjob_name
+from modelyard_operator.render.rollout import candidate_model, candidate_name, render_candidate
+from modelyard_operator.rollouts import INCUMBENT_KINDS, plan, serving_version
+from modelyard_operator.spec import CANDIDATE_SUFFIX, Model, SpecError
 from modelyard_operator.status import (
     changed,
+    deployment_readiness,
     failed_for,
     failed_status,
     rollout_stalled,
@@ -118,7 +121,15 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
         refuse(cluster, body, "InvalidSpec", str(exc), delay)
     children = []
     with transient_errors_retry(delay):
+        live = read(cluster, "apps/v1", "Deployment", model.name, model.namespace)
+        previous = (body.get("status") or {}).get("rollout")
+        step = plan(model, serving_version(live), previous)
         for kind, manifest in rendered.items():
+            if step.keep_incumbent and kind in INCUMBENT_KINDS and manifest is not None:
+                # The incumbent serves on as it is: its pods, and the ConfigMap they mount.
+                name = manifest["metadata"]["name"]
+                children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
+                continue
             if manifest is None:
                 api_version = api_version_of(kind, options)
                 if api_version is not None:
@@ -135,12 +146,58 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
                 raise
             name = manifest["metadata"]["name"]
             children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
+        children += reconcile_candidate(cluster, body, model, options, step.candidate)
+        if step.clear_action:
+            # Acted on once: left in the spec, it would act on the next version too.
+            patch = {"spec": {"rollout": {"action": None}}}
+            cluster.merge_patch(MODEL, model.name, model.namespace, patch)
         write_status(
             cluster,
             model.namespace,
             model.name,
-            extra={"observedGeneration": generation, "children": children},
+            extra={"observedGeneration": generation, "children": children, "rollout": step.status},
         )
+
+
+# The candidate's kinds and the API versions they are deleted at.
+CANDIDATE_KINDS = {
+    "ConfigMap": "v1",
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
+
+
+def reconcile_candidate(
+    cluster: Cluster, body: kopf.Body, model: Model, options: RenderOptions, wanted: bool
+) -> list[dict[str, str]]:
+    """Apply the rollout's candidate when it is wanted, else delete any; its children."""
+    rendered = render_candidate(model, options) if wanted else dict.fromkeys(CANDIDATE_KINDS)
+    children = []
+    for kind, manifest in rendered.items():
+        if manifest is None:
+            candidate = candidate_model(model)
+            name = config_name(candidate) if kind == "ConfigMap" else candidate_name(model)
+            uid = body["metadata"]["uid"]
+            cluster.delete_owned(CANDIDATE_KINDS[kind], kind, name, model.namespace, uid)
+            continue
+        kopf.append_owner_reference(manifest, owner=body)
+        cluster.apply(manifest)
+        name = manifest["metadata"]["name"]
+        children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
+    return children
+
+
+def read(
+    cluster: Cluster, api_version: str, kind: str, name: str, namespace: str
+) -> dict[str, Any] | None:
+    """An object as the API server has it; None when there is none."""
+    try:
+        return cluster.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def refuse(cluster: Cluster, body: kopf.Body, reason: str, message: str, delay: float) -> NoReturn:
@@ -180,6 +237,14 @@ def write_status(
         stalled = rollout_stalled(deployment) is not None
         problems = pod_problems(cluster, namespace, deployment) if stalled else []
         wanted = {**serving_status(status, generation, deployment, problems), **(extra or {})}
+        rollout = wanted.get("rollout", status.get("rollout"))
+        if rollout and rollout.get("phase") == "Running":
+            candidate = read(cluster, "apps/v1", "Deployment", name + CANDIDATE_SUFFIX, namespace)
+            ready = deployment_readiness(candidate)[3]
+            wanted["rollout"] = {**rollout, "candidateReadyReplicas": ready}
+        elif rollout and "candidateReadyReplicas" in (status.get("rollout") or {}):
+            # A merge patch keeps keys it does not name: the ended candidate's count goes.
+            wanted["rollout"] = {**rollout, "candidateReadyReplicas": None}
         if not changed(status, wanted):
             return
         try:

@@ -125,6 +125,18 @@ class Cluster:
                 raise
         return True
 
+    def merge_patch(
+        self, resource: tuple[str, str], name: str, namespace: str, body: dict[str, Any]
+    ) -> None:
+        """A JSON merge patch of an object (None values remove keys)."""
+        self.dynamic.patch(
+            self.resource(*resource),
+            body=body,
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
     def patch_status(
         self,
         resource: tuple[str, str],

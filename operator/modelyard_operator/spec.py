@@ -25,11 +25,15 @@ OPERATOR_KEYS = (
 )  # fmt: skip
 # Runtimes that load an artifact and so need model.uri.
 ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
+# The key of `rollout` that is the cluster's, not the server's.
+ROLLOUT_ACTION = "action"
 # Service names are DNS-1035 labels: a letter first.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # CronJob names are capped at 52 characters (the controller appends an 11-char suffix).
 CRONJOB_NAME_MAX = 52
 CRONJOB_SUFFIX = "-batch"
+# A rollout's candidate Deployment and Service are named '<name>-candidate'.
+CANDIDATE_SUFFIX = "-candidate"
 # Fetched whole and unpacked into the model folder by the storage initializer.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # https URLs the storage initializer lists like a bucket; any other http(s) URL is one file.
@@ -181,6 +185,8 @@ class ModelSpec(BaseModel):
     predictions: Predictions | None = None
     serving: Serving = Serving()
     deployment: Deployment = Deployment()
+    # The server's; `rollout.action` (promote or abort a candidate) is the cluster's.
+    rollout: dict[str, Any] | None = None
     # Cluster-only keys.
     environment: str | None = None
     folder: str | None = None
@@ -237,6 +243,11 @@ class Model:
         """The V2 name: the declaration's, else the resource's."""
         return self.spec.name or self.name
 
+    @property
+    def rollout_action(self) -> str | None:
+        """`spec.rollout.action`: what to do with the candidate (promote or abort)."""
+        return (self.spec.rollout or {}).get(ROLLOUT_ACTION)
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Model:
         metadata = body.get("metadata") or {}
@@ -251,6 +262,10 @@ class Model:
         except ValidationError as exc:
             raise SpecError(f"model '{name}': {_describe(exc)}") from None
         declaration = {k: v for k, v in spec.items() if k not in OPERATOR_KEYS}
+        if isinstance(declaration.get("rollout"), Mapping):
+            declaration["rollout"] = {
+                k: v for k, v in declaration["rollout"].items() if k != ROLLOUT_ACTION
+            }
         model = cls(name=name, namespace=namespace, spec=parsed, declaration=declaration)
         problems = list(model._problems())
         if problems:
@@ -280,6 +295,12 @@ class Model:
             problems.append(
                 f"resource name {self.name!r} is too long for a scheduled model: at most "
                 f"{limit} characters (the CronJob is named '<name>{CRONJOB_SUFFIX}')"
+            )
+        if spec.rollout is not None and len(self.name) + len(CANDIDATE_SUFFIX) > 63:
+            problems.append(
+                f"resource name {self.name!r} is too long for a model with rollout: at most "
+                f"{63 - len(CANDIDATE_SUFFIX)} characters (the candidate's Service is named "
+                f"'<name>{CANDIDATE_SUFFIX}')"
             )
         return problems
 

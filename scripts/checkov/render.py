@@ -1,7 +1,8 @@
 """Write what a cluster gets, for checkov: every example Model resource as `modelyard
-render` renders it (examples/*/k8s/*.yaml), the Model with every Secret of `auth`,
-`tls` and the admin token as the operator's tests pin it (tests/operator/golden), and the
-chart as Helm renders it with its defaults. Usage: python scripts/checkov/render.py OUT_DIR"""
+render` renders it (examples/*/k8s/*.yaml), the Model with every Secret of `auth`, `tls`
+and the admin token and a rollout's candidate as the operator's tests pin them
+(tests/operator/golden), and the chart as Helm renders it with its defaults.
+Usage: python scripts/checkov/render.py OUT_DIR"""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def main(out: Path) -> None:
             text=True,
         )
         (out / name).write_text(rendered.stdout)
-    secured = REPO / "tests" / "operator" / "golden" / "secured.yaml"
-    (out / "golden-secured.yaml").write_text(secured.read_text())
+    # And a rollout's candidate (its own Deployment, Service, NetworkPolicy).
+    for golden in ("secured", "rollout-candidate"):
+        path = REPO / "tests" / "operator" / "golden" / f"{golden}.yaml"
+        (out / f"golden-{golden}.yaml").write_text(path.read_text())
     with helm.Chart.load(REPO / "charts" / "modelyard") as chart:
         files = chart.render(None, name="modelyard", namespace="modelyard")
     text = "\n---\n".join(t for n, t in sorted(files.items()) if n.endswith(".yaml"))

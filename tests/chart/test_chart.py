@@ -386,6 +386,22 @@ def test_install_grants_the_operator_what_it_needs_and_no_more(
             lambda: not children(cluster, "team-a")["PodDisruptionBudget"],
             what="the PodDisruptionBudget to be removed",
         )
+        # A rollout's candidate is applied and, aborted, deleted with the same token.
+        apps = k8s.AppsV1Api(cluster.client)
+
+        def has_candidate() -> bool:
+            names = [d.metadata.name for d in apps.list_namespaced_deployment("team-a").items]
+            return "iris-candidate" in names
+
+        for patch in (
+            {"spec": {"version": "2", "rollout": {"mode": "shadow"}}},
+            {"spec": {"rollout": {"action": "abort"}}},
+        ):
+            custom.patch_namespaced_custom_object(
+                crd.GROUP, crd.VERSION, "team-a", crd.PLURAL, "iris", patch
+            )
+            wanted = "action" not in patch["spec"]["rollout"]
+            wait_for(lambda w=wanted: has_candidate() == w, what=f"candidate present: {wanted}")
         # A Model it cannot run: marked failed, with an Event saying why.
         broken = copy.deepcopy(model)
         broken["metadata"]["name"] = "broken"
@@ -405,8 +421,9 @@ def test_install_grants_the_operator_what_it_needs_and_no_more(
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     assert no_permission_trouble(caplog.records) == []
 
-    # Nothing beyond what it manages: the same token may not read secrets, run pods or
-    # jobs, delete what it only applies, or touch other kinds of resources.
+    # Nothing beyond what it manages: the same token may not read or delete secrets, run
+    # pods or jobs, or touch other kinds of resources. (It may delete ConfigMaps,
+    # Services and Deployments: a rollout's candidate goes once promoted or aborted.)
     sa = config.new_client_from_config(config_file=str(kubeconfig))
     core, batch = k8s.CoreV1Api(sa), k8s.BatchV1Api(sa)
     pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
@@ -417,8 +434,7 @@ def test_install_grants_the_operator_what_it_needs_and_no_more(
     assert forbidden(lambda: core.list_namespaced_secret("team-a"))
     assert forbidden(lambda: core.create_namespaced_pod("team-a", pod))
     assert forbidden(lambda: batch.create_namespaced_job("team-a", job))
-    assert forbidden(lambda: core.delete_namespaced_config_map("iris-config", "team-a"))
-    assert forbidden(lambda: k8s.AppsV1Api(sa).delete_namespaced_deployment("iris", "team-a"))
+    assert forbidden(lambda: core.delete_namespaced_secret("iris-admin", "team-a"))
     assert forbidden(lambda: core.create_namespace({"metadata": {"name": "mine"}}))
     assert forbidden(lambda: core.list_namespace())  # needed only to watch some namespaces
     assert forbidden(lambda: k8s.RbacAuthorizationV1Api(sa).list_cluster_role_binding())

@@ -92,6 +92,13 @@ SECURED: dict[str, Any] = {
     "tls": {"secret": "iris-tls"},
 }
 
+# A canary rollout of an autoscaled Model: the candidate's own Deployment, ConfigMap,
+# Service and NetworkPolicy (tests/operator/golden/rollout-candidate.yaml).
+ROLLOUT: dict[str, Any] = {
+    **INFLIGHT,
+    "rollout": {"mode": "canary", "weight": 20, "sticky_by": {"header": "x-user-id"}},
+}
+
 # name -> (resource name, spec, options)
 GOLDEN: dict[str, tuple[str, dict[str, Any], RenderOptions]] = {
     "minimal": ("iris", MINIMAL, CURRENT),

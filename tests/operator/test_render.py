@@ -21,10 +21,20 @@ from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import declaration_schema
 from modelyard_operator.render import manifests, render_all
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
+from modelyard_operator.render.rollout import render_candidate
 from modelyard_operator.spec import Model, SpecError
 
 from modelyard.declarations.settings import model_settings, server_settings
-from tests.operator.cases import CURRENT, FULL, GOLDEN, INFLIGHT, MINIMAL, SECURED, V1_20
+from tests.operator.cases import (
+    CURRENT,
+    FULL,
+    GOLDEN,
+    INFLIGHT,
+    MINIMAL,
+    ROLLOUT,
+    SECURED,
+    V1_20,
+)
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # The newest release kubernetes-validate knows: manifests must hold for a current cluster.
@@ -68,6 +78,66 @@ def test_manifests_validate_strictly(case: str) -> None:
         if manifest["kind"] in CRD_KINDS:
             continue
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def candidate_manifests(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    rendered = render_candidate(model("churn", spec), CURRENT).values()
+    return [m for m in rendered if m is not None]
+
+
+def test_candidate_golden() -> None:
+    rendered = yaml.dump_all(candidate_manifests(ROLLOUT), Dumper=GoldenDumper, sort_keys=False)
+    golden = GOLDEN_DIR / "rollout-candidate.yaml"
+    if os.environ.get("MODELYARD_UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert rendered == golden.read_text(), f"{golden} differs; see the module docstring"
+
+
+def test_candidate_validates_strictly() -> None:
+    for manifest in candidate_manifests(ROLLOUT):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_candidate_is_the_model_under_its_own_name() -> None:
+    spec = {**ROLLOUT, "rollout": {**ROLLOUT["rollout"], "action": "abort"}}
+    serving = render_all(model("churn", spec), CURRENT)
+    candidate = render_candidate(model("churn", spec), CURRENT)
+    names = {kind: m["metadata"]["name"] for kind, m in candidate.items() if m is not None}
+    assert names == {
+        "ConfigMap": "churn-candidate-config",
+        "Deployment": "churn-candidate",
+        "Service": "churn-candidate",
+        "NetworkPolicy": "churn-candidate",
+    }
+    deployment = candidate["Deployment"]
+    # Never selected by the Model's Service; its own Service selects it.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service_selector = serving["Service"]["spec"]["selector"]
+    assert not all(pod_labels.get(k) == v for k, v in service_selector.items())
+    assert candidate["Service"]["spec"]["selector"].items() <= pod_labels.items()
+    assert candidate["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"].items() <= (
+        pod_labels.items()
+    )
+    # Fixed at the Model's min replicas (no autoscaler of its own), same pod resources.
+    assert deployment["spec"]["replicas"] == 2
+    assert "replicas" not in serving["Deployment"]["spec"]
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        server["resources"]
+        == serving["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    )
+    # The same V2 name; the candidate's pods run no rollout, and no pod sees `action`.
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/models/churn/ready"
+    pod_declaration = yaml.safe_load(candidate["ConfigMap"]["data"]["model.yaml"])
+    assert pod_declaration["name"] == "churn" and "rollout" not in pod_declaration
+    incumbent_declaration = yaml.safe_load(serving["ConfigMap"]["data"]["model.yaml"])
+    assert incumbent_declaration["rollout"] == ROLLOUT["rollout"]
+
+
+def test_rollout_needs_room_for_the_candidate_name() -> None:
+    with pytest.raises(SpecError, match="too long for a model with rollout: at most 53"):
+        model("c" * 54, ROLLOUT)
+    model("c" * 54, INFLIGHT)
 
 
 def test_optional_children_follow_the_spec() -> None:

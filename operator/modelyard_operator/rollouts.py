@@ -1,0 +1,70 @@
+"""What the operator does for a Model with `rollout`: pure, so the rules are testable alone.
+
+The version serving is the one the Model's Deployment carries (its
+`app.kubernetes.io/version` label). When the Model's version differs from it, the
+Deployment and its ConfigMap are left as they are (the incumbent serves on) and the new
+version runs as the candidate (`<name>-candidate`, see render/rollout.py) until
+`spec.rollout.action` promotes it (the Model's Deployment rolls to it, the candidate is
+deleted) or aborts it (the candidate is deleted; the incumbent serves until the version
+changes again). The operator acts on an action once and removes it from the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard_operator.render.rollout import candidate_name
+from modelyard_operator.spec import Model
+
+VERSION_LABEL = "app.kubernetes.io/version"
+# Kinds of the Model's own that a running (or aborted) candidate leaves untouched.
+INCUMBENT_KINDS = ("ConfigMap", "Deployment")
+
+
+@dataclass(frozen=True)
+class Plan:
+    # Render and apply the candidate; otherwise delete any.
+    candidate: bool
+    # Leave the Model's Deployment and ConfigMap as they are (the incumbent's).
+    keep_incumbent: bool
+    # spec.rollout.action was acted on (or has nothing to act on): remove it.
+    clear_action: bool
+    # status.rollout; None removes it.
+    status: dict[str, Any] | None
+
+
+def serving_version(deployment: Mapping[str, Any] | None) -> str | None:
+    """The version the Model's Deployment serves; None before there is one."""
+    if deployment is None:
+        return None
+    return ((deployment.get("metadata") or {}).get("labels") or {}).get(VERSION_LABEL)
+
+
+def plan(model: Model, incumbent: str | None, previous: Mapping[str, Any] | None) -> Plan:
+    """The rollout step for `model`, whose Deployment serves `incumbent`, given the
+    `status.rollout` written before (`previous`)."""
+    action = model.rollout_action
+    version = model.spec.version
+    previous = previous or {}
+    if model.spec.rollout is None or incumbent is None or incumbent == version:
+        # Nothing to compare: the first version, no rollout, or the candidate promoted
+        # (its version now serves). A promoted or aborted record stays for reading.
+        ended = previous.get("phase") in ("Promoted", "Aborted") and (
+            previous.get("candidate") == version or previous.get("incumbent") == version
+        )
+        return Plan(False, False, action is not None, dict(previous) if ended else None)
+    mode = model.spec.rollout.get("mode")
+    status: dict[str, Any] = {
+        "mode": mode,
+        "incumbent": incumbent,
+        "candidate": version,
+        "candidateService": candidate_name(model),
+    }
+    if action == "promote":
+        return Plan(False, False, True, {**status, "phase": "Promoted"})
+    aborted = previous.get("phase") == "Aborted" and previous.get("candidate") == version
+    if action == "abort" or aborted:
+        return Plan(False, True, action is not None, {**status, "phase": "Aborted"})
+    return Plan(True, True, False, {**status, "phase": "Running"})
