@@ -122,7 +122,9 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
     children = []
     with transient_errors_retry(delay):
         live = read(cluster, "apps/v1", "Deployment", model.name, model.namespace)
-        previous = (body.get("status") or {}).get("rollout")
+        # As the API server has it now: the event's body may predate the last status write.
+        current = read(cluster, *MODEL, model.name, model.namespace) or {}
+        previous = (current.get("status") or {}).get("rollout")
         step = plan(model, serving_version(live), previous)
         for kind, manifest in rendered.items():
             if step.keep_incumbent and kind in INCUMBENT_KINDS and manifest is not None:
@@ -147,16 +149,17 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
             name = manifest["metadata"]["name"]
             children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
         children += reconcile_candidate(cluster, body, model, options, step.candidate)
-        if step.clear_action:
-            # Acted on once: left in the spec, it would act on the next version too.
-            patch = {"spec": {"rollout": {"action": None}}}
-            cluster.merge_patch(MODEL, model.name, model.namespace, patch)
         write_status(
             cluster,
             model.namespace,
             model.name,
             extra={"observedGeneration": generation, "children": children, "rollout": step.status},
         )
+        if step.clear_action:
+            # Acted on once: left in the spec, it would act on the next version too. After
+            # the status, so that the reconcile this change starts reads what was done.
+            patch = {"spec": {"rollout": {"action": None}}}
+            cluster.merge_patch(MODEL, model.name, model.namespace, patch)
 
 
 # The candidate's kinds and the API versions they are deleted at.
