@@ -8,6 +8,8 @@ import copy
 from typing import Any
 
 from kopf.testing import KopfRunner
+from modelyard_operator.rollouts import Plan, plan
+from modelyard_operator.spec import Model
 
 from tests.operator.cases import MINIMAL
 from tests.operator.conftest import Models
@@ -136,3 +138,30 @@ def test_abort_keeps_the_incumbent_until_the_version_changes(
         "rollout of version 3 Running",
     )
     assert version_of(models.child("apps/v1", "Deployment", "iris")) == "1"
+
+
+def plan_for(spec: dict[str, Any], incumbent: str | None, previous: dict[str, Any] | None) -> Plan:
+    return plan(Model.from_spec("iris", "ml", spec), incumbent, previous)
+
+
+def test_plan_rules() -> None:
+    # No Deployment yet, or the same version: no candidate.
+    assert plan_for(with_version("1"), None, None) == Plan(False, False, False, None)
+    assert plan_for(with_version("1"), "1", None) == Plan(False, False, False, None)
+    # Without `rollout` a new version simply rolls.
+    plain = {k: v for k, v in with_version("2").items() if k != "rollout"}
+    assert plan_for(plain, "1", None) == Plan(False, False, False, None)
+    running = plan_for(with_version("2"), "1", None)
+    assert (running.candidate, running.keep_incumbent, running.clear_action) == (True, True, False)
+    assert running.status is not None and running.status["phase"] == "Running"
+    # An action with nothing to act on is removed, not kept for a later version.
+    assert plan_for(with_version("1", "promote"), "1", None).clear_action
+    # Aborted holds for that version only; the version going back to the incumbent's
+    # keeps the record; a newer version is a candidate again.
+    aborted = {"phase": "Aborted", "incumbent": "1", "candidate": "2"}
+    held = plan_for(with_version("2"), "1", aborted)
+    assert (held.candidate, held.keep_incumbent, held.clear_action) == (False, True, False)
+    assert plan_for(with_version("1"), "1", aborted).status == aborted
+    assert plan_for(with_version("3"), "1", aborted).candidate
+    # A Running record of a candidate no longer wanted is removed.
+    assert plan_for(with_version("1"), "1", {**aborted, "phase": "Running"}).status is None
