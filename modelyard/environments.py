@@ -20,6 +20,10 @@ Package indexes come from the server's configuration (uv's own: ``UV_INDEX_URL``
 ``UV_DEFAULT_INDEX``, ``uv.toml``; or ``$MODELYARD_ENV_INDEX_URL``), never from a
 model folder: index, find-links and trusted-host lines in a folder's requirements are
 refused.
+
+A package's own build code (a setup.py) never writes a model folder: the build's working
+directory and HOME are a fresh directory beside the environment, it reads a copy of the
+requirements, and a server running as root runs uv as nobody (see ``_unprivileged``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import site
 import subprocess
@@ -267,8 +272,47 @@ class _Progress:
                     self.what, took)  # fmt: skip
 
 
-def _run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, env=dict(env), check=False)
+def _run(
+    args: list[str], env: Mapping[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=dict(env), cwd=cwd, check=False)
+
+
+BUILD_USER = "nobody"
+CAP_DAC_READ_SEARCH = 2
+
+
+def _unprivileged() -> list[str]:
+    """The prefix running a build command as ``nobody`` when the server runs as root
+    (empty otherwise): a package's own build code (a setup.py) may then write only into
+    the environment being built, never into a model folder or the server's packages.
+    It keeps the right to read and search directories (CAP_DAC_READ_SEARCH, where the
+    server holds it) so it reaches the server's Python wherever that is installed."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise EnvironmentBuildError(
+            "the server runs as root and setpriv (util-linux) is not installed: an "
+            "environment is never built as root; install util-linux or run as another user"
+        )
+    user = pwd.getpwnam(BUILD_USER)
+    prefix = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    bounding = 0
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        bounding = int(next(line for line in status if line.startswith("CapBnd:")).split()[1], 16)
+    if bounding & (1 << CAP_DAC_READ_SEARCH):
+        prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return prefix
+
+
+def _give(path: Path, uid: int, gid: int) -> None:
+    """``path`` and everything under it owned by uid:gid (links themselves, not followed)."""
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
 
 
 def build(requirements: Path, cache: Path | None = None, label: str = "") -> Env:
@@ -292,6 +336,9 @@ def build(requirements: Path, cache: Path | None = None, label: str = "") -> Env
 
 
 def _build_into(target: Path, requirements: Path, text: str, pinned: list[str], label: str) -> None:
+    # The build happens in a directory of its own beside the target: its working
+    # directory and HOME are in there (never the model folder), the requirements are a
+    # copy, and when the server is root it runs as nobody, owning only this directory.
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     progress = _Progress(f"environment {target.name} for {label}")
@@ -299,27 +346,45 @@ def _build_into(target: Path, requirements: Path, text: str, pinned: list[str], 
     ok = False
     try:
         uv = _uv()
+        as_builder = _unprivileged()
+        venv, home = tmp / "env", tmp / "home"
+        home.mkdir(parents=True)
+        shutil.copyfile(requirements, home / REQUIREMENTS_FILENAME)
+        (home / "constraints.txt").write_text(constraints(pinned))
         run_env = dict(os.environ)
         run_env.pop("VIRTUAL_ENV", None)
-        made = _run([uv, "venv", "--quiet", "--relocatable", "--python", sys.executable,
-                     str(tmp)], run_env)  # fmt: skip
+        run_env.setdefault("XDG_CONFIG_HOME", str(Path.home() / ".config"))  # uv.toml
+        run_env["HOME"] = str(home)
+        if as_builder:
+            # uv's cache of downloads, kept between builds, is the build user's own.
+            uv_cache = target.parent / ".uv-cache-unprivileged"
+            uv_cache.mkdir(mode=0o700, exist_ok=True)
+            user = pwd.getpwnam(BUILD_USER)
+            if uv_cache.stat(follow_symlinks=False).st_uid != user.pw_uid:
+                _give(uv_cache, user.pw_uid, user.pw_gid)
+            run_env["UV_CACHE_DIR"] = str(uv_cache)
+            _give(tmp, user.pw_uid, user.pw_gid)
+        made = _run([*as_builder, uv, "venv", "--quiet", "--relocatable", "--python",
+                     sys.executable, str(venv)], run_env, cwd=home)  # fmt: skip
         if made.returncode:
             raise EnvironmentBuildError(f"creating the environment failed:\n{made.stderr.strip()}")
-        (tmp / "constraints.txt").write_text(constraints(pinned))
-        shutil.copyfile(requirements, tmp / REQUIREMENTS_FILENAME)
-        reqs, cons = str(tmp / REQUIREMENTS_FILENAME), str(tmp / "constraints.txt")
-        args = [uv, "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python"),
-                "-r", reqs, "-c", cons]  # fmt: skip
+        args = [*as_builder, uv, "pip", "install", "--quiet", "--python",
+                str(venv / "bin" / "python"), "-r", REQUIREMENTS_FILENAME,
+                "-c", "constraints.txt"]  # fmt: skip
         index = os.environ.get(INDEX_URL_VAR)
         if index:
             args += ["--index-url", index]
-        installed = _run(args, run_env)
+        installed = _run(args, run_env, cwd=home)
         if installed.returncode:
             raise EnvironmentBuildError(
                 f"installing {requirements} failed (uv pip install; the server's own "
                 f"versions of the packages the folder does not pin, and of "
                 f"{', '.join(SHARED[:-1])} always, are constraints):\n" + installed.stderr.strip()
             )
+        if as_builder:  # the server's again, not writable by the build user any more
+            _give(venv, os.geteuid(), os.getegid())
+        for name in (REQUIREMENTS_FILENAME, "constraints.txt"):
+            shutil.copyfile(home / name, venv / name)
         meta = {
             "hash": target.name,
             "requirements": text,
@@ -330,17 +395,16 @@ def _build_into(target: Path, requirements: Path, text: str, pinned: list[str], 
         # The server's packages after the folder's own, its .pth files (an editable
         # install's finder) processed as in the server, for the worker's interpreter.
         server_site = [p for p in site.getsitepackages() if Path(p).is_dir()]
-        site_dir = next(iter(sorted(tmp.glob("lib/python*/site-packages"))))
+        site_dir = next(iter(sorted(venv.glob("lib/python*/site-packages"))))
         (site_dir / "zz-modelyard-server.pth").write_text(
             "".join(f"import site; site.addsitedir({p!r})\n" for p in server_site)
         )
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-        os.rename(tmp, target)
+        (venv / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        os.rename(venv, target)
         ok = True
     finally:
         progress.end(ok)
-        if not ok:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare(folder: Path, settings: ModelSettings, cache: Path | None = None) -> Env | None:
