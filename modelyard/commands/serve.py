@@ -39,6 +39,15 @@ EXIT_PORT_IN_USE = 2
     help="Inference worker processes; 0 answers in the server process, fastest for light models.",
 )
 @click.option(
+    "--rollout-candidate-url",
+    "rollout_candidate_urls",
+    multiple=True,
+    metavar="NAME=URL",
+    help="Compare model NAME with the candidate served at URL (another server's V2 REST "
+    "endpoint, e.g. http://iris-candidate.default.svc:8080), as the declaration's rollout "
+    "says (shadow or canary). Repeatable.",
+)
+@click.option(
     "--max-message-mb",
     default=64,
     show_default=True,
@@ -168,6 +177,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    rollout_candidate_urls: tuple[str, ...],
 ) -> None:
     """Serve every model folder in DIRECTORY (default: model-settings/) over V2 REST and gRPC.
 
@@ -196,6 +206,13 @@ def serve(
     except AuthError as e:
         raise click.UsageError(str(e)) from None
 
+    from modelyard.serving.rollouts import parse_remote
+
+    try:
+        rollout_candidates = parse_remote(rollout_candidate_urls)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--rollout-candidate-url") from None
+
     from mlserver.utils import install_uvloop_event_loop
 
     from modelyard.serving.server import ServeOptions, serve
@@ -216,6 +233,7 @@ def serve(
             *(["--watch-registry"] if watch_registry else []),
             "--registry-poll-s", str(registry_poll_s),
             *auth.args(),
+            *(a for u in rollout_candidate_urls for a in ("--rollout-candidate-url", u)),
         ]  # fmt: skip
         sys.exit(supervise(child, count, pin=not no_pin, grace_s=shutdown_grace_s))
     opts = ServeOptions(
@@ -237,6 +255,7 @@ def serve(
         registry_poll_s=registry_poll_s,
         debug=debug,
         auth=auth,
+        rollout_candidates=rollout_candidates,
     )
     install_uvloop_event_loop()
     asyncio.run(serve(opts))

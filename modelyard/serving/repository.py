@@ -82,6 +82,7 @@ class Repository:
         if rollouts is None or name not in rollouts.active:
             self.registry.folder_of(name)  # a name no folder serves: 404
             raise NoRollout(name)
+        rollouts.refuse(verb, name)
         return await self._act(verb, name)
 
     async def _act(self, verb: str, name: str) -> bool:

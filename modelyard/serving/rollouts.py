@@ -19,6 +19,13 @@ merges them (the other processes' numbers as of their last write). Promote and
 abort act on every process through the repository's action log (`repository.py`);
 ``promote_when`` / ``abort_when`` are judged by the first process on the merged numbers.
 
+A candidate may also be another server's (`RemoteCandidate`: ``modelyard serve
+--rollout-candidate-url NAME=URL``, which the Kubernetes operator gives the Model's pods
+while its candidate Deployment runs): shadow and canary send its share to that server's
+V2 REST endpoint over one keep-alive connection pool, its failures and timeouts counted
+as the candidate's errors, with the same comparison and rules. Abort stops sending;
+promote is the version change of the Model (the operator's), not the server's.
+
 The data plane looks a model up in `Rollouts.active` once per call; a model without a
 rollout costs nothing more.
 """
@@ -35,9 +42,11 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+import aiohttp
 import numpy as np
+import orjson
 import sqlalchemy as sa
 from mlserver.context import model_context
 from mlserver.errors import MLServerError
@@ -72,6 +81,11 @@ LABELS_INTERVAL_S = 2.0
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
+# A remote candidate's answer: how long one call may take, connections kept open.
+REMOTE_TIMEOUT_S = 10.0
+REMOTE_CONNECTIONS = 16
+
+
 class NoRollout(MLServerError):
     def __init__(self, name: str):
         super().__init__(
@@ -79,6 +93,97 @@ class NoRollout(MLServerError):
             "whose declaration has 'rollout' changes (GET /modelyard/rollouts lists them)",
             status_code=409,
         )
+
+
+class RemotePromote(MLServerError):
+    def __init__(self, name: str, url: str):
+        super().__init__(
+            f"model '{name}': its candidate is served elsewhere ({url}); it is promoted by "
+            "giving the model the candidate's version (on Kubernetes: spec.rollout.action "
+            "promote on the Model), abort stops sending to it",
+            status_code=409,
+        )
+
+
+class RemoteFailed(Exception):
+    pass
+
+
+def parse_remote(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``NAME=URL`` pairs (``--rollout-candidate-url``) by model name."""
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, url = value.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"--rollout-candidate-url {value!r}: expected NAME=URL with an http(s) URL, "
+                "e.g. iris=http://iris-candidate.default.svc:8080"
+            )
+        found[name] = url.rstrip("/")
+    return found
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _plain(value: Any) -> Any:
+    """What orjson leaves: arrays it cannot take as they are, numpy scalars."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+class RemoteCandidate:
+    """A candidate answered by another server's V2 REST endpoint (its version is the
+    one that server answers with)."""
+
+    def __init__(self, name: str, url: str, version: str = ""):
+        self.name = name
+        self.url = url
+        self.version = version
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=REMOTE_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=REMOTE_TIMEOUT_S),
+            )
+        return self._session
+
+    async def find_version(self) -> None:
+        """The version the remote serves (its model metadata), when it answers."""
+        try:
+            async with self._client().get(f"{self.url}/v2/models/{self.name}") as r:
+                if r.status == 200:
+                    versions = (await r.json()).get("versions") or []
+                    self.version = str(versions[0]) if versions else self.version
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            logger.info(
+                "model '%s': remote candidate %s not answering yet: %s", self.name, self.url, e
+            )
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        # The data plane may have decoded the inputs in place (arrays): as JSON again.
+        body = payload.model_dump(exclude_none=True)
+        body.get("parameters", {}).pop("headers", None)
+        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+        url = f"{self.url}/v2/models/{self.name}/infer"
+        try:
+            async with self._client().post(url, data=data, headers=JSON) as r:
+                text = await r.read()
+                if r.status != 200:
+                    raise RemoteFailed(f"{url}: HTTP {r.status}: {text[:200]!r}")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise RemoteFailed(f"{url}: {e!r}") from e
+        response = InferenceResponse.model_validate_json(text)
+        if response.model_version:
+            self.version = response.model_version
+        return response
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 @dataclass(frozen=True)
@@ -328,17 +433,27 @@ Answer = Callable[[MLModel | None], Awaitable[InferenceResponse]]
 class Rollout:
     """One model's candidate beside its incumbent, and their comparison."""
 
-    def __init__(self, name: str, incumbent: str, candidate: MLModel, config: RolloutConfig):
+    def __init__(
+        self,
+        name: str,
+        incumbent: str,
+        candidate: MLModel | RemoteCandidate,
+        config: RolloutConfig,
+        settings: ModelSettings | None = None,
+    ):
         self.name = name
         self.incumbent = incumbent
         self.candidate = candidate
+        self.remote = candidate if isinstance(candidate, RemoteCandidate) else None
         self.config = config
         self.started_at = time.time()
         self.comparison = Comparison()
         self.decided: str | None = None
         # A classifier with a prediction output and a store: its shadow calls wait
         # there for the labels the feedback path brings (by request id and row).
-        quality = QualityConfig.from_settings(candidate.settings)
+        quality = QualityConfig.from_settings(
+            settings if settings is not None else cast(MLModel, candidate).settings
+        )
         self.quality = (
             quality
             if quality is not None and quality.task == "classification" and quality.prediction
@@ -346,6 +461,7 @@ class Rollout:
         )
         self.pending: dict[tuple[str, int], tuple[str, str]] = {}
         labels = {"model": name, "incumbent": incumbent, "candidate": candidate.version or ""}
+        self.key = f"{name}/{incumbent}/{candidate.version or ''}"
         self._requests = {
             side: metrics.ROLLOUT_REQUESTS.labels(**labels, side=side)
             for side in (INCUMBENT, CANDIDATE)
@@ -358,10 +474,6 @@ class Rollout:
         if config.mode == SHADOW:
             self._worker = asyncio.get_running_loop().create_task(self._shadow())
 
-    @property
-    def key(self) -> str:
-        return f"{self.name}/{self.incumbent}/{self.candidate.version or ''}"
-
     async def infer(self, payload: InferenceRequest, answer: Answer) -> InferenceResponse:
         """One call: answered by the side the mode picks; shadowed when it says so."""
         config = self.config
@@ -370,7 +482,10 @@ class Rollout:
             side = CANDIDATE
         start = time.perf_counter()
         try:
-            response = await answer(self.candidate if side == CANDIDATE else None)
+            if side == CANDIDATE and self.remote is not None:
+                response = await self.remote.predict(payload)
+            else:
+                response = await answer(self.candidate if side == CANDIDATE else None)
         except Exception:
             self._answered(side, time.perf_counter() - start, failed=True)
             raise
@@ -414,8 +529,11 @@ class Rollout:
             payload, response = await self._queue.get()
             start = time.perf_counter()
             try:
-                with InFlight(candidate), model_context(candidate.settings):
-                    theirs = await candidate.predict(payload.model_copy())
+                if isinstance(candidate, RemoteCandidate):
+                    theirs = await candidate.predict(payload)
+                else:
+                    with InFlight(candidate), model_context(candidate.settings):
+                        theirs = await candidate.predict(payload.model_copy())
             except Exception as e:
                 logger.debug("model '%s' candidate failed: %s", self.name, e)
                 self._answered(CANDIDATE, time.perf_counter() - start, failed=True)
@@ -483,6 +601,8 @@ class Rollout:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        if self.remote is not None:
+            await self.remote.close()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -490,6 +610,7 @@ class Rollout:
             "mode": self.config.mode,
             "incumbent": self.incumbent,
             "candidate": self.candidate.version or "",
+            "candidate_url": self.remote.url if self.remote is not None else None,
             "weight": self.config.weight if self.config.mode == CANARY else None,
             "sample": self.config.sample if self.config.mode == SHADOW else None,
             "started_at": self.started_at,
@@ -499,10 +620,16 @@ class Rollout:
 class Rollouts:
     """This process's rollouts by model name (`active`, which the data plane reads)."""
 
-    def __init__(self, models: LoadedModels, siblings: Siblings):
+    def __init__(
+        self, models: LoadedModels, siblings: Siblings, remote: dict[str, str] | None = None
+    ):
         self.models = models
         self.siblings = siblings
         self.active: dict[str, Rollout] = {}
+        # Candidates served elsewhere (`RemoteCandidate`) by model name, and the incumbent
+        # version each was aborted for (not started again until the version changes).
+        self.remote = dict(remote or {})
+        self._remote_aborted: dict[str, str] = {}
         # Acts on every process (the repository's promote / abort); set by the server.
         self.act: Callable[[str, str], Awaitable[Any]] | None = None
         self._written: str | None = None
@@ -527,7 +654,40 @@ class Rollouts:
         )  # fmt: skip
         return candidate
 
+    async def begin_remote(self) -> None:
+        """Start comparing with each remote candidate whose model serves with a
+        declared rollout (at start, and after a new version of the model loads)."""
+        for name, url in self.remote.items():
+            incumbent = self.models.find(name)
+            if incumbent is None:
+                continue
+            version = incumbent.version or ""
+            running = self.active.get(name)
+            if running is not None and running.incumbent == version:
+                continue
+            if self._remote_aborted.get(name) == version:
+                continue
+            config = RolloutConfig.from_settings(incumbent.settings)
+            if config is None:
+                continue
+            if running is not None:
+                await self.end(name)
+            candidate = RemoteCandidate(name, url)
+            await candidate.find_version()
+            self.active[name] = Rollout(name, version, candidate, config, incumbent.settings)
+            logger.info(
+                "model '%s': %s candidate at %s (version %s) beside version %s",
+                name, config.mode, url, candidate.version or "unknown", version,
+            )  # fmt: skip
+
+    def refuse(self, verb: str, name: str) -> None:
+        """A promote of a candidate served elsewhere is not this server's to do."""
+        rollout = self.active.get(name)
+        if verb == PROMOTE and rollout is not None and rollout.remote is not None:
+            raise RemotePromote(name, rollout.remote.url)
+
     async def promote(self, name: str) -> MLModel:
+        self.refuse(PROMOTE, name)
         rollout = self.active.pop(name, None)
         if rollout is None:
             raise NoRollout(name)
@@ -543,6 +703,8 @@ class Rollouts:
         rollout = self.active.pop(name, None)
         if rollout is not None:
             await rollout.stop()
+            if rollout.remote is not None:
+                self._remote_aborted[name] = rollout.incumbent
         dropped = await self.models.drop_candidate(name)
         if rollout is not None:
             logger.info("model '%s': candidate version %s aborted", name, rollout.candidate.version)
@@ -575,7 +737,16 @@ class Rollouts:
         found = []
         for rollout in sorted(self.active.values(), key=lambda r: r.name):
             merged = summary(dumps[rollout.key])
-            found.append({**rollout.describe(), **merged, "processes": len(dumps[rollout.key])})
+            decision = judge(rollout.config, merged)
+            found.append(
+                {
+                    **rollout.describe(),
+                    **merged,
+                    "processes": len(dumps[rollout.key]),
+                    # The declared rules' judgement now: [verb, why] or None.
+                    "decision": list(decision) if decision is not None else None,
+                }
+            )
         return found
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -585,6 +756,8 @@ class Rollouts:
         labels_at = 0.0
         while not stop.is_set():
             try:
+                if self.remote:
+                    await self.begin_remote()
                 if time.monotonic() >= labels_at:
                     labels_at = time.monotonic() + LABELS_INTERVAL_S
                     for rollout in list(self.active.values()):
@@ -625,6 +798,8 @@ class Rollouts:
                 decision = (ABORT, decision[1])
             if decision is None or rollout.decided or self.act is None:
                 continue
+            if rollout.remote is not None and decision[0] == "promote":
+                continue  # the operator's (the Model's version changes)
             verb, why = decision
             rollout.decided = verb
             logger.warning(

@@ -103,6 +103,8 @@ class ServeOptions:
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     # Tokens, client certificates and TLS (`auth.py`).
     auth: AuthOptions = field(default_factory=AuthOptions)
+    # Candidates served by another server, by model name (`rollouts.RemoteCandidate`).
+    rollout_candidates: dict[str, str] = field(default_factory=dict)
 
     @property
     def max_message_bytes(self) -> int:
@@ -165,7 +167,7 @@ class Server:
             on_unload.insert(0, self._envs.unload_model)
         initialise = env_initialiser(initialise or model_initialiser)
         self.models = LoadedModels(on_load, on_unload, initialise)
-        self.rollouts = Rollouts(self.models, self.siblings)
+        self.rollouts = Rollouts(self.models, self.siblings, opts.rollout_candidates)
         self.registry = Registry(opts.directory, self.models, self.rollouts)
         self.repository = Repository(self.registry, self.siblings)
         self.rollouts.act = self.repository.act
