@@ -118,6 +118,17 @@ def test_candidate_is_the_model_under_its_own_name() -> None:
     assert candidate["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"].items() <= (
         pod_labels.items()
     )
+    # The incumbent's pods (the Model's Service's) may reach the candidate's REST port.
+    incumbent_pods = serving["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    reach = [
+        rule["ports"]
+        for rule in candidate["NetworkPolicy"]["spec"]["ingress"]
+        for peer in rule["from"]
+        if "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and peer["podSelector"]["matchLabels"].items() <= incumbent_pods.items()
+    ]
+    assert reach == [[{"port": 8080, "protocol": "TCP"}]]
     # Fixed at the Model's min replicas (no autoscaler of its own), same pod resources.
     assert deployment["spec"]["replicas"] == 2
     assert "replicas" not in serving["Deployment"]["spec"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from modelyard_operator.render.common import RenderOptions
+from modelyard_operator.render.common import HTTP_PORT, RenderOptions, selector_labels
 from modelyard_operator.render.config import render_configmap
 from modelyard_operator.render.deployment import render_deployment
 from modelyard_operator.render.network import render_network_policy
@@ -47,9 +47,20 @@ def candidate_model(model: Model) -> Model:
 def render_candidate(model: Model, options: RenderOptions) -> dict[str, dict[str, Any] | None]:
     """The candidate's manifests by kind, in apply order (None: not rendered)."""
     candidate = candidate_model(model)
+    policy = render_network_policy(candidate, options)
+    if policy is not None:
+        # The incumbent's pods send the candidate its share (shadow, canary) over REST,
+        # whichever clients the Model's policy lets in.
+        policy["spec"]["ingress"].insert(
+            0,
+            {
+                "from": [{"podSelector": {"matchLabels": selector_labels(model, "server")}}],
+                "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
+            },
+        )
     return {
         "ConfigMap": render_configmap(candidate, options),
         "Deployment": render_deployment(candidate, options),
         "Service": render_service(candidate, options),
-        "NetworkPolicy": render_network_policy(candidate, options),
+        "NetworkPolicy": policy,
     }
