@@ -19,7 +19,12 @@ from modelyard_operator.kube import Cluster, api_client, api_message, transient_
 from modelyard_operator.render import RenderOptions, render_all
 from modelyard_operator.render.common import config_name, cronjob_name
 from modelyard_operator.render.rollout import candidate_model, candidate_name, render_candidate
-from modelyard_operator.rollouts import INCUMBENT_KINDS, plan, serving_version
+from modelyard_operator.rollouts import (
+    INCUMBENT_KINDS,
+    incumbent_patch,
+    plan,
+    serving_version,
+)
 from modelyard_operator.spec import CANDIDATE_SUFFIX, Model, SpecError
 from modelyard_operator.status import (
     changed,
@@ -148,6 +153,12 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
                 raise
             name = manifest["metadata"]["name"]
             children.append({"apiVersion": manifest["apiVersion"], "kind": kind, "name": name})
+        if step.keep_incumbent and live is not None:
+            # The incumbent's pods send the running candidate its share; not after an abort.
+            ops = incumbent_patch(live, model, sending=step.candidate)
+            if ops is not None:
+                deployment = ("apps/v1", "Deployment")
+                cluster.json_patch(deployment, model.name, model.namespace, ops)
         children += reconcile_candidate(cluster, body, model, options, step.candidate)
         write_status(
             cluster,

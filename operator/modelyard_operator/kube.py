@@ -137,6 +137,18 @@ class Cluster:
             content_type="application/merge-patch+json",
         )
 
+    def json_patch(
+        self, resource: tuple[str, str], name: str, namespace: str, ops: list[dict[str, Any]]
+    ) -> None:
+        """A JSON patch (RFC 6902) of an object: its `test` ops make it all or nothing."""
+        self.dynamic.patch(
+            self.resource(*resource),
+            body=ops,
+            name=name,
+            namespace=namespace,
+            content_type="application/json-patch+json",
+        )
+
     def patch_status(
         self,
         resource: tuple[str, str],

@@ -7,6 +7,11 @@ version runs as the candidate (`<name>-candidate`, see render/rollout.py) until
 `spec.rollout.action` promotes it (the Model's Deployment rolls to it, the candidate is
 deleted) or aborts it (the candidate is deleted; the incumbent serves until the version
 changes again). The operator acts on an action once and removes it from the spec.
+
+While the candidate runs, the incumbent's pods are given `--rollout-candidate-url
+<model>=http://<name>-candidate.<ns>.svc:<port>` (their server sends the candidate its
+shadow or canary share: modelyard/serving/rollouts.py); it is removed on abort, and a
+promote renders the Deployment anew without it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard_operator.render.common import HTTP_PORT
 from modelyard_operator.render.rollout import candidate_name
 from modelyard_operator.spec import Model
 
 VERSION_LABEL = "app.kubernetes.io/version"
 # Kinds of the Model's own that a running (or aborted) candidate leaves untouched.
 INCUMBENT_KINDS = ("ConfigMap", "Deployment")
+CANDIDATE_URL_FLAG = "--rollout-candidate-url"
+SERVER_CONTAINER = "server"
 
 
 @dataclass(frozen=True)
@@ -68,3 +76,38 @@ def plan(model: Model, incumbent: str | None, previous: Mapping[str, Any] | None
     if action == "abort" or aborted:
         return Plan(False, True, action is not None, {**status, "phase": "Aborted"})
     return Plan(True, True, False, {**status, "phase": "Running"})
+
+
+def candidate_url(model: Model) -> str:
+    """Where the incumbent's pods reach the candidate: its Service's REST port."""
+    return f"http://{candidate_name(model)}.{model.namespace}.svc:{HTTP_PORT}"
+
+
+def incumbent_patch(
+    deployment: Mapping[str, Any], model: Model, sending: bool
+) -> list[dict[str, Any]] | None:
+    """The JSON patch giving the incumbent's server container the candidate's URL
+    (``sending``) or taking it away; None when its command is already so."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    index = next((i for i, c in enumerate(containers) if c.get("name") == SERVER_CONTAINER), None)
+    if index is None:
+        return None
+    command = list(containers[index].get("command") or [])
+    kept: list[str] = []
+    skip = False
+    for arg in command:
+        if skip:
+            skip = False
+        elif arg == CANDIDATE_URL_FLAG:
+            skip = True
+        else:
+            kept.append(arg)
+    if sending:
+        kept += [CANDIDATE_URL_FLAG, f"{model.model_name}={candidate_url(model)}"]
+    if kept == command:
+        return None
+    path = f"/spec/template/spec/containers/{index}"
+    return [
+        {"op": "test", "path": f"{path}/name", "value": SERVER_CONTAINER},
+        {"op": "replace", "path": f"{path}/command", "value": kept},
+    ]

@@ -34,6 +34,14 @@ def with_version(version: str, action: str | None = None) -> dict[str, Any]:
     return spec
 
 
+def candidate_urls(models: Models) -> list[str]:
+    """The `--rollout-candidate-url` values of the Model's (incumbent's) server."""
+    deployment = models.child("apps/v1", "Deployment", "iris")
+    assert deployment is not None
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    return [command[i + 1] for i, a in enumerate(command) if a == "--rollout-candidate-url"]
+
+
 def version_of(obj: dict[str, Any] | None) -> str | None:
     return None if obj is None else obj["metadata"]["labels"]["app.kubernetes.io/version"]
 
@@ -63,8 +71,13 @@ def test_new_version_runs_as_candidate_until_promoted(models: Models, operator: 
         "phase": "Running",
         "candidateReadyReplicas": 0,
     }
-    # The incumbent's Deployment and ConfigMap are untouched; the candidate has its own.
+    # The incumbent's Deployment keeps its version and ConfigMap; its server is given
+    # the candidate's Service, to send it its share.
     assert version_of(models.child("apps/v1", "Deployment", "iris")) == "1"
+    url = "iris=http://iris-candidate.{}.svc:8080".format(
+        models.get("iris")["metadata"]["namespace"]
+    )
+    wait_for(lambda: candidate_urls(models) == [url], 30, what="the incumbent given the candidate")
     config = models.child("v1", "ConfigMap", "iris-config")
     assert "version: '1'" in config["data"]["model.yaml"]  # type: ignore[index]
     assert version_of(running) == "2"
@@ -96,6 +109,7 @@ def test_new_version_runs_as_candidate_until_promoted(models: Models, operator: 
     models.wait_status(
         "iris", lambda s: (s.get("rollout") or {}).get("phase") == "Promoted", "Promoted"
     )
+    assert candidate_urls(models) == []  # the promoted version sends nothing
     rollout = models.get("iris")["status"]["rollout"]
     assert (rollout["incumbent"], rollout["candidate"]) == ("1", "2")
     assert "candidateReadyReplicas" not in rollout
@@ -125,6 +139,7 @@ def test_abort_keeps_the_incumbent_until_the_version_changes(
     assert candidate(models) is None
     assert version_of(models.child("apps/v1", "Deployment", "iris")) == "1"
     assert models.get("iris")["status"]["rollout"]["phase"] == "Aborted"
+    assert candidate_urls(models) == []  # it sends the aborted candidate nothing
 
     # The next version is a candidate again.
     models.replace_spec("iris", with_version("3"))
@@ -138,6 +153,7 @@ def test_abort_keeps_the_incumbent_until_the_version_changes(
         "rollout of version 3 Running",
     )
     assert version_of(models.child("apps/v1", "Deployment", "iris")) == "1"
+    wait_for(lambda: len(candidate_urls(models)) == 1, 30, what="the incumbent sending again")
 
 
 def plan_for(spec: dict[str, Any], incumbent: str | None, previous: dict[str, Any] | None) -> Plan:
