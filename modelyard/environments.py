@@ -39,6 +39,7 @@ import shutil
 import site
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -166,9 +167,20 @@ def check_requirements(path: Path) -> tuple[str, list[str]]:
     return text, names
 
 
-@lru_cache(maxsize=1)
+_PACKAGES_LOCK = threading.Lock()
+
+
 def server_packages() -> tuple[tuple[str, str], ...]:
     """The server's own installed distributions, (name, version), sorted."""
+    # Models are prepared in threads: importlib.metadata's first scan of a path is not
+    # safe to run twice at once (one thread may find nothing, and its hash and
+    # constraints would then leave out every server package).
+    with _PACKAGES_LOCK:
+        return _server_packages()
+
+
+@lru_cache(maxsize=1)
+def _server_packages() -> tuple[tuple[str, str], ...]:
     found: dict[str, str] = {}
     for dist in distributions():
         name = dist.metadata["Name"]

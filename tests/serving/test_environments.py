@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from modelyard.environments import envs_dir
 from tests.support.server import ServerProcess, running
@@ -86,6 +90,19 @@ def write_folder(
     )
 
 
+ITEM = "{name: item, datatype: BYTES, shape: [-1]}"
+COMPANIONS = """
+features: {sql: features.sql, source: "sqlite:///features.db", key: item}
+predictions:
+  columns: {item: BYTES, six_version: FP64, worker_pid: FP64}
+  store: sqlite:///predictions.db
+monitoring:
+  payload_sample_rate: 1.0
+  task: regression
+  prediction: six_version
+"""
+
+
 def answer(server: ServerProcess, name: str) -> tuple[int, int]:
     """(the library version the model reports, as major*10000+minor*100+patch; its pid)."""
     body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
@@ -117,6 +134,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         versions="humanize: 4.9.0",
     )  # fmt: skip
     write_folder(root / "server-six", "six", None)
+    # The same requirements as pinned-six (one environment, warm), with companions.
+    write_folder(root / "logged-six", "six", "six==1.16.0\n")
+    declaration = root / "logged-six" / "model.yaml"
+    # Called by entity id: its rows come from its features.
+    text = declaration.read_text().split("example:")[0]
+    text = text.replace("{name: x, datatype: FP64, shape: [-1, 1]}", ITEM)
+    # A predictor returns its prediction columns (version is a column the store adds).
+    for old, new in (("version", "six_version"), ("pid", "worker_pid")):
+        text = text.replace(f"{{name: {old},", f"{{name: {new},")
+        predictor = root / "logged-six" / "predictor.py"
+        predictor.write_text(predictor.read_text().replace(f'"{old}":', f'"{new}":'))
+    declaration.write_text(text + COMPANIONS)
+    (root / "logged-six" / "features.sql").write_text("SELECT item, x FROM items\n")
+    with sqlite3.connect(root / "logged-six" / "features.db") as features:
+        features.execute("CREATE TABLE items (item TEXT, x REAL)")
+        features.execute("INSERT INTO items VALUES ('i1', 1.0)")
+    features.close()
     # numpy is held to the server's version: the worker and the server exchange arrays.
     write_folder(root / "conflicting", "six", "numpy==1.26.4\nsix\n")
     return root
@@ -142,6 +176,60 @@ def test_folders_pinning_other_versions_are_served_side_by_side(server: ServerPr
     assert server_pid != six_pid and server_pid != humanize_pid and six_pid != humanize_pid
     # One environment per distinct requirements, under the configured cache.
     assert len(list(ENVS.glob("*/modelyard-env.json"))) >= 2
+
+
+def test_a_model_on_its_environment_has_companions_and_its_payloads_logged(
+    server: ServerProcess, models: Path
+) -> None:
+    status = status_of(server, "logged-six")
+    assert status["state"] == "ready", status.get("error")
+    assert sorted(status["companions"]) == ["logged-six-feedback", "logged-six-lookup"]
+    sent = [f"env-{i}" for i in range(5)]
+    for request_id in sent:
+        item = {"name": "item", "datatype": "BYTES", "shape": [1], "data": ["i1"]}
+        body = {"id": request_id, "inputs": [item]}
+        r = requests.post(f"{server.base}/v2/models/logged-six/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert outputs["six_version"] == [11600.0]  # answered on its environment
+
+    def logged() -> dict[str, str]:
+        engine = sa.create_engine(f"sqlite:///{models / 'logged-six' / 'predictions.db'}")
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT request_id, response FROM modelyard_payloads"))
+                return dict(rows.all())
+        except sa.exc.OperationalError:
+            return {}  # the table is made with the first write
+        finally:
+            engine.dispose()
+
+    wait_for(lambda: set(sent) <= set(logged()), 60, "the payloads logged")
+    assert all("11600" in logged()[i] for i in sent)
+
+    def call(name: str, inputs: list[dict]) -> dict[str, list]:
+        r = requests.post(f"{server.base}/v2/models/{name}/infer", json={"inputs": inputs},
+                          timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return {o["name"]: o["data"] for o in r.json()["outputs"]}
+
+    # A batch run, on the same environment, is what its lookup answers.
+    folder = models / "logged-six"
+    run = subprocess.run(
+        [sys.executable, "-m", "modelyard", "batch", "run", str(folder)],
+        env={**os.environ, "MODELYARD_ENVS_DIR": str(ENVS)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    asked = {"name": "item", "datatype": "BYTES", "shape": [2], "data": ["i1", "nobody"]}
+    found = call("logged-six-lookup", [asked])
+    assert found["six_version"][0] == 11600.0  # scored on the folder's six
+    assert found["missing"] == [False, True]
+    received = call("logged-six-feedback", [
+        {"name": "request_id", "datatype": "BYTES", "shape": [5], "data": sent},
+        {"name": "label", "datatype": "FP64", "shape": [5], "data": [1.0] * 5},
+    ])  # fmt: skip
+    assert received["received"] == [5]
 
 
 def test_a_conflicting_pin_is_reported_with_the_resolvers_message(server: ServerProcess) -> None:
