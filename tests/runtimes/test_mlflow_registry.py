@@ -6,26 +6,25 @@ version the alias moves to is swapped in when the folder changes, or when
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import yaml
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from modelyard.serving.registry_uris import PINS_ENV
 from tests.support.clients import infer, make_client
-from tests.support.server import ServerProcess, free_port
+from tests.support.mlflow_server import mlflow_server
+from tests.support.mlflow_server import point_alias as support_point_alias
+from tests.support.mlflow_server import register as support_register
+from tests.support.server import ServerProcess
 
 X, Y = load_iris(return_X_y=True)
 ROWS = X[::10]
@@ -33,63 +32,17 @@ ROWS = X[::10]
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (root / "mlflow.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "mlflow.log").read_text(errors="replace"))
-            time.sleep(0.5)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        # mlflow server's workers take their time over SIGTERM: then they are killed.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
 
 
 def register(url: str, model: LogisticRegression, name: str = "iris-churn") -> str:
     """Log ``model`` to the tracking server as a new version of ``name``; its version."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    mlflow.set_tracking_uri(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                model, name="model", registered_model_name=name,
-                signature=infer_signature(X, Y),
-            )  # fmt: skip
-    return str(info.registered_model_version)
+    return support_register(url, model, X, Y, name)
 
 
 def point_alias(url: str, version: str, name: str = "iris-churn") -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(url).set_registered_model_alias(name, "champion", version)
+    support_point_alias(url, name, version)
 
 
 def declare(folder: Path, version: str, name: str = "iris-churn") -> None:
