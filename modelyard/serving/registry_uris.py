@@ -60,17 +60,22 @@ def moves(uri: str) -> bool:
     return match is not None and not (match["ref"] or "").isdigit()
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", "") or "./mlruns (MLFLOW_TRACKING_URI unset)"
+def tracking_uri(server: str | None = None) -> str:
+    return (
+        server
+        or os.environ.get("MLFLOW_TRACKING_URI", "")
+        or "./mlruns (MLFLOW_TRACKING_URI unset)"
+    )
 
 
-def resolve(uri: str) -> Resolved:
-    """``uri`` resolved against the tracking server; RegistryUriError naming the URI,
-    the server and what to fix when it names nothing."""
+def resolve(uri: str, server: str | None = None) -> Resolved:
+    """``uri`` resolved against the tracking server ``server`` (by default
+    MLFLOW_TRACKING_URI); RegistryUriError naming the URI, the server and what to fix
+    when it names nothing."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(server)
     try:
         if match := MODELS.match(uri):
             name = match["name"]
@@ -83,7 +88,7 @@ def resolve(uri: str) -> Resolved:
                 versions = client.get_latest_versions(name, stages=stages)
                 if not versions:
                     raise RegistryUriError(
-                        f"{uri}: the registry at {tracking_uri()} has no version of "
+                        f"{uri}: the registry at {tracking_uri(server)} has no version of "
                         f"'{name}' in stage {ref}; register one or name a version"
                     )
                 found = max(versions, key=lambda v: int(v.version))
@@ -98,7 +103,7 @@ def resolve(uri: str) -> Resolved:
             return Resolved(uri, uri, None, run.info.run_id, source)
     except MlflowException as e:
         raise RegistryUriError(
-            f"{uri}: the registry at {tracking_uri()} answered: {e.message}; check the name, "
+            f"{uri}: the registry at {tracking_uri(server)} answered: {e.message}; check the name, "
             "version, alias or run, and MLFLOW_TRACKING_URI"
         ) from None
     raise RegistryUriError(
