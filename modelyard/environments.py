@@ -39,7 +39,6 @@ import shutil
 import site
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -167,22 +166,14 @@ def check_requirements(path: Path) -> tuple[str, list[str]]:
     return text, names
 
 
-_PACKAGES_LOCK = threading.Lock()
-
-
+@lru_cache(maxsize=1)
 def server_packages() -> tuple[tuple[str, str], ...]:
     """The server's own installed distributions, (name, version), sorted."""
-    # Models are prepared in threads: importlib.metadata's first scan of a path is not
-    # safe to run twice at once (one thread may find nothing, and its hash and
-    # constraints would then leave out every server package).
-    with _PACKAGES_LOCK:
-        return _server_packages()
-
-
-@lru_cache(maxsize=1)
-def _server_packages() -> tuple[tuple[str, str], ...]:
     found: dict[str, str] = {}
-    for dist in distributions():
+    # Over a copy of sys.path: models are prepared in threads while others put a model
+    # folder on sys.path and take it off again, and a scan of the list itself could
+    # then skip site-packages (a hash and constraints without the server's packages).
+    for dist in distributions(path=list(sys.path)):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(canonicalize_name(name), dist.version)
