@@ -16,6 +16,9 @@ promote renders the Deployment anew without it.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,9 @@ VERSION_LABEL = "app.kubernetes.io/version"
 # Kinds of the Model's own that a running (or aborted) candidate leaves untouched.
 INCUMBENT_KINDS = ("ConfigMap", "Deployment")
 CANDIDATE_URL_FLAG = "--rollout-candidate-url"
+# The server's rollout status (modelyard/serving/rollouts.py) and how long it may take.
+ROLLOUTS_PATH = "/modelyard/rollouts"
+READ_TIMEOUT_S = 5.0
 SERVER_CONTAINER = "server"
 
 
@@ -111,3 +117,39 @@ def incumbent_patch(
         {"op": "test", "path": f"{path}/name", "value": SERVER_CONTAINER},
         {"op": "replace", "path": f"{path}/command", "value": kept},
     ]
+
+
+def read_comparison(
+    base_url: str, model_name: str, token: str | None = None
+) -> dict[str, Any] | None:
+    """The serving server's rollout of ``model_name`` (``GET /modelyard/rollouts/NAME``,
+    its numbers merged over the server's processes); None when it has none or does
+    not answer."""
+    url = f"{base_url.rstrip('/')}{ROLLOUTS_PATH}/{model_name}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=READ_TIMEOUT_S
+        ) as response:
+            found = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def comparison_status(found: Mapping[str, Any]) -> dict[str, Any]:
+    """``status.rollout.comparison`` from the server's rollout: the calls compared,
+    agreement, p99 ratio, each side's error rate, and the declared rules' judgement
+    (the server's, `decision`)."""
+    sides = found.get("sides") or {}
+    decision = found.get("decision")
+    return {
+        "requestsCompared": int(found.get("compared") or 0),
+        "agreement": found.get("agreement"),
+        "p99Ratio": found.get("p99_ratio"),
+        "errorRates": {
+            side: (sides.get(side) or {}).get("error_rate") for side in ("incumbent", "candidate")
+        },
+        "decision": decision[0] if decision else None,
+        "reason": decision[1] if decision else None,
+    }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from modelyard_operator.rollouts import comparison_status, read_comparison
 
 from tests.serving.test_live_registry import wait_for
 from tests.serving.test_rollouts import CANARY, SHADOW, declaration, infer, write
@@ -24,6 +25,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "canary": CANARY,
     "down": SHADOW,  # its candidate's address answers nothing
     "aborted": SHADOW,
+    # Its promote is the operator's: the server only judges.
+    "ruled": {**SHADOW, "promote_when": {"min_requests": 20, "min_agreement": 0.99}},
 }
 
 
@@ -86,6 +89,26 @@ def test_a_remote_shadow_identical_to_the_incumbent_agrees_and_is_never_seen(
     assert found["sides"]["candidate"]["answered"] == 300
     assert found["sides"]["candidate"]["errors"] == 0
     assert found["decision"] is None  # no rules declared
+    # What the operator writes into the Model's status.rollout.comparison (a read from
+    # either process, each as up to date as the other's last write).
+    read: dict[str, Any] = {}
+
+    def all_read() -> bool:
+        read.update(read_comparison(incumbent.base, "same") or {})
+        return bool(read.get("compared") == 300)
+
+    wait_for(all_read, 10, "the comparison read by URL")
+    assert comparison_status(read) == {
+        "requestsCompared": 300,
+        "agreement": 1.0,
+        "p99Ratio": read["p99_ratio"],
+        "errorRates": {"incumbent": 0.0, "candidate": 0.0},
+        "decision": None,
+        "reason": None,
+    }
+    assert read["p99_ratio"] > 0
+    assert read_comparison(incumbent.base, "no-such-model") is None
+    assert read_comparison(f"http://127.0.0.1:{free_port()}", "same") is None
 
 
 def test_a_remote_canary_answers_its_weight_from_the_other_server(
@@ -97,7 +120,16 @@ def test_a_remote_canary_answers_its_weight_from_the_other_server(
     share = versions.count("2") / len(versions)
     assert 0.15 <= share <= 0.25, share
     assert set(versions) == {"1", "2"}
-    sides = rollout(incumbent, "canary")["sides"]
+
+    sides: dict[str, Any] = {}
+
+    def counted() -> bool:
+        # Each process's numbers reach the others within a quarter second: a read from
+        # either may show fewer until then.
+        sides.update(rollout(incumbent, "canary")["sides"])
+        return bool(sides["candidate"]["answered"] + sides["incumbent"]["answered"] == 1000)
+
+    wait_for(counted, 10, "both sides' calls counted")
     assert sides["candidate"]["answered"] == versions.count("2")
     assert sides["candidate"]["errors"] == 0
 
@@ -110,11 +142,13 @@ def test_a_remote_candidate_down_never_fails_a_call_and_counts_its_errors(
         versions = {infer(s, incumbent, "down", float(i))["model_version"] for i in range(50)}
     assert versions == {"1"}
 
+    found: dict[str, Any] = {}
+
     def counted() -> bool:
-        return bool(rollout(incumbent, "down")["sides"]["candidate"]["errors"] == 50)
+        found.update(rollout(incumbent, "down"))
+        return bool(found["sides"]["candidate"]["errors"] == 50)
 
     wait_for(counted, 30, "the unreachable candidate's 50 errors counted")
-    found = rollout(incumbent, "down")
     assert found["compared"] == 0 and found["sides"]["candidate"]["answered"] == 50
 
 
@@ -140,3 +174,27 @@ def test_a_candidate_url_without_a_name_is_refused_with_the_form(tmp_path: Path)
     found = run_cli("serve", str(tmp_path), "--rollout-candidate-url", "http://elsewhere:8080")
     assert found.returncode == 2
     assert "--rollout-candidate-url" in found.stderr and "NAME=URL" in found.stderr
+
+
+def test_a_remote_candidate_meeting_promote_when_is_judged_not_promoted_here(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    incumbent, _ = servers
+    with requests.Session() as s:
+        for i in range(30):
+            assert infer(s, incumbent, "ruled", float(i))["model_version"] == "1"
+
+    found: dict[str, Any] = {}
+
+    def judged() -> bool:
+        found.update(read_comparison(incumbent.base, "ruled") or {})
+        return found.get("decision") is not None
+
+    wait_for(judged, 30, "the promote rules judged")
+    status = comparison_status(found)
+    assert status["decision"] == "promote" and "agreement 1.0000 >= 0.99" in status["reason"]
+    # Still comparing: the version change that promotes it is not this server's.
+    assert (found["incumbent"], found["candidate"]) == ("1", "2")
+    with requests.Session() as s:
+        assert infer(s, incumbent, "ruled", 1.0)["model_version"] == "1"
+    assert rollout(incumbent, "ruled")["candidate_url"] is not None
