@@ -217,6 +217,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from modelyard_runtimes.errors import BadRequest
 
 
 class SlowScorer:
@@ -229,7 +230,7 @@ class SlowScorer:
         with self.calls.open("a") as f:
             f.write(f"{len(instances)}\\n")
         if (instances["age"] == 59).any():
-            raise ValueError("age 59 is refused")
+            raise BadRequest("age 59 is refused")
         time.sleep(0.3)
         return instances["age"].to_numpy(dtype=float)
 
