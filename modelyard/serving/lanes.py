@@ -117,17 +117,25 @@ class Lane:
         self.predict = runtime_model(model).predict
         self._no_id_headers: dict[str, str] | None = None
 
+    def _raw_input(
+        self, request: pb.ModelInferRequest
+    ) -> tuple[pb.ModelInferRequest.InferInputTensor, np.ndarray]:
+        """The call's one input, checked against the declaration, as an array over its
+        raw bytes in its shape."""
+        if self.inputs:
+            check_inputs(self.model.name, self.inputs, request.inputs)
+        tensor = request.inputs[0]
+        check_shape(tensor.name, tensor.shape)
+        x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
+        return tensor, x.reshape(tuple(tensor.shape))
+
     def answer(
         self, request: pb.ModelInferRequest, middleware: InferenceMiddleware
     ) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
         """The response and its headers (trailing metadata) for a call it `takes`."""
         model = self.model
-        if self.inputs:
-            check_inputs(model.name, self.inputs, request.inputs)
-        tensor = request.inputs[0]
-        check_shape(tensor.name, tensor.shape)
-        x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
-        y = self.predict(x.reshape(tuple(tensor.shape)))
+        _, x = self._raw_input(request)
+        y = self.predict(x)
         datatype = datatype_of(y.dtype)
         raw_dtype = RAW_DTYPES.get(datatype) if datatype is not None else None
         if datatype is None or raw_dtype is None or (y.dtype.kind == "f" and np.isnan(y).any()):
@@ -205,12 +213,8 @@ class ArraysLane(Lane):
         self, request: pb.ModelInferRequest, middleware: InferenceMiddleware
     ) -> tuple[pb.ModelInferResponse, dict[str, str] | None]:
         model = self.model
-        if self.inputs:
-            check_inputs(model.name, self.inputs, request.inputs)
-        tensor = request.inputs[0]
-        check_shape(tensor.name, tensor.shape)
-        x = np.frombuffer(request.raw_input_contents[0], RAW_DTYPES[tensor.datatype])
-        answered = self.arrays(tensor.name, tensor.datatype, x.reshape(tuple(tensor.shape)))
+        tensor, x = self._raw_input(request)
+        answered = self.arrays(tensor.name, tensor.datatype, x)
         outputs, raw = [], []
         for name, y in answered:
             datatype = datatype_of(y.dtype)
