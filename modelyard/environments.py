@@ -167,13 +167,22 @@ def check_requirements(path: Path) -> tuple[str, list[str]]:
 
 
 @lru_cache(maxsize=1)
+def site_directories() -> list[str]:
+    """Where this interpreter installs packages: its site directories (a virtualenv's
+    own, or the system's), and the user's when it reads them."""
+    directories = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        directories.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(directories) if os.path.isdir(d)]
+
+
 def server_packages() -> tuple[tuple[str, str], ...]:
     """The server's own installed distributions, (name, version), sorted."""
     found: dict[str, str] = {}
-    # Over a copy of sys.path: models are prepared in threads while others put a model
-    # folder on sys.path and take it off again, and a scan of the list itself could
-    # then skip site-packages (a hash and constraints without the server's packages).
-    for dist in distributions(path=list(sys.path)):
+    # Over the interpreter's site directories, not sys.path: what a process has put on
+    # its import path (a model folder, a worker's environment) is not the server's, and
+    # the server, `modelyard envs build` and `modelyard image` must agree on a hash.
+    for dist in distributions(path=site_directories()):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(canonicalize_name(name), dist.version)
