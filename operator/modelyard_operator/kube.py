@@ -129,24 +129,23 @@ class Cluster:
         self, resource: tuple[str, str], name: str, namespace: str, body: dict[str, Any]
     ) -> None:
         """A JSON merge patch of an object (None values remove keys)."""
-        self.dynamic.patch(
-            self.resource(*resource),
-            body=body,
-            name=name,
-            namespace=namespace,
-            content_type="application/merge-patch+json",
-        )
+        self._patch(resource, name, namespace, body, "application/merge-patch+json")
 
     def json_patch(
         self, resource: tuple[str, str], name: str, namespace: str, ops: list[dict[str, Any]]
     ) -> None:
         """A JSON patch (RFC 6902) of an object: its `test` ops make it all or nothing."""
+        self._patch(resource, name, namespace, ops, "application/json-patch+json")
+
+    def _patch(
+        self, resource: tuple[str, str], name: str, namespace: str, body: Any, content_type: str
+    ) -> None:
         self.dynamic.patch(
             self.resource(*resource),
-            body=ops,
+            body=body,
             name=name,
             namespace=namespace,
-            content_type="application/json-patch+json",
+            content_type=content_type,
         )
 
     def patch_status(
