@@ -13,6 +13,11 @@
 #      (BASE_IMAGE, DEBIAN_IMAGE, WHEELS_URL): the same Dockerfiles build from
 #      python:3.11-slim-bookworm elsewhere.
 #
+# Space: the untagged images of earlier builds and the containers of failed steps are
+# removed before and after building (each stage is tagged modelyard-local/*:cache, so its
+# layers stay the next build's cache); fewer than MODELYARD_IMAGES_NEED_GB (12) free under
+# Docker's data root stops the build with that said, not a full disk halfway through.
+#
 # A Docker daemon of its own is started when none answers on $DOCKER_HOST (and stopped
 # at exit): data in /var/lib/modelyard-docker, no bridge, no firewall rules.
 #
@@ -202,6 +207,37 @@ no_build_tools() {
   say "$1: no compiler, build tool or CUDA library"
 }
 
+# -- space ---------------------------------------------------------------------------------
+# Every build of a changed tree leaves the previous images and their build stages
+# untagged (tens of GB after a day of builds) and a failed RUN step leaves its container:
+# those go, the images in use and the tagged build stages (kept for their cache) stay.
+reclaim() {
+  "$DOCKER" container prune -f >/dev/null
+  local freed
+  freed=$("$DOCKER" image prune -f | awk '/Total reclaimed space/ {print $4}')
+  [[ -z $freed || $freed == 0B ]] || say "removed untagged images of earlier builds: $freed"
+}
+DATA_ROOT=$("$DOCKER" info -f '{{.DockerRootDir}}')
+NEED_GB=${MODELYARD_IMAGES_NEED_GB:-12}
+check_space() {
+  local free_gb
+  free_gb=$(df -BG --output=avail "$DATA_ROOT" | tail -n 1 | tr -dc 0-9)
+  [[ $free_gb -ge $NEED_GB ]] ||
+    die "$free_gb GB free under $DATA_ROOT; the serving image needs about $NEED_GB GB to build. Free space there (docker image rm of old images) or set MODELYARD_IMAGES_NEED_GB"
+}
+# The stages of a multi-stage image are untagged: a tag keeps each (the next build's
+# cache) from the prune above. Their layers are all cached by then: a second or two.
+tag_stages() {
+  local name=$1 dockerfile=$2 stage
+  shift 2
+  for stage in $(awk 'toupper($1) == "FROM" && toupper($3) == "AS" {print $4}' "$dockerfile"); do
+    "$DOCKER" build --network host --pull=false -q --target "$stage" -f "$dockerfile" \
+      -t "modelyard-local/$name-$stage:cache" "$@" . >/dev/null
+  done
+}
+
+reclaim
+check_space
 base_images
 ARGS=(--build-arg "BASE_IMAGE=$PYTHON_IMAGE" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE")
 for target in "${TARGETS[@]}"; do
@@ -213,12 +249,15 @@ for target in "${TARGETS[@]}"; do
       [[ $target == operator ]] && name=modelyard-operator
       build "$REGISTRY/$name:$VERSION" "images/$target/Dockerfile" . "${ARGS[@]}" \
         --build-arg "WHEELS_URL=$WHEELS_URL"
+      tag_stages "$name" "images/$target/Dockerfile" "${ARGS[@]}" --build-arg "WHEELS_URL=$WHEELS_URL"
       [[ $target == serving ]] && no_build_tools "$REGISTRY/$name:$VERSION"
       ;;
     examples)
       build "$REGISTRY/modelyard-examples:$VERSION" images/examples/Dockerfile . "${ARGS[@]}"
+      tag_stages modelyard-examples images/examples/Dockerfile "${ARGS[@]}"
       ;;
     *) die "unknown image '$target' (serving, operator, examples, base)" ;;
   esac
 done
+reclaim
 say "done: $("$DOCKER" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "^($REGISTRY|modelyard-local)/" | tr '\n' ';')"
