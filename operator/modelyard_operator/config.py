@@ -55,6 +55,10 @@ class OperatorConfig(BaseModel):
     # A JSON list of NetworkPolicyPeers, e.g. [{"namespaceSelector": {"matchLabels": ...}}].
     network_policy_from: str = _DEFAULTS.network_policy_from
     monitoring_namespace: str = Field(default=_DEFAULTS.monitoring_namespace, min_length=1)
+    # The package index of Models' environment builds (spec.buildEnvironment); empty: PyPI.
+    environment_index_url: str = Field(
+        default=_DEFAULTS.environment_index_url, pattern=r"^(https?://\S+)?$"
+    )
     # Seconds before retrying after a transient API error (409, 429, 5xx, connection).
     retry_delay: float = Field(default=10.0, gt=0)
 

@@ -67,6 +67,15 @@ CLUSTER_PROPERTIES: dict[str, Any] = {
         "type": "string",
         "minLength": 1,
     },
+    "buildEnvironment": {
+        "description": "Build the model folder's requirements environment (requirements.txt "
+        "or python.requirements) in an init container before the server starts, from the "
+        "operator's package index (the chart's models.environmentIndexUrl), as another user "
+        "than the server's and with the model folder read-only. Off by default: the "
+        "production path is an image with the environment baked in (modelyard image, "
+        "spec.image), needing no index in the cluster.",
+        "type": "boolean",
+    },
     "secretEnv": {
         "description": "Environment variables taken from Secrets, for the ${VAR} references "
         "of the declaration (database URLs, storage credentials). Never put secrets in spec.",

@@ -84,6 +84,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         network_policy=config.network_policy,
         network_policy_from=config.network_policy_from,
         monitoring_namespace=config.monitoring_namespace,
+        environment_index_url=config.environment_index_url,
         api=cluster.api_versions(),
     )
 

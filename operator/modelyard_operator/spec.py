@@ -21,8 +21,11 @@ from modelyard.declarations.load import overlay
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = (
     "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy",
-    "auth", "tls",
+    "auth", "tls", "buildEnvironment",
 )  # fmt: skip
+# modelyard.environments.REQUIREMENTS_FILENAME (a test holds them equal; not imported:
+# the operator image has none of the build's dependencies).
+REQUIREMENTS_FILENAME = "requirements.txt"
 # Runtimes that load an artifact and so need model.uri.
 ARTIFACT_RUNTIMES = ("sklearn", "xgboost", "lightgbm", "catboost", "mlflow", "onnx", "huggingface")
 # The key of `rollout` that is the cluster's, not the server's.
@@ -191,6 +194,9 @@ class ModelSpec(BaseModel):
     environment: str | None = None
     folder: str | None = None
     image: str | None = None
+    # Build the folder's requirements environment in an init container (opt-in: the
+    # cluster must reach a package index; `modelyard image` is the production path).
+    build_environment: bool = Field(default=False, alias="buildEnvironment")
     secret_env: dict[str, SecretRef] = Field(default_factory=dict, alias="secretEnv")
     admin_token_secret: SecretRef | None = Field(default=None, alias="adminTokenSecret")
     auth: InferenceAuth = InferenceAuth()
@@ -317,6 +323,12 @@ class Model:
             )
         return problems
 
+    @property
+    def requirements_file(self) -> str:
+        """The model folder's requirements file: python.requirements, else the bare one."""
+        declared = (self.declaration.get("python") or {}).get("requirements")
+        return declared if isinstance(declared, str) else REQUIREMENTS_FILENAME
+
     def folder_files(self) -> list[str]:
         """Declaration keys naming files of the model folder (other than model.uri)."""
         found = []
@@ -361,6 +373,11 @@ class Model:
             problems.append(
                 f"model.uri {uri!r} names a folder over http(s), which cannot be listed; "
                 "serve it as a .tar.gz or .zip (unpacked at start) or use a bucket"
+            )
+        if spec.build_environment and not self.has_remote_folder():
+            problems.append(
+                f"buildEnvironment builds the model folder's {self.requirements_file}, "
+                f"which the pod fetches at start: say where the folder is with {where}"
             )
         files = self.folder_files()
         if files and not self.has_remote_folder():

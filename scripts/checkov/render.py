@@ -29,8 +29,9 @@ def main(out: Path) -> None:
             text=True,
         )
         (out / name).write_text(rendered.stdout)
-    # And a rollout's candidate (its own Deployment, Service, NetworkPolicy).
-    for golden in ("secured", "rollout-candidate"):
+    # And a rollout's candidate (its own Deployment, Service, NetworkPolicy) and the
+    # init container building a folder's environment.
+    for golden in ("secured", "rollout-candidate", "build-environment"):
         path = REPO / "tests" / "operator" / "golden" / f"{golden}.yaml"
         (out / f"golden-{golden}.yaml").write_text(path.read_text())
     with helm.Chart.load(REPO / "charts" / "modelyard") as chart:

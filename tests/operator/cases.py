@@ -99,6 +99,22 @@ ROLLOUT: dict[str, Any] = {
     "rollout": {"mode": "canary", "weight": 20, "sticky_by": {"header": "x-user-id"}},
 }
 
+# A folder with its own requirements, built in an init container from the operator's
+# index (tests/operator/golden/build-environment.yaml).
+BUILD_ENVIRONMENT: dict[str, Any] = {
+    "version": "3",
+    "runtime": "predictor",
+    "predictor": "predictor.py:Scorer",
+    "folder": "s3://models/scorer/",
+    "python": {"requirements": "deps.txt"},
+    "buildEnvironment": True,
+}
+# The operator's index for environment builds (the chart's models.environmentIndexUrl).
+WITH_INDEX = RenderOptions(
+    api=ApiVersions(service_monitor=True),
+    environment_index_url="https://pypi.internal.example.com/simple",
+)
+
 # name -> (resource name, spec, options)
 GOLDEN: dict[str, tuple[str, dict[str, Any], RenderOptions]] = {
     "minimal": ("iris", MINIMAL, CURRENT),
@@ -106,6 +122,7 @@ GOLDEN: dict[str, tuple[str, dict[str, Any], RenderOptions]] = {
     "full-staging": ("gender", {**FULL, "environment": "staging"}, CURRENT),
     "inflight": ("churn", INFLIGHT, CURRENT),
     "secured": ("iris", SECURED, CURRENT),
+    "build-environment": ("scorer", BUILD_ENVIRONMENT, WITH_INDEX),
     "full-v1.20": (
         "gender",
         {**FULL, "predictions": {**FULL["predictions"], "shards": 1}},

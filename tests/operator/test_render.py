@@ -26,6 +26,7 @@ from modelyard_operator.spec import Model, SpecError
 
 from modelyard.declarations.settings import model_settings, server_settings
 from tests.operator.cases import (
+    BUILD_ENVIRONMENT,
     CURRENT,
     FULL,
     GOLDEN,
@@ -34,6 +35,7 @@ from tests.operator.cases import (
     ROLLOUT,
     SECURED,
     V1_20,
+    WITH_INDEX,
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -376,6 +378,11 @@ def test_shards_need_indexed_jobs() -> None:
             r"auth.clientCASecret needs tls: .* set tls.secret to a kubernetes.io/tls Secret",
         ),
         ("x" * 47, {**FULL, "name": "g"}, "at most 46 characters"),
+        (
+            "iris",
+            {**MINIMAL, "buildEnvironment": True},
+            r"buildEnvironment builds the model folder's requirements.txt, .* with folder: s3://",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_fix(
@@ -538,3 +545,76 @@ def test_a_bad_network_policy_default_stops_the_operator() -> None:
         OperatorConfig.from_env({"MODELYARD_OPERATOR_NETWORK_POLICY_FROM": "{not json"})
     with pytest.raises(ConfigError, match="list of NetworkPolicy peers"):
         OperatorConfig.from_env({"MODELYARD_OPERATOR_NETWORK_POLICY_FROM": '{"a": 1}'})
+
+
+# -- a model folder's own environment, built in an init container --------------------------
+
+
+def test_the_environment_build_never_writes_the_model_folder_and_the_server_only_reads_it(
+    tmp_path: Path,
+) -> None:
+    from modelyard.commands.envs import envs
+
+    # Served, and scored on a schedule in the same environment (with Secrets to keep out).
+    batch = {key: FULL[key] for key in ("features", "predictions", "secretEnv")}
+    for kind in ("Deployment", "CronJob"):
+        rendered = render_all(model("scorer", {**BUILD_ENVIRONMENT, **batch}), WITH_INDEX)[kind]
+        assert rendered is not None
+        pod = (
+            rendered["spec"]["template"]["spec"]
+            if kind == "Deployment"
+            else (rendered["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        )
+        *fetch, build = pod["initContainers"]
+        assert [c["name"] for c in fetch] == ["fetch-folder"]  # the folder is there first
+        (server,) = pod["containers"]
+        # Another user than the server's, the model folder read-only.
+        assert build["securityContext"]["runAsUser"] != pod["securityContext"]["runAsUser"]
+        mounts = {m["name"]: m for m in build["volumeMounts"]}
+        assert mounts["model"]["readOnly"] is True
+        assert "tmp" not in mounts and "config" not in mounts  # not the server's /tmp
+        # What it writes the server finds, read-only, where its variable says.
+        envs_dir = {e["name"]: e["value"] for e in build["env"]}["MODELYARD_ENVS_DIR"]
+        served = {m["name"]: m for m in server["volumeMounts"]}["envs"]
+        assert (served["mountPath"], served["readOnly"]) == (envs_dir, True)
+        assert {"name": "MODELYARD_ENVS_DIR", "value": envs_dir} in server["env"]
+        # The operator's index, and no Secret of the Model reaches package build code.
+        assert {"name": "MODELYARD_ENV_INDEX_URL",
+                "value": WITH_INDEX.environment_index_url} in build["env"]  # fmt: skip
+        assert all("valueFrom" not in e for e in build["env"])
+    # The command is `modelyard envs build` of the declared requirements file.
+    assert build["command"][:3] == ["modelyard", "envs", "build"]
+    assert build["command"][3] == "/models/scorer/deps.txt"
+    (tmp_path / "deps.txt").write_text("")
+    built = envs.get_command(click.Context(envs), "build")
+    assert built is not None
+    assert built.make_context("build", [str(tmp_path / "deps.txt")]).params["folder"].is_file()
+
+
+def test_the_operator_names_the_environments_variables_as_the_server_reads_them() -> None:
+    from modelyard_operator.render import common
+    from modelyard_operator.spec import REQUIREMENTS_FILENAME
+
+    from modelyard import environments
+
+    assert common.ENVS_DIR_VAR == environments.ENVS_DIR_VAR
+    assert common.INDEX_URL_VAR == environments.INDEX_URL_VAR
+    assert REQUIREMENTS_FILENAME == environments.REQUIREMENTS_FILENAME
+
+
+def test_the_environment_build_is_opt_in_and_its_index_is_the_operators() -> None:
+    plain = render_all(model("scorer", {**BUILD_ENVIRONMENT, "buildEnvironment": False}),
+                       WITH_INDEX)["Deployment"]["spec"]["template"]["spec"]  # fmt: skip
+    assert [c["name"] for c in plain["initContainers"]] == ["fetch-folder"]
+    assert "envs" not in {v["name"] for v in plain["volumes"]}
+    assert all(e["name"] != "MODELYARD_ENVS_DIR" for e in plain["containers"][0]["env"])
+    # Without an index configured, uv's default (no variable at all).
+    pod = render_all(model("scorer", BUILD_ENVIRONMENT), CURRENT)["Deployment"]
+    build = pod["spec"]["template"]["spec"]["initContainers"][-1]
+    assert all(e["name"] != "MODELYARD_ENV_INDEX_URL" for e in build["env"])
+    config = OperatorConfig.from_env(
+        {"MODELYARD_OPERATOR_ENVIRONMENT_INDEX_URL": "http://127.0.0.1:3141/simple"}
+    )
+    assert config.environment_index_url == "http://127.0.0.1:3141/simple"
+    with pytest.raises(ConfigError, match="ENVIRONMENT_INDEX_URL"):
+        OperatorConfig.from_env({"MODELYARD_OPERATOR_ENVIRONMENT_INDEX_URL": "pypi.org"})

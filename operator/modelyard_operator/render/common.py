@@ -30,6 +30,15 @@ CONFIG_FILES = (DECLARATION_FILENAME, MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_F
 CONFIG_HASH_ANNOTATION = "modelyard.io/config-hash"
 MODEL_LABEL = "modelyard.io/model"
 RUN_USER = 1000
+# Who builds a Model's environment (spec.buildEnvironment): not the server's user, and
+# with the model folder mounted read-only, so a package's build code cannot change it.
+BUILD_USER = 1001
+# The environments the build writes and the server reads (read-only), and the variable
+# both find them by (modelyard.environments.ENVS_DIR_VAR).
+ENVS_DIR = "/var/lib/modelyard/envs"
+# modelyard.environments' variables (a test holds them equal): not imported, as the
+# operator image has none of the build's dependencies (packaging).
+ENVS_DIR_VAR, INDEX_URL_VAR = "MODELYARD_ENVS_DIR", "MODELYARD_ENV_INDEX_URL"
 # One server process per requested core, never per node core: each process holds its
 # own copy of the model, so the pod's memory stays what the Model asked for.
 MAX_PROCESSES = 4
@@ -94,6 +103,9 @@ class RenderOptions:
         ' {"podSelector": {"matchLabels": {"modelyard.io/access": "true"}}}]'
     )
     monitoring_namespace: str = "monitoring"
+    # The package index a Model's environment build (spec.buildEnvironment) installs
+    # from; empty: uv's default (PyPI). Never a model folder's choice.
+    environment_index_url: str = ""
     api: ApiVersions = field(default_factory=ApiVersions)
 
 
@@ -174,7 +186,14 @@ def env(model: Model) -> list[dict[str, Any]]:
     return [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
         for name, ref in sorted(model.spec.secret_env.items())
-    ] + [{"name": "HOME", "value": "/tmp"}]
+    ] + [{"name": "HOME", "value": "/tmp"}, *env_dir(model)]
+
+
+def env_dir(model: Model) -> list[dict[str, Any]]:
+    """Where the server finds the environment the build init container made."""
+    if not model.spec.build_environment:
+        return []
+    return [{"name": ENVS_DIR_VAR, "value": ENVS_DIR}]
 
 
 # Where the server container finds its Secrets (the admin token, `auth`, `tls`) as files:
@@ -251,14 +270,26 @@ def volume_mounts(model: Model) -> list[dict[str, Any]]:
         ),
         # The root filesystem is read-only; MLServer and the libraries write here.
         {"name": "tmp", "mountPath": "/tmp"},
+        # The built environment: the server only reads it.
+        *(
+            [{"name": "envs", "mountPath": ENVS_DIR, "readOnly": True}]
+            if model.spec.build_environment
+            else []
+        ),
     ]
 
 
 def volumes(model: Model) -> list[dict[str, Any]]:
+    built = [
+        {"name": "envs", "emptyDir": {}},
+        # The build's own HOME and uv cache, not the server's /tmp.
+        {"name": "build-tmp", "emptyDir": {}},
+    ]
     return [
         {"name": "model", "emptyDir": {}},
         {"name": "config", "configMap": {"name": config_name(model)}},
         {"name": "tmp", "emptyDir": {}},
+        *(built if model.spec.build_environment else []),
     ]
 
 
@@ -295,7 +326,7 @@ def storage_initializer(model: Model, options: RenderOptions) -> dict[str, Any]:
 
 
 def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]]:
-    return [
+    fetching = [
         {
             "name": name,
             **storage_initializer(model, options),
@@ -312,6 +343,40 @@ def init_containers(model: Model, options: RenderOptions) -> list[dict[str, Any]
         }
         for name, uri in fetches(model)
     ]
+    if not model.spec.build_environment:
+        return fetching
+    return [*fetching, build_environment(model, options)]
+
+
+def build_environment(model: Model, options: RenderOptions) -> dict[str, Any]:
+    """`modelyard envs build` of the fetched folder's requirements file into the envs
+    volume, where the server then finds it complete under the same hash (same image:
+    same Python and packages). It runs as BUILD_USER with the model folder read-only,
+    and the index is the operator's."""
+    folder = model_dir(model)
+    index = [{"name": INDEX_URL_VAR, "value": options.environment_index_url}]
+    return {
+        "name": "build-environment",
+        "image": model.spec.image or options.image,
+        "command": ["modelyard", "envs", "build", f"{folder}/{model.requirements_file}"],
+        "workingDir": "/tmp",
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": ENVS_DIR_VAR, "value": ENVS_DIR},
+            *(index if options.environment_index_url else []),
+        ],
+        "volumeMounts": [
+            {"name": "model", "mountPath": folder, "readOnly": True},
+            {"name": "envs", "mountPath": ENVS_DIR},
+            {"name": "build-tmp", "mountPath": "/tmp"},
+        ],
+        "resources": resources(model, options),
+        "securityContext": {
+            **container_security_context(),
+            "runAsUser": BUILD_USER,
+            "runAsGroup": BUILD_USER,
+        },
+    }
 
 
 def cpu_cores(quantity: str) -> float:
