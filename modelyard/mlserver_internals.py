@@ -72,6 +72,13 @@ def inference_pool(settings: Any, env: Any) -> Any:
     return InferencePool(settings, env=env)
 
 
+def registry_pools(registry: Any) -> dict[str, Any]:
+    """The inference pools of an MLServer `InferencePoolRegistry`: its default pool
+    (models on the server's packages) and one per environment, by its hash."""
+    pools: dict[str, Any] = {"default": registry._default_pool, **registry._pools}
+    return pools
+
+
 def pool_workers(pool: Any) -> dict[int, Any]:
     """The worker processes of an MLServer `InferencePool`, by pid."""
     workers: dict[int, Any] = pool._workers

@@ -32,11 +32,12 @@ from mlserver.registry import model_initialiser
 from mlserver.settings import ModelSettings, Settings
 
 from modelyard import __version__
+from modelyard.mlserver_internals import registry_pools
 from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
 from modelyard.serving.auth import Auth, AuthOptions, Guarded, secure_http
 from modelyard.serving.dataplane import DataPlane
-from modelyard.serving.environments import EnvironmentPools
+from modelyard.serving.environments import EnvironmentPools, WorkerRestarts
 from modelyard.serving.environments import initialiser as env_initialiser
 from modelyard.serving.grpc_front import GRPCFront, front_binary
 from modelyard.serving.grpc_server import GRPCServer
@@ -156,6 +157,10 @@ class Server:
         if opts.workers:
             # Inference in worker processes, through MLServer's pool of them.
             self._pool = InferencePoolRegistry(self.settings)
+            registry = self._pool
+            # Its dead workers restarted by us (MLServer's own handler never runs here).
+            restarts = WorkerRestarts(lambda: registry_pools(registry), chain=False)
+            on_load.insert(0, restarts.load_model)
             on_load.insert(0, self._pool.load_model)
             on_unload.insert(0, self._pool.unload_model)
             initialise = self._pool.model_initialiser

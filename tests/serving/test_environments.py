@@ -322,3 +322,65 @@ def test_the_envs_directory_is_configurable() -> None:
             del os.environ["MODELYARD_ENVS_DIR"]
         else:
             os.environ["MODELYARD_ENVS_DIR"] = old
+
+
+# -- `modelyard serve --workers N`: MLServer's own pool, one per environment -------------
+
+
+@pytest.fixture(scope="module")
+def workers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("envs-workers") / "models"
+    # The same requirements as pinned-six above: the environment is built already.
+    write_folder(root / "pinned-six", "six", "six==1.16.0\n")
+    write_folder(root / "server-six", "six", None)
+    log = tmp_path_factory.mktemp("envs-workers-log") / "server.log"
+    args = ("--workers", "2", *ONE)
+    proc = ServerProcess(root, log, args, env={"MODELYARD_ENVS_DIR": str(ENVS)})
+    with running(proc) as started:
+        yield started
+
+
+def pids_answering(server: ServerProcess, name: str, wanted: int, timeout: float) -> set[int]:
+    """The pids answering ``name`` until ``wanted`` distinct ones have (each answer with
+    the folder's own six)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < wanted and time.monotonic() < deadline:
+        version, pid = answer(server, name)
+        assert version == 11600  # six 1.16.0, the folder's, not the server's 1.17.0
+        seen.add(pid)
+    return seen
+
+
+def test_with_workers_every_worker_serves_the_model_on_its_environment(
+    workers_server: ServerProcess,
+) -> None:
+    server_pid = workers_server.status()["pid"]
+    workers = pids_answering(workers_server, "pinned-six", 2, 30)
+    assert len(workers) == 2 and server_pid not in workers
+    # The model without requirements is answered by the same workers, on the server's six.
+    version, _ = answer(workers_server, "server-six")
+    assert version == 11700
+
+
+def test_with_workers_a_killed_worker_is_restarted_on_its_environment(
+    workers_server: ServerProcess,
+) -> None:
+    workers = pids_answering(workers_server, "pinned-six", 2, 30)
+    killed = min(workers)
+    os.kill(killed, signal.SIGKILL)
+    # Two live workers again, one of them new, both on the folder's six.
+    deadline = time.monotonic() + 60
+    after: set[int] = set()
+    while time.monotonic() < deadline and not (len(after) == 2 and after - workers):
+        body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+        url = f"{workers_server.base}/v2/models/pinned-six/infer"
+        r = requests.post(url, json=body, timeout=30)
+        if r.status_code == 200:
+            outputs = {o["name"]: o["data"][0] for o in r.json()["outputs"]}
+            assert int(outputs["version"]) == 11600
+            after.add(int(outputs["pid"]))
+            after &= {p for p in after if p != killed}
+        time.sleep(0.02)
+    assert killed not in after
+    assert len(after) == 2 and len(after - workers) == 1, (workers, after)
