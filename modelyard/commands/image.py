@@ -50,8 +50,26 @@ def docker_works() -> bool:
     "--context", type=click.Path(path_type=Path), default=None,
     help="Where to write the Dockerfile and its context [default: build/image-<folder>].",
 )  # fmt: skip
+@click.option(
+    "--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
+    help="A docker build argument, e.g. UV_INDEX_URL=https://pypi.internal/simple (the "
+    "index the build installs from; never one from the folder). Repeatable.",
+)  # fmt: skip
+@click.option(
+    "--network", default=None,
+    help="The network of the build's steps (docker build --network), e.g. host to reach "
+    "an index on this machine's loopback.",
+)  # fmt: skip
 @click.option("--no-build", is_flag=True, help="Write the Dockerfile only.")
-def image(folder: Path, tag: str, base: str, context: Path | None, no_build: bool) -> None:
+def image(
+    folder: Path,
+    tag: str,
+    base: str,
+    context: Path | None,
+    build_args: tuple[str, ...],
+    network: str | None,
+    no_build: bool,
+) -> None:
     """Write (and where Docker runs, build) an image FROM the serving image with
     FOLDER's requirements.txt environment baked in; a Model takes it as spec.image."""
     requirements = environments.folder_requirements(folder)
@@ -76,7 +94,14 @@ def image(folder: Path, tag: str, base: str, context: Path | None, no_build: boo
         )
     )
     click.echo(f"wrote {context / 'Dockerfile'}")
-    command = ["docker", "build", "-t", tag, str(context)]
+    command = ["docker", "build", "-t", tag]
+    for arg in build_args:
+        if "=" not in arg:
+            raise click.BadParameter(f"{arg!r} is not KEY=VALUE", param_hint="--build-arg")
+        command += ["--build-arg", arg]
+    if network:
+        command += ["--network", network]
+    command.append(str(context))
     if no_build:
         click.echo("build it with:\n  " + " ".join(command))
         return

@@ -44,3 +44,22 @@ def test_a_folder_without_requirements_needs_no_image(tmp_path: Path) -> None:
     done = run_cli("image", str(folder), "--tag", "t", "--context", str(tmp_path / "c"))
     assert done.returncode != 0
     assert "no requirements.txt" in done.stderr
+
+
+def test_the_index_and_network_of_the_build_are_the_callers(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "models", "churn", "six==1.16.0\n")
+    context = tmp_path / "context"
+    done = run_cli(
+        "image", str(folder), "--tag", "churn:1", "--context", str(context), "--no-build",
+        "--build-arg", "UV_INDEX_URL=http://127.0.0.1:3141/simple", "--network", "host",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "docker build -t churn:1 --build-arg UV_INDEX_URL=http://127.0.0.1:3141/simple "
+        f"--network host {context}"
+    ) in done.stdout
+    refused = run_cli(
+        "image", str(folder), "--tag", "churn:1", "--context", str(context), "--no-build",
+        "--build-arg", "UV_INDEX_URL",
+    )  # fmt: skip
+    assert refused.returncode == 2 and "'UV_INDEX_URL' is not KEY=VALUE" in refused.stderr

@@ -6,14 +6,21 @@ collection. The tests run in this order, each on the state the previous one left
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
+import hashlib
+import http.server
 import io
 import json
 import math
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -784,6 +791,129 @@ def test_deleting_a_model_collects_its_children(
     timed("Model deleted -> children and pods gone", time.monotonic() - began)
     # The other Models are untouched.
     assert model_ready(api, "iris") and model_ready(api, "gender")
+
+
+# -- a model folder's own packages, baked into an image by `modelyard image` --------------
+
+PROBE_LIB = ("probe-lib", "0.3.1")  # in no image: only the loopback index below has it
+
+
+def write_wheel(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of one module (``name`` with '_'), exporting __version__."""
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"__version__ = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: modelyard-tests\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+@contextlib.contextmanager
+def loopback_index(root: Path, wheel: Path, name: str) -> Iterator[str]:
+    """A PEP 503 index of one wheel on 127.0.0.1; its URL."""
+    project = root / "simple" / name
+    project.mkdir(parents=True)
+    shutil.copyfile(wheel, project / wheel.name)
+    (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+    (root / "simple" / "index.html").write_text(f'<a href="{name}/">{name}</a>\n')
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_image_built_by_modelyard_image_serves_the_folders_own_library(
+    node: NodeCluster,
+    api: k8s.ApiClient,
+    release: dict[str, Any],
+    namespace: str,
+    s3: S3Server,
+    tmp_path: Path,
+) -> None:
+    from tests.serving.test_environments import write_folder
+
+    name, version = PROBE_LIB
+    folder = tmp_path / "probe"
+    write_folder(folder, name, f"{name}=={version}\n")
+    wheel = write_wheel(tmp_path, name, version)
+    tag = "registry.example.com/ml/probe:1"
+    began = time.monotonic()
+    with loopback_index(tmp_path / "index", wheel, name) as index:
+        # For real, against the node's dockerd; the build's steps reach the index on
+        # this machine's loopback (--network host).
+        built = subprocess.run(
+            [str(Path(sys.executable).parent / "modelyard"), "image", str(folder),
+             "--tag", tag, "--base", SERVING_IMAGE, "--context", str(tmp_path / "context"),
+             "--build-arg", f"UV_INDEX_URL={index}", "--network", "host"],
+            capture_output=True, text=True, env=node.docker_env(), check=False, timeout=600,
+        )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"built {tag}" in built.stdout
+    timed("modelyard image (docker build)", time.monotonic() - began)
+    assert node.docker("images", "-q", tag).strip()
+
+    declaration = yaml.safe_load((folder / "model.yaml").read_text())
+    keys = [*CREDENTIALS, "AWS_ENDPOINT_URL"]
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Model",
+        "metadata": {"name": "probe", "namespace": NAMESPACE},
+        "spec": {
+            **declaration,
+            "folder": upload(s3, folder, "probe/1"),
+            "image": tag,
+            "secretEnv": {k: {"secret": STORE_SECRET, "key": k} for k in keys},
+            "deployment": {"resources": {"cpu": "100m"}},
+        },
+    }
+    began = time.monotonic()
+    kubectl_apply(node, body)
+    try:
+        wait_ready(api, "probe")
+    except TimeoutError:
+        raise AssertionError(describe(node, "probe")) from None
+    timed("Model on its baked image Ready", time.monotonic() - began)
+
+    # Over V2 from inside the cluster: the folder's own probe-lib (0.3.1 -> 301), which
+    # the serving image does not have, answered by a worker on the baked environment.
+    request = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+    script = (
+        "import json, sys, urllib.request\n"
+        "r = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),"
+        " headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(r, timeout=30).read().decode())\n"
+    )
+    url = f"http://{service_ip(api, 'probe')}:8080/v2/models/probe/infer"
+    log = run_pod(api, "probe-client", ["python", "-c", script, url, json.dumps(request)])
+    outputs = {o["name"]: o["data"][0] for o in json.loads(log.strip().splitlines()[-1])["outputs"]}
+    major, minor, patch = (int(p) for p in version.split("."))
+    assert int(outputs["version"]) == major * 10000 + minor * 100 + patch
+    # The pods built nothing: the server found the image's environment under its hash.
+    pods = (
+        k8s.CoreV1Api(api)
+        .list_namespaced_pod(NAMESPACE, label_selector=f"modelyard.io/model=probe,{SERVER_LABELS}")
+        .items
+    )
+    server_log = pod_log(api, pods[0].metadata.name, container="server")
+    assert "building environment" not in server_log
+    node.kubectl("delete", "-n", NAMESPACE, "model", "probe", "--wait=false")
 
 
 @pytest.fixture(autouse=True)
