@@ -1,11 +1,13 @@
 """`make bench`'s rollouts part: what a shadow candidate costs the incumbent's clients.
 
-One `modelyard serve` serves the iris model three times: without a rollout (off), with
+One `modelyard serve` serves the iris model four times: without a rollout (off), with
 a shadow candidate answering every call (shadow 100%) and one answering a tenth of
-them (shadow 10%); the candidate is the same model, so every call is compared. 1-row
-REST calls at 16 connections (wrk) go to each in turn, for several rounds, and each
-one's median req/s and p99 are set against off's: the incumbent's clients should see
-no more than 10% less throughput or 10% more p99.
+them (shadow 10%), both held to their default share of a busy process's time, and one
+of every call with no share (shadow 100% share 1); the candidate is the same model, so
+every compared call agrees. 1-row REST calls at 16 connections (wrk) go to each in
+turn, for six rounds with each variant leading some of them, and each one's median
+req/s and p99 are set against off's: the incumbent's clients should see no more than
+10% less throughput or 10% more p99.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from benchmarks.load import Load, rest_body, wrk
 from tests.support.server import REPO, ServerProcess
 
 CONCURRENCY = 16
-ROUNDS = 3
+ROUNDS = 6
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "off": None,
     "shadow 100%": {"mode": "shadow"},
     "shadow 10%": {"mode": "shadow", "sample": 0.1},
+    # No share: the candidate takes whatever of the process's time its calls need.
+    "shadow 100% share 1": {"mode": "shadow", "share": 1.0},
 }
 
 
@@ -73,8 +77,11 @@ def rollouts(args: argparse.Namespace, tmp: Path) -> dict:
             raise RuntimeError(f"candidates not loaded:\n{server.log()}")
         body = rest_body("input-0", load_iris().data[:1].astype(np.float64), "FP64")
         runs: dict[str, list[Load]] = {v: [] for v in VARIANTS}
-        for _ in range(ROUNDS):
-            for variant in VARIANTS:
+        order = list(VARIANTS)
+        for round_ in range(ROUNDS):
+            # Each variant leads a round in turn: no variant always runs on a cold server
+            # or right after the heaviest one.
+            for variant in order[round_ % len(order) :] + order[: round_ % len(order)]:
                 url = f"{server.base}/v2/models/{_name(variant)}/infer"
                 runs[variant].append(wrk(url, body, CONCURRENCY, args.duration))
         status = {
@@ -113,7 +120,7 @@ def rollouts(args: argparse.Namespace, tmp: Path) -> dict:
             if found
             else ""
         )
-        print(f"  {variant:12} {rps:7.0f} req/s ({row['ratio_rps']:.2f}x), p99 {p99:6.2f} ms "
+        print(f"  {variant:20} {rps:7.0f} req/s ({row['ratio_rps']:.2f}x), p99 {p99:6.2f} ms "
               f"({row['ratio_p99']:.2f}x), errors {errors}{shadowed}")  # fmt: skip
     return {
         "concurrency": CONCURRENCY,

@@ -67,6 +67,9 @@ INCUMBENT, CANDIDATE = "incumbent", "candidate"
 DEFAULT_WEIGHT = 10.0
 DEFAULT_QUEUE = 256
 DEFAULT_TOLERANCE = 1e-6
+# The most of a process's time an in-process shadow candidate takes while its incumbent
+# has calls in flight (`ShadowShare`); an idle incumbent leaves it all the time it wants.
+DEFAULT_SHADOW_SHARE = 0.05
 DEFAULT_ABORT_MIN_REQUESTS = 100
 # Latencies kept per side for the percentiles (the latest ones).
 LATENCY_WINDOW = 2000
@@ -196,6 +199,7 @@ class RolloutConfig:
     sticky_input: str | None = None
     sample: float = 1.0
     queue: int = DEFAULT_QUEUE
+    share: float = DEFAULT_SHADOW_SHARE
     tolerance: float = DEFAULT_TOLERANCE
     outputs: tuple[str, ...] = ()
     promote_when: dict[str, float] = field(default_factory=dict)
@@ -217,6 +221,7 @@ class RolloutConfig:
             sticky_input=sticky.get("input") or None,
             sample=float(data.get("sample", 1.0)),
             queue=int(data.get("queue", DEFAULT_QUEUE)),
+            share=float(data.get("share", DEFAULT_SHADOW_SHARE)),
             tolerance=float(compare.get("tolerance", DEFAULT_TOLERANCE)),
             outputs=tuple(compare.get("outputs") or ()),
             promote_when=dict(data.get("promote_when") or {}),
@@ -430,6 +435,38 @@ def judge(config: RolloutConfig, merged: dict[str, Any]) -> tuple[str, str] | No
 Answer = Callable[[MLModel | None], Awaitable[InferenceResponse]]
 
 
+class ShadowShare:
+    """Keeps an in-process shadow candidate to its share of the process's time while the
+    incumbent is busy: the candidate runs on the incumbent's event loop, so every second
+    it computes is a second the incumbent's calls wait. Over windows of ``window`` s,
+    once the candidate's time (``spend``) passes ``share`` of the window's wall time,
+    ``pause`` says how long to wait before the next shadow call; calls queued meanwhile
+    beyond the queue's bound are dropped and counted, as always. When no incumbent call
+    is in flight, the candidate takes what it wants: there is nobody to slow down."""
+
+    def __init__(
+        self, share: float, window: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.share = share
+        self.window = window
+        self._clock = clock
+        self._start = clock()
+        self._spent = 0.0
+
+    def spend(self, seconds: float) -> None:
+        now = self._clock()
+        if now - self._start >= self.window:
+            # A new window; what the last one overdrew is carried, not forgiven.
+            self._spent = max(0.0, self._spent - self.share * (now - self._start))
+            self._start = now
+        self._spent += seconds
+
+    def pause(self, busy: bool) -> float:
+        if not busy or self.share >= 1.0:
+            return 0.0
+        return max(0.0, self._spent / self.share - (self._clock() - self._start))
+
+
 class Rollout:
     """One model's candidate beside its incumbent, and their comparison."""
 
@@ -471,6 +508,8 @@ class Rollout:
             config.queue
         )
         self._worker: asyncio.Task[None] | None = None
+        self._serving = 0  # the incumbent's calls in flight in this process
+        self._share = ShadowShare(config.share)
         if config.mode == SHADOW:
             self._worker = asyncio.get_running_loop().create_task(self._shadow())
 
@@ -481,6 +520,7 @@ class Rollout:
         if config.mode == CANARY and self._canary(payload):
             side = CANDIDATE
         start = time.perf_counter()
+        self._serving += 1
         try:
             if side == CANDIDATE and self.remote is not None:
                 response = await self.remote.predict(payload)
@@ -489,6 +529,8 @@ class Rollout:
         except Exception:
             self._answered(side, time.perf_counter() - start, failed=True)
             raise
+        finally:
+            self._serving -= 1
         self._answered(side, time.perf_counter() - start, failed=False)
         if config.mode == SHADOW and (config.sample >= 1.0 or random.random() < config.sample):
             if self._queue.full():
@@ -525,8 +567,12 @@ class Rollout:
     async def _shadow(self) -> None:
         """Answer the queued calls with the candidate, one at a time, and compare."""
         candidate = self.candidate
+        local = not isinstance(candidate, RemoteCandidate)
         while True:
             payload, response = await self._queue.get()
+            # A remote candidate's time is spent on its own machine, not this loop's.
+            while local and (pause := self._share.pause(self._serving > 0)) > 0:
+                await asyncio.sleep(min(pause, 0.01))
             start = time.perf_counter()
             try:
                 if isinstance(candidate, RemoteCandidate):
@@ -536,15 +582,22 @@ class Rollout:
                         theirs = await candidate.predict(payload.model_copy())
             except Exception as e:
                 logger.debug("model '%s' candidate failed: %s", self.name, e)
-                self._answered(CANDIDATE, time.perf_counter() - start, failed=True)
+                took = time.perf_counter() - start
+                self._answered(CANDIDATE, took, failed=True)
+                if local:
+                    self._share.spend(took)
                 continue
-            self._answered(CANDIDATE, time.perf_counter() - start, failed=False)
+            took = time.perf_counter() - start
+            self._answered(CANDIDATE, took, failed=False)
             # A queue with calls in it and a model that never awaits would hold the
             # event loop: the incumbent's calls go first.
             await asyncio.sleep(0)
+            began = time.perf_counter()
             self.comparison.compare(response, theirs, self.config.tolerance, self.config.outputs)
             if self.quality is not None and payload.id:
                 self._await_labels(payload.id, response, theirs)
+            if local:
+                self._share.spend(took + time.perf_counter() - began)
 
     def _await_labels(
         self, request_id: str, mine: list[Answered], theirs: InferenceResponse

@@ -3,11 +3,16 @@ comparisons they are judged on (the server runs them in test_rollouts.py)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from modelyard.serving.rollouts import RolloutConfig, judge, summary
+from modelyard.declarations.folders import load_model_folder
+from modelyard.serving.rollouts import RolloutConfig, ShadowShare, judge, summary
+from tests.support.server import REPO
 
 
 def dump(
@@ -77,3 +82,50 @@ def test_a_canary_counts_the_calls_its_candidate_answered() -> None:
     canary = config(mode="canary", weight=20, promote_when={"min_requests": 200})
     assert judge(canary, merged) == ("promote", "200 requests")
     assert judge(config(mode="canary", promote_when={"min_requests": 201}), merged) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_shadow_waits_once_its_share_of_a_busy_process_is_spent() -> None:
+    clock = Clock()
+    share = ShadowShare(0.05, window=1.0, clock=clock)
+    assert share.pause(busy=True) == 0.0
+    share.spend(0.01)  # 10 ms of candidate time in the first 100 ms of the window
+    clock.now = 0.1
+    # 10 ms is 5% of 200 ms: the next shadow call waits the other 100 ms.
+    assert share.pause(busy=True) == pytest.approx(0.1)
+    assert share.pause(busy=False) == 0.0  # an idle incumbent: nobody to slow down
+    clock.now = 0.2
+    assert share.pause(busy=True) == 0.0
+
+
+def test_an_overdrawn_window_is_carried_into_the_next() -> None:
+    clock = Clock()
+    share = ShadowShare(0.05, window=1.0, clock=clock)
+    share.spend(0.2)  # 200 ms while idle: taken, and owed once the incumbent is busy
+    clock.now = 1.0
+    share.spend(0.0)  # a new window: 50 ms of the 200 were the last window's due
+    assert share.pause(busy=True) == pytest.approx(0.15 / 0.05)
+
+
+def test_a_share_of_one_never_waits() -> None:
+    clock = Clock()
+    share = ShadowShare(1.0, clock=clock)
+    share.spend(5.0)
+    assert share.pause(busy=True) == 0.0
+
+
+def test_the_share_is_read_from_the_declaration(tmp_path: Path) -> None:
+    decl = yaml.safe_load((REPO / "model-settings/iris/model.yaml").read_text())
+    folder = tmp_path / "iris"
+    shutil.copytree(REPO / "model-settings/iris", folder)
+    for rollout, share in (({"mode": "shadow"}, 0.05), ({"mode": "shadow", "share": 0.5}, 0.5)):
+        (folder / "model.yaml").write_text(yaml.safe_dump({**decl, "rollout": rollout}))
+        config = RolloutConfig.from_settings(load_model_folder(folder))
+        assert config is not None and config.share == share
