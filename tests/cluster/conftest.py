@@ -26,6 +26,7 @@ from tests.support.node import BRIDGE_CIDR, BRIDGE_IP, NodeCluster
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
 from tests.support.server import REPO
+from tests.support.wheels import PROBE_LIB, wheel_index, write_wheel
 
 if os.environ.get("MODELYARD_CLUSTER_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -118,15 +119,31 @@ def postgres(node: NodeCluster) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def release(node: NodeCluster, api: k8s.ApiClient) -> Iterator[dict[str, Any]]:
-    """The chart, installed with helm-python-sdk; its operator runs in the cluster."""
+def package_index(node: NodeCluster) -> Iterator[str]:
+    """A package index of one tiny wheel (PROBE_LIB) on the host's bridge address, where
+    pods and a docker build on the host network reach it; its URL."""
+    root = node.workdir / "package-index"
+    root.mkdir()
+    wheel = write_wheel(root, *PROBE_LIB)
+    with wheel_index(root / "index", wheel, PROBE_LIB[0], host=BRIDGE_IP) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def release(node: NodeCluster, api: k8s.ApiClient, package_index: str) -> Iterator[dict[str, Any]]:
+    """The chart, installed with helm-python-sdk; its operator runs in the cluster, with
+    the package index that Models building their environment install from."""
     repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
     values = {
         "operator": {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
             "retryDelay": 2,
         },
-        "models": {"image": SERVING_IMAGE, "progressDeadlineSeconds": PROGRESS_DEADLINE},
+        "models": {
+            "image": SERVING_IMAGE,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE,
+            "environmentIndexUrl": package_index,
+        },
     }
     began = time.monotonic()
     with helm.Config(kubeconfig_path=node.kubeconfig, namespace=SYSTEM_NAMESPACE) as config:

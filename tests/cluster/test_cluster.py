@@ -1,26 +1,21 @@
 """A platform admin's whole path on a real single-node cluster: the chart installed, the
 example Models applied with kubectl and served from S3, V2 over REST and gRPC from inside
 the cluster and from outside it, a rollout under load, a broken version, the nightly
-batch run in pods against PostgreSQL, an operator restart, GPU placement, and garbage
-collection. The tests run in this order, each on the state the previous one left."""
+batch run in pods against PostgreSQL, an operator restart, GPU placement, garbage
+collection, and a model folder's own packages (an image from `modelyard image`, and an
+environment built by an init container). The tests run in this order, each on the state the previous one left."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import copy
-import hashlib
-import http.server
 import io
 import json
 import math
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -50,6 +45,7 @@ from tests.support.node import BRIDGE_IP, NODE_NAME, NodeCluster
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import CREDENTIALS, S3Server
 from tests.support.server import REPO, free_port
+from tests.support.wheels import PROBE_LIB
 
 EXAMPLES = {
     # Model name: (its example manifest, the folder uploaded to S3)
@@ -795,51 +791,103 @@ def test_deleting_a_model_collects_its_children(
 
 # -- a model folder's own packages, baked into an image by `modelyard image` --------------
 
-PROBE_LIB = ("probe-lib", "0.3.1")  # in no image: only the loopback index below has it
 
-
-def write_wheel(directory: Path, name: str, version: str) -> Path:
-    """A pure-Python wheel of one module (``name`` with '_'), exporting __version__."""
-    module = name.replace("-", "_")
-    info = f"{module}-{version}.dist-info"
-    files = {
-        f"{module}/__init__.py": f"__version__ = {version!r}\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: modelyard-tests\n"
-        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+def probe_model(s3: S3Server, folder: Path, name: str, **spec: Any) -> dict[str, Any]:
+    """A Model of a folder written by write_folder (the env tests'), uploaded to S3."""
+    declaration = yaml.safe_load((folder / "model.yaml").read_text())
+    keys = [*CREDENTIALS, "AWS_ENDPOINT_URL"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            **declaration,
+            "name": name,
+            "folder": upload(s3, folder, f"{name}/1"),
+            "secretEnv": {k: {"secret": STORE_SECRET, "key": k} for k in keys},
+            "deployment": {"resources": {"cpu": "100m"}},
+            **spec,
+        },
     }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    wheel = directory / f"{module}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return wheel
 
 
-@contextlib.contextmanager
-def loopback_index(root: Path, wheel: Path, name: str) -> Iterator[str]:
-    """A PEP 503 index of one wheel on 127.0.0.1; its URL."""
-    project = root / "simple" / name
-    project.mkdir(parents=True)
-    shutil.copyfile(wheel, project / wheel.name)
-    (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
-    (root / "simple" / "index.html").write_text(f'<a href="{name}/">{name}</a>\n')
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def probe_answers(node: NodeCluster, api: k8s.ApiClient, body: dict[str, Any]) -> int:
+    """Apply the Model, wait for it, and call it over V2 from a pod: the library
+    version it reports (major*10000 + minor*100 + patch)."""
+    name = body["metadata"]["name"]
+    began = time.monotonic()
+    kubectl_apply(node, body)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
-        server.server_close()
+        wait_ready(api, name)
+    except TimeoutError:
+        raise AssertionError(describe(node, name)) from None
+    timed(f"Model {name} Ready", time.monotonic() - began)
+    request = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+    script = (
+        "import json, sys, urllib.request\n"
+        "r = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),"
+        " headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(r, timeout=30).read().decode())\n"
+    )
+    url = f"http://{service_ip(api, name)}:8080/v2/models/{name}/infer"
+    log = run_pod(api, f"{name}-client", ["python", "-c", script, url, json.dumps(request)])
+    outputs = {o["name"]: o["data"][0] for o in json.loads(log.strip().splitlines()[-1])["outputs"]}
+    return int(outputs["version"])
+
+
+def version_number(version: str) -> int:
+    major, minor, patch = (int(p) for p in version.split("."))
+    return major * 10000 + minor * 100 + patch
+
+
+def server_pod(api: k8s.ApiClient, name: str) -> Any:
+    [pod] = (
+        k8s.CoreV1Api(api)
+        .list_namespaced_pod(NAMESPACE, label_selector=f"modelyard.io/model={name},{SERVER_LABELS}")
+        .items
+    )
+    return pod
 
 
 def test_an_image_built_by_modelyard_image_serves_the_folders_own_library(
+    node: NodeCluster,
+    api: k8s.ApiClient,
+    release: dict[str, Any],
+    namespace: str,
+    s3: S3Server,
+    package_index: str,
+    tmp_path: Path,
+) -> None:
+    from tests.serving.test_environments import write_folder
+
+    name, version = PROBE_LIB
+    folder = tmp_path / "probe"
+    write_folder(folder, name, f"{name}=={version}\n")
+    tag = "registry.example.com/ml/probe:1"
+    began = time.monotonic()
+    # For real, against the node's dockerd; the build's steps reach the index on the
+    # host's bridge address (--network host).
+    built = subprocess.run(
+        [str(Path(sys.executable).parent / "modelyard"), "image", str(folder),
+         "--tag", tag, "--base", SERVING_IMAGE, "--context", str(tmp_path / "context"),
+         "--build-arg", f"UV_INDEX_URL={package_index}", "--network", "host"],
+        capture_output=True, text=True, env=node.docker_env(), check=False, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"built {tag}" in built.stdout
+    timed("modelyard image (docker build)", time.monotonic() - began)
+    assert node.docker("images", "-q", tag).strip()
+
+    # The folder's own probe-lib, which the serving image does not have, answered by a
+    # worker on the image's environment: the pod built nothing (nor has an index).
+    body = probe_model(s3, folder, "probe-image", image=tag)
+    assert probe_answers(node, api, body) == version_number(version)
+    pod = server_pod(api, "probe-image")
+    assert [c.name for c in pod.spec.init_containers] == ["fetch-folder"]
+    node.kubectl("delete", "-n", NAMESPACE, "model", "probe-image", "--wait=false")
+
+
+def test_a_model_building_its_environment_in_an_init_container(
     node: NodeCluster,
     api: k8s.ApiClient,
     release: dict[str, Any],
@@ -852,68 +900,21 @@ def test_an_image_built_by_modelyard_image_serves_the_folders_own_library(
     name, version = PROBE_LIB
     folder = tmp_path / "probe"
     write_folder(folder, name, f"{name}=={version}\n")
-    wheel = write_wheel(tmp_path, name, version)
-    tag = "registry.example.com/ml/probe:1"
-    began = time.monotonic()
-    with loopback_index(tmp_path / "index", wheel, name) as index:
-        # For real, against the node's dockerd; the build's steps reach the index on
-        # this machine's loopback (--network host).
-        built = subprocess.run(
-            [str(Path(sys.executable).parent / "modelyard"), "image", str(folder),
-             "--tag", tag, "--base", SERVING_IMAGE, "--context", str(tmp_path / "context"),
-             "--build-arg", f"UV_INDEX_URL={index}", "--network", "host"],
-            capture_output=True, text=True, env=node.docker_env(), check=False, timeout=600,
-        )  # fmt: skip
-    assert built.returncode == 0, built.stdout + built.stderr
-    assert f"built {tag}" in built.stdout
-    timed("modelyard image (docker build)", time.monotonic() - began)
-    assert node.docker("images", "-q", tag).strip()
-
-    declaration = yaml.safe_load((folder / "model.yaml").read_text())
-    keys = [*CREDENTIALS, "AWS_ENDPOINT_URL"]
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Model",
-        "metadata": {"name": "probe", "namespace": NAMESPACE},
-        "spec": {
-            **declaration,
-            "folder": upload(s3, folder, "probe/1"),
-            "image": tag,
-            "secretEnv": {k: {"secret": STORE_SECRET, "key": k} for k in keys},
-            "deployment": {"resources": {"cpu": "100m"}},
-        },
-    }
-    began = time.monotonic()
-    kubectl_apply(node, body)
-    try:
-        wait_ready(api, "probe")
-    except TimeoutError:
-        raise AssertionError(describe(node, "probe")) from None
-    timed("Model on its baked image Ready", time.monotonic() - began)
-
-    # Over V2 from inside the cluster: the folder's own probe-lib (0.3.1 -> 301), which
-    # the serving image does not have, answered by a worker on the baked environment.
-    request = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
-    script = (
-        "import json, sys, urllib.request\n"
-        "r = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),"
-        " headers={'Content-Type': 'application/json'})\n"
-        "print(urllib.request.urlopen(r, timeout=30).read().decode())\n"
-    )
-    url = f"http://{service_ip(api, 'probe')}:8080/v2/models/probe/infer"
-    log = run_pod(api, "probe-client", ["python", "-c", script, url, json.dumps(request)])
-    outputs = {o["name"]: o["data"][0] for o in json.loads(log.strip().splitlines()[-1])["outputs"]}
-    major, minor, patch = (int(p) for p in version.split("."))
-    assert int(outputs["version"]) == major * 10000 + minor * 100 + patch
-    # The pods built nothing: the server found the image's environment under its hash.
-    pods = (
-        k8s.CoreV1Api(api)
-        .list_namespaced_pod(NAMESPACE, label_selector=f"modelyard.io/model=probe,{SERVER_LABELS}")
-        .items
-    )
-    server_log = pod_log(api, pods[0].metadata.name, container="server")
-    assert "building environment" not in server_log
-    node.kubectl("delete", "-n", NAMESPACE, "model", "probe", "--wait=false")
+    # The serving image, which lacks probe-lib; the operator's index (the chart value) has it.
+    body = probe_model(s3, folder, "probe-built", buildEnvironment=True)
+    assert probe_answers(node, api, body) == version_number(version)
+    pod = server_pod(api, "probe-built")
+    assert [c.name for c in pod.spec.init_containers] == ["fetch-folder", "build-environment"]
+    build = pod.spec.init_containers[1]
+    assert build.security_context.run_as_user != pod.spec.security_context.run_as_user
+    [model_mount] = [m for m in build.volume_mounts if m.name == "model"]
+    assert model_mount.read_only
+    [status] = [s for s in pod.status.init_container_statuses if s.name == build.name]
+    assert status.state.terminated.exit_code == 0
+    # It printed the environment's path, in the volume the server reads.
+    log = pod_log(api, pod.metadata.name, container=build.name)
+    assert log.strip().splitlines()[-1].startswith("/var/lib/modelyard/envs/")
+    node.kubectl("delete", "-n", NAMESPACE, "model", "probe-built", "--wait=false")
 
 
 @pytest.fixture(autouse=True)
