@@ -59,6 +59,9 @@ class OperatorConfig(BaseModel):
     environment_index_url: str = Field(
         default=_DEFAULTS.environment_index_url, pattern=r"^(https?://\S+)?$"
     )
+    # Seconds between resolutions of a Model's moving registry URI (an alias, a stage,
+    # latest) when the Model sets no spec.mlflow.pollSeconds (the chart's mlflow.pollSeconds).
+    registry_poll_seconds: float = Field(default=60.0, gt=0)
     # Seconds before retrying after a transient API error (409, 429, 5xx, connection).
     retry_delay: float = Field(default=10.0, gt=0)
 

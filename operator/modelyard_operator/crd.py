@@ -183,6 +183,34 @@ CLUSTER_PROPERTIES["networkPolicy"] = {
         },
     },
 }
+CLUSTER_PROPERTIES["mlflow"] = {
+    "description": "The MLflow tracking server a registry model.uri (models:/churn@champion, "
+    "models:/churn/Production, runs:/<run id>/model) is resolved against. The operator "
+    "pins the version it names in status.registry and gives the pods models:/<name>/<N>, "
+    "and resolves moving URIs (aliases, stages, latest) again every pollSeconds.",
+    "type": "object",
+    "properties": {
+        "trackingUri": {
+            "description": "The tracking server; none: the operator's MLFLOW_TRACKING_URI "
+            "(the chart's mlflow.trackingUri).",
+            "type": "string",
+            "minLength": 1,
+        },
+        "credentialsSecret": {
+            "description": "A Secret whose keys MLFLOW_TRACKING_USERNAME, "
+            "MLFLOW_TRACKING_PASSWORD and MLFLOW_TRACKING_TOKEN (each optional) the pods read "
+            "the registry with (the operator's own are the chart's mlflow.credentialsSecret).",
+            "type": "string",
+            "minLength": 1,
+        },
+        "pollSeconds": {
+            "description": "Seconds between resolutions of a moving URI; none: the "
+            "operator's (the chart's mlflow.pollSeconds, 60).",
+            "type": "integer",
+            "minimum": 1,
+        },
+    },
+}
 
 # Kubernetes only: what the operator does with a running candidate, once.
 ROLLOUT_ACTION: dict[str, Any] = {

@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
 from modelyard_operator.kube import Cluster, api_client, api_message, transient_errors_retry
+from modelyard_operator.registry_watch import pin_registry_uri
 from modelyard_operator.render import RenderOptions, render_all
 from modelyard_operator.render.common import config_name, cronjob_name
 from modelyard_operator.render.rollout import candidate_model, candidate_name, render_candidate
@@ -122,6 +123,7 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
     generation = meta.get("generation")
     try:
         model = Model.from_body(body)
+        model = pin_registry_uri(cluster, body, model, memo)
         rendered = render_all(model, options)
     except SpecError as exc:
         refuse(cluster, body, "InvalidSpec", str(exc), delay)

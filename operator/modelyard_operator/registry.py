@@ -20,7 +20,7 @@ from typing import Any
 from modelyard.serving.registry_uris import RegistryUriError, Resolved, is_registry_uri, resolve
 from modelyard_operator.status import now
 
-__all__ = ["Outcome", "is_registry_uri", "resolve_pin"]
+__all__ = ["Outcome", "is_registry_uri", "pinned_spec", "resolve_pin"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,13 @@ def resolve_pin(
     status = registry_status(resolved, server, now())
     moved = f"from {_label(held)} to {_label(status)}" if held is not None else None
     return Outcome(status, moved=moved)
+
+
+def pinned_spec(spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """A Model's spec with the version ``status.registry`` pins in place of its registry
+    URI, and the tracking server it was resolved against: what the pods are given, so
+    that none of them resolves an alias or a stage, and a restart serves the same one."""
+    pinned = dict(spec)
+    pinned["model"] = {**(spec.get("model") or {}), "uri": status["pinned"]}
+    pinned["mlflow"] = {**(spec.get("mlflow") or {}), "trackingUri": status["trackingUri"]}
+    return pinned

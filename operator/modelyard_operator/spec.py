@@ -9,6 +9,7 @@ whatever the declaration names must be fetched into the pod from somewhere remot
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelyard.declarations.load import overlay
+from modelyard.serving.registry_uris import is_registry_uri
 
 # Keys of the CR spec that are not part of the declaration.
 OPERATOR_KEYS = (
     "environment", "folder", "image", "secretEnv", "adminTokenSecret", "networkPolicy",
-    "auth", "tls", "buildEnvironment",
+    "auth", "tls", "buildEnvironment", "mlflow",
 )  # fmt: skip
 # modelyard.environments.REQUIREMENTS_FILENAME (a test holds them equal; not imported:
 # the operator image has none of the build's dependencies).
@@ -41,6 +43,15 @@ CANDIDATE_SUFFIX = "-candidate"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # https URLs the storage initializer lists like a bucket; any other http(s) URL is one file.
 LISTABLE_HTTPS = re.compile(r"^https://[^/]+\.(blob|file)\.core\.windows\.net/")
+# The tracking server registry URIs are resolved against when a Model names none: the
+# operator's environment (the chart's mlflow.trackingUri).
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# MLflow's credential variables, read from a Model's spec.mlflow.credentialsSecret.
+MLFLOW_CREDENTIALS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 
 
 def is_remote(uri: str) -> bool:
@@ -141,6 +152,18 @@ class Artifact(BaseModel):
     uri: str | None = None
 
 
+class Mlflow(_Frozen):
+    """The MLflow tracking server a registry URI (model.uri) is resolved against."""
+
+    # None: the operator's MLFLOW_TRACKING_URI (the chart's mlflow.trackingUri).
+    tracking_uri: str | None = Field(default=None, alias="trackingUri", min_length=1)
+    # A Secret whose MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN keys (each optional)
+    # the pods read the registry with.
+    credentials_secret: str | None = Field(default=None, alias="credentialsSecret", min_length=1)
+    # None: the operator's (the chart's mlflow.pollSeconds).
+    poll_seconds: int | None = Field(default=None, alias="pollSeconds", ge=1)
+
+
 class SecretRef(_Frozen):
     secret: str = Field(min_length=1)
     key: str = Field(min_length=1)
@@ -204,6 +227,7 @@ class ModelSpec(BaseModel):
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, alias="networkPolicy"
     )
+    mlflow: Mlflow = Mlflow()
 
     @model_validator(mode="before")
     @classmethod
@@ -341,6 +365,17 @@ class Model:
         ]
         return found
 
+    @property
+    def registry_uri(self) -> str | None:
+        """model.uri when it names MLflow's registry (models:/, runs:/)."""
+        uri = self.spec.model.uri
+        return uri if is_registry_uri(uri) else None
+
+    def tracking_uri(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The tracking server of a registry URI: the Model's, else the operator's."""
+        environ = os.environ if environ is None else environ
+        return self.spec.mlflow.tracking_uri or environ.get(TRACKING_URI_ENV) or None
+
     def has_remote_folder(self) -> bool:
         """Whether the pod's model folder is filled from a remote folder (not one file)."""
         uri = self.spec.model.uri
@@ -363,7 +398,13 @@ class Model:
                     f"folder {folder!r} is one file over http(s), which cannot be listed; "
                     "serve the folder as a .tar.gz or .zip (unpacked at start) or use a bucket"
                 )
-        if uri and not is_remote(uri) and folder is None:
+        if is_registry_uri(uri) and self.tracking_uri() is None:
+            problems.append(
+                f"model.uri {uri!r} names MLflow's registry, and no tracking server is "
+                "known to resolve it against: set spec.mlflow.trackingUri, or the operator's "
+                "MLFLOW_TRACKING_URI (the chart value mlflow.trackingUri)"
+            )
+        if uri and not is_remote(uri) and not is_registry_uri(uri) and folder is None:
             problems.append(
                 f"model.uri {uri!r} is a path in the model folder, which the pod fetches at "
                 f"start: say where the folder is with {where}, or give model.uri a remote "

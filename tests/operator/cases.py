@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelyard_operator.registry import pinned_spec
 from modelyard_operator.render import ApiVersions, RenderOptions
 
 # A cluster that serves the current API versions and the Prometheus Operator's CRDs.
@@ -109,6 +110,21 @@ BUILD_ENVIRONMENT: dict[str, Any] = {
     "python": {"requirements": "deps.txt"},
     "buildEnvironment": True,
 }
+# An MLflow model named by a registry alias, with the credentials of its tracking server.
+REGISTRY: dict[str, Any] = {
+    "version": "1",
+    "runtime": "mlflow",
+    "model": {"uri": "models:/churn@champion"},
+    "mlflow": {"trackingUri": "http://mlflow.mlflow:5000", "credentialsSecret": "mlflow-reader"},
+}
+# What the operator renders once status.registry pins version 3 (registry.pinned_spec).
+REGISTRY_PIN: dict[str, Any] = {
+    "uri": "models:/churn@champion",
+    "trackingUri": "http://mlflow.mlflow:5000",
+    "pinned": "models:/churn/3",
+    "version": "3",
+}
+
 # The operator's index for environment builds (the chart's models.environmentIndexUrl).
 WITH_INDEX = RenderOptions(
     api=ApiVersions(service_monitor=True),
@@ -123,6 +139,7 @@ GOLDEN: dict[str, tuple[str, dict[str, Any], RenderOptions]] = {
     "inflight": ("churn", INFLIGHT, CURRENT),
     "secured": ("iris", SECURED, CURRENT),
     "build-environment": ("scorer", BUILD_ENVIRONMENT, WITH_INDEX),
+    "registry-pinned": ("churn", pinned_spec(REGISTRY, REGISTRY_PIN), CURRENT),
     "full-v1.20": (
         "gender",
         {**FULL, "predictions": {**FULL["predictions"], "shards": 1}},

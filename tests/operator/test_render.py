@@ -19,6 +19,7 @@ import pytest
 import yaml
 from modelyard_operator.config import ConfigError, OperatorConfig
 from modelyard_operator.crd import declaration_schema
+from modelyard_operator.registry import pinned_spec
 from modelyard_operator.render import manifests, render_all
 from modelyard_operator.render.common import CONFIG_HASH_ANNOTATION
 from modelyard_operator.render.rollout import render_candidate
@@ -32,6 +33,8 @@ from tests.operator.cases import (
     GOLDEN,
     INFLIGHT,
     MINIMAL,
+    REGISTRY,
+    REGISTRY_PIN,
     ROLLOUT,
     SECURED,
     V1_20,
@@ -618,3 +621,32 @@ def test_the_environment_build_is_opt_in_and_its_index_is_the_operators() -> Non
     assert config.environment_index_url == "http://127.0.0.1:3141/simple"
     with pytest.raises(ConfigError, match="ENVIRONMENT_INDEX_URL"):
         OperatorConfig.from_env({"MODELYARD_OPERATOR_ENVIRONMENT_INDEX_URL": "pypi.org"})
+
+
+def test_registry_uri_needs_a_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {**REGISTRY, "mlflow": {}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    refusal = r"spec\.mlflow\.trackingUri, or .* \(the chart value mlflow\.trackingUri\)"
+    with pytest.raises(SpecError, match=refusal):
+        model("churn", spec)
+    # The operator's own tracking server (the chart's mlflow.trackingUri) is enough, and
+    # the pods are told it; a runs:/ URI is accepted too.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlflow:5000")
+    for uri in ("models:/churn@champion", "models:/churn/Production", "runs:/0a1b/model"):
+        found = model("churn", {**spec, "model": {"uri": uri}})
+        assert found.registry_uri == uri
+        deployment = render_all(found, CURRENT)["Deployment"]
+        assert deployment is not None
+        server = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlflow:5000"} in server[
+            "env"
+        ]
+        # Nothing is fetched by the storage initializer: the server reads the registry.
+        assert "initContainers" not in deployment["spec"]["template"]["spec"]
+
+
+def test_pinned_spec_names_the_version_and_the_tracking_server() -> None:
+    pinned = model("churn", pinned_spec(REGISTRY, REGISTRY_PIN))
+    assert pinned.spec.model.uri == "models:/churn/3"
+    assert pinned.spec.mlflow.tracking_uri == "http://mlflow.mlflow:5000"
+    assert REGISTRY["model"]["uri"] == "models:/churn@champion"  # the spec is not changed

@@ -19,7 +19,14 @@ from urllib.parse import urlparse
 
 from modelyard.declarations.load import DECLARATION_FILENAME
 from modelyard.declarations.settings import MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME
-from modelyard_operator.spec import CRONJOB_SUFFIX, Model, fetched_as_folder, is_remote
+from modelyard_operator.spec import (
+    CRONJOB_SUFFIX,
+    MLFLOW_CREDENTIALS,
+    TRACKING_URI_ENV,
+    Model,
+    fetched_as_folder,
+    is_remote,
+)
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8080, 8081, 8082
 MODELS_DIR = "/models"
@@ -186,7 +193,28 @@ def env(model: Model) -> list[dict[str, Any]]:
     return [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
         for name, ref in sorted(model.spec.secret_env.items())
-    ] + [{"name": "HOME", "value": "/tmp"}, *env_dir(model)]
+    ] + [{"name": "HOME", "value": "/tmp"}, *env_dir(model), *registry_env(model)]
+
+
+def registry_env(model: Model) -> list[dict[str, Any]]:
+    """What the server reads a registry URI's pinned version with: the tracking server
+    and, from the Model's Secret, MLflow's credentials (each key optional)."""
+    if model.registry_uri is None:
+        return []
+    found: list[dict[str, Any]] = []
+    tracking_uri = model.tracking_uri()
+    if tracking_uri:
+        found.append({"name": TRACKING_URI_ENV, "value": tracking_uri})
+    secret = model.spec.mlflow.credentials_secret
+    if secret:
+        found += [
+            {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": name, "optional": True}},
+            }
+            for name in MLFLOW_CREDENTIALS
+        ]
+    return found
 
 
 def env_dir(model: Model) -> list[dict[str, Any]]:
