@@ -175,6 +175,23 @@ def test_values_reach_the_operator() -> None:
     ]
 
 
+def test_mlflow_values_reach_the_operator() -> None:
+    mlflow = {"trackingUri": "http://mlflow.mlflow:5000", "credentialsSecret": "mlflow-reader"}
+    (deployment,) = by_kind(rendered({"mlflow": {**mlflow, "pollSeconds": 30}}), "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlflow:5000"
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    assert OperatorConfig.from_env(values).registry_poll_seconds == 30
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "mlflow-reader", "key": name, "optional": True}
+    # By default: no tracking server and no credentials, the default interval.
+    (deployment,) = by_kind(rendered(), "Deployment")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in names if n.startswith("MLFLOW_")}
+    assert "MODELYARD_OPERATOR_REGISTRY_POLL_SECONDS" in names
+
+
 def test_the_role_covers_every_kind_the_operator_renders() -> None:
     (role,) = [r for r in by_kind(rendered(), "ClusterRole") if r["metadata"]["name"] == RELEASE]
     plurals = {

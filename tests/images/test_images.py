@@ -28,8 +28,13 @@ IMAGES_OF_PODS = [d for d in DOCKERFILES if d.parent.name != "base"]
 
 
 def pyproject_dependencies() -> dict[str, Requirement]:
+    """The project's requirements, its extras' included (the operator's MLflow client is
+    the mlflow extra's)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {r.name.lower(): r for r in map(Requirement, project["dependencies"])}
+    extras = [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    found = [r for r in map(Requirement, extras) if r.name != "modelyard"]
+    found += map(Requirement, project["dependencies"])
+    return {r.name.lower(): r for r in found}
 
 
 def requirements(path: Path) -> list[Requirement]:
@@ -114,21 +119,20 @@ allowed = set(json.loads(sys.argv[1]))
 names = metadata.packages_distributions()
 
 
-class OnlyTheImage:
-    def find_spec(self, name, path=None, target=None):
-        top = name.split(".")[0]
-        dists = {d.lower().replace("_", "-") for d in names.get(top, [])}
-        if dists and not dists & allowed:
-            raise ModuleNotFoundError(f"No module named {top!r} (not in the image)", name=top)
-        return None
+# A None in sys.modules fails its import as a missing module would, and makes
+# importlib.util.find_spec answer None (as optional imports such as mlflow's check).
+for top, dists in names.items():
+    if not {d.lower().replace("_", "-") for d in dists} & allowed:
+        sys.modules[top] = None
 
-
-sys.meta_path.insert(0, OnlyTheImage())
 from modelyard_operator import handlers, crd
 from modelyard_operator.render import RenderOptions, manifests
 from modelyard_operator.spec import Model
 
 spec = {"version": "1", "runtime": "sklearn", "model": {"uri": "s3://b/iris/model.joblib"}}
+# What resolving a Model's registry URI imports (modelyard.serving.registry_uris.resolve).
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 print(len(manifests(Model.from_spec("iris", "ml", spec), RenderOptions())), len(crd.render()))
 """
 
