@@ -197,9 +197,10 @@ CLUSTER_PROPERTIES["mlflow"] = {
             "minLength": 1,
         },
         "credentialsSecret": {
-            "description": "A Secret whose keys MLFLOW_TRACKING_USERNAME, "
-            "MLFLOW_TRACKING_PASSWORD and MLFLOW_TRACKING_TOKEN (each optional) the pods read "
-            "the registry with (the operator's own are the chart's mlflow.credentialsSecret).",
+            "description": "A Secret whose key 'credentials' is an MLflow credentials file "
+            "([mlflow] with mlflow_tracking_username and mlflow_tracking_password), mounted "
+            "as the pods' ~/.mlflow/credentials (the operator's is the chart's "
+            "mlflow.credentialsSecret).",
             "type": "string",
             "minLength": 1,
         },

@@ -46,12 +46,9 @@ LISTABLE_HTTPS = re.compile(r"^https://[^/]+\.(blob|file)\.core\.windows\.net/")
 # The tracking server registry URIs are resolved against when a Model names none: the
 # operator's environment (the chart's mlflow.trackingUri).
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-# MLflow's credential variables, read from a Model's spec.mlflow.credentialsSecret.
-MLFLOW_CREDENTIALS = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
+# The key of spec.mlflow.credentialsSecret: an MLflow credentials file ([mlflow] with
+# mlflow_tracking_username and mlflow_tracking_password), mounted as ~/.mlflow/credentials.
+MLFLOW_CREDENTIALS_KEY = "credentials"
 
 
 def is_remote(uri: str) -> bool:
@@ -157,8 +154,8 @@ class Mlflow(_Frozen):
 
     # None: the operator's MLFLOW_TRACKING_URI (the chart's mlflow.trackingUri).
     tracking_uri: str | None = Field(default=None, alias="trackingUri", min_length=1)
-    # A Secret whose MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN keys (each optional)
-    # the pods read the registry with.
+    # A Secret whose `credentials` key is the MLflow credentials file the pods read the
+    # registry with.
     credentials_secret: str | None = Field(default=None, alias="credentialsSecret", min_length=1)
     # None: the operator's (the chart's mlflow.pollSeconds).
     poll_seconds: int | None = Field(default=None, alias="pollSeconds", ge=1)

@@ -1,7 +1,8 @@
 """Write what a cluster gets, for checkov: every example Model resource as `modelyard
 render` renders it (examples/*/k8s/*.yaml), the Model with every Secret of `auth`, `tls`
-and the admin token and a rollout's candidate as the operator's tests pin them
-(tests/operator/golden), and the chart as Helm renders it with its defaults.
+and the admin token, a rollout's candidate and a registry model's pinned pods as the
+operator's tests pin them (tests/operator/golden), and the chart as Helm renders it with
+its defaults and with a tracking server's credentials.
 Usage: python scripts/checkov/render.py OUT_DIR"""
 
 from __future__ import annotations
@@ -29,15 +30,23 @@ def main(out: Path) -> None:
             text=True,
         )
         (out / name).write_text(rendered.stdout)
-    # And a rollout's candidate (its own Deployment, Service, NetworkPolicy) and the
-    # init container building a folder's environment.
-    for golden in ("secured", "rollout-candidate", "build-environment"):
+    # And a rollout's candidate (its own Deployment, Service, NetworkPolicy), the
+    # init container building a folder's environment, and a registry model's pinned pods
+    # (MLflow's credentials from a Secret).
+    for golden in ("secured", "rollout-candidate", "build-environment", "registry-pinned"):
         path = REPO / "tests" / "operator" / "golden" / f"{golden}.yaml"
         (out / f"golden-{golden}.yaml").write_text(path.read_text())
     with helm.Chart.load(REPO / "charts" / "modelyard") as chart:
         files = chart.render(None, name="modelyard", namespace="modelyard")
     text = "\n---\n".join(t for n, t in sorted(files.items()) if n.endswith(".yaml"))
     (out / "chart.yaml").write_text(text)
+    # The operator with a tracking server and its credentials from a Secret.
+    mlflow = {"trackingUri": "http://mlflow.mlflow:5000", "credentialsSecret": "mlflow-reader"}
+    with helm.Chart.load(REPO / "charts" / "modelyard") as chart:
+        files = chart.render(
+            {"mlflow": {**mlflow, "pollSeconds": 60}}, name="modelyard", namespace="modelyard"
+        )
+    (out / "chart-mlflow.yaml").write_text(files["modelyard/templates/deployment.yaml"])
 
 
 if __name__ == "__main__":

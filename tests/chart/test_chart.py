@@ -182,13 +182,20 @@ def test_mlflow_values_reach_the_operator() -> None:
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlflow:5000"
     values = {name: e["value"] for name, e in env.items() if "value" in e}
     assert OperatorConfig.from_env(values).registry_poll_seconds == 30
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "mlflow-reader", "key": name, "optional": True}
+    # The credentials are a file (~/.mlflow/credentials, HOME being /tmp), not variables.
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "mlflow-credentials"]
+    assert volume["secret"]["secretName"] == "mlflow-reader"
+    assert volume["secret"]["items"] == [{"key": "credentials", "path": "credentials"}]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["mlflow-credentials"]["mountPath"] == "/tmp/.mlflow"
+    assert env["HOME"]["value"] == "/tmp"
     # By default: no tracking server and no credentials, the default interval.
     (deployment,) = by_kind(rendered(), "Deployment")
     names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert not {n for n in names if n.startswith("MLFLOW_")}
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert "mlflow-credentials" not in {v["name"] for v in volumes}
     assert "MODELYARD_OPERATOR_REGISTRY_POLL_SECONDS" in names
 
 

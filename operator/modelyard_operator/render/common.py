@@ -21,7 +21,7 @@ from modelyard.declarations.load import DECLARATION_FILENAME
 from modelyard.declarations.settings import MODEL_SETTINGS_FILENAME, SERVER_SETTINGS_FILENAME
 from modelyard_operator.spec import (
     CRONJOB_SUFFIX,
-    MLFLOW_CREDENTIALS,
+    MLFLOW_CREDENTIALS_KEY,
     TRACKING_URI_ENV,
     Model,
     fetched_as_folder,
@@ -197,24 +197,19 @@ def env(model: Model) -> list[dict[str, Any]]:
 
 
 def registry_env(model: Model) -> list[dict[str, Any]]:
-    """What the server reads a registry URI's pinned version with: the tracking server
-    and, from the Model's Secret, MLflow's credentials (each key optional)."""
-    if model.registry_uri is None:
-        return []
-    found: list[dict[str, Any]] = []
-    tracking_uri = model.tracking_uri()
-    if tracking_uri:
-        found.append({"name": TRACKING_URI_ENV, "value": tracking_uri})
-    secret = model.spec.mlflow.credentials_secret
-    if secret:
-        found += [
-            {
-                "name": name,
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": name, "optional": True}},
-            }
-            for name in MLFLOW_CREDENTIALS
-        ]
-    return found
+    """The tracking server the server reads a registry URI's pinned version from."""
+    tracking_uri = model.tracking_uri() if model.registry_uri else None
+    return [{"name": TRACKING_URI_ENV, "value": tracking_uri}] if tracking_uri else []
+
+
+# MLflow's credentials file (~/.mlflow/credentials, HOME being /tmp): a file, not
+# variables, so the password is in no process's environment.
+MLFLOW_CREDENTIALS_DIR = "/tmp/.mlflow"
+
+
+def mlflow_credentials(model: Model) -> str | None:
+    """The Secret of a registry model's MLflow credentials file, if it names one."""
+    return model.spec.mlflow.credentials_secret if model.registry_uri else None
 
 
 def env_dir(model: Model) -> list[dict[str, Any]]:
@@ -304,6 +299,11 @@ def volume_mounts(model: Model) -> list[dict[str, Any]]:
             if model.spec.build_environment
             else []
         ),
+        *(
+            [{"name": "mlflow-credentials", "mountPath": MLFLOW_CREDENTIALS_DIR, "readOnly": True}]
+            if mlflow_credentials(model)
+            else []
+        ),
     ]
 
 
@@ -318,6 +318,20 @@ def volumes(model: Model) -> list[dict[str, Any]]:
         {"name": "config", "configMap": {"name": config_name(model)}},
         {"name": "tmp", "emptyDir": {}},
         *(built if model.spec.build_environment else []),
+        *(
+            [
+                {
+                    "name": "mlflow-credentials",
+                    "secret": {
+                        "secretName": secret,
+                        "items": [{"key": MLFLOW_CREDENTIALS_KEY, "path": "credentials"}],
+                        "defaultMode": SECRET_MODE,
+                    },
+                }
+            ]
+            if (secret := mlflow_credentials(model))
+            else []
+        ),
     ]
 
 
