@@ -2,7 +2,7 @@
 API server and a real ``mlflow server``: the alias's version is pinned in status and
 rendered into the pods' settings, a moved alias rolls the pod template from one pinned
 version to the next, and an alias that names nothing keeps the pin (or, with nothing
-pinned yet, renders no Deployment)."""
+pinned yet, or no tracking server answering, renders no Deployment)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from tests.operator.conftest import Models
 from tests.support.kube import KubeCluster, wait_for
 from tests.support.mlflow_server import mlflow_server, point_alias, register
+from tests.support.server import free_port
 
 X, Y = load_iris(return_X_y=True)
 NAME = "cluster-churn"
@@ -126,3 +127,13 @@ def test_an_alias_naming_nothing_renders_no_deployment(
     assert "nothing is served yet" in condition["message"]
     assert models.child("apps/v1", "Deployment", "nowhere") is None
     assert models.child("v1", "ConfigMap", "nowhere-config") is None
+
+    # A tracking server nobody answers at fails at once (MLflow's own retries would take
+    # minutes): Failed within the status wait, naming the server, with nothing rendered.
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    models.create("unreachable", {**spec(unreachable, "champion")})
+    models.wait_status("unreachable", lambda s: s.get("phase") == "Failed", "phase Failed")
+    condition = models.get("unreachable")["status"]["conditions"][0]
+    assert condition["reason"] == "RegistryUnresolved"
+    assert unreachable in condition["message"]
+    assert models.child("apps/v1", "Deployment", "unreachable") is None
