@@ -3,7 +3,8 @@ example Models applied with kubectl and served from S3, V2 over REST and gRPC fr
 the cluster and from outside it, a rollout under load, a broken version, the nightly
 batch run in pods against PostgreSQL, an operator restart, GPU placement, garbage
 collection, and a model folder's own packages (an image from `modelyard image`, and an
-environment built by an init container). The tests run in this order, each on the state the previous one left."""
+environment built by an init container). The tests run in this order, each on the state
+the previous one left."""
 
 from __future__ import annotations
 
