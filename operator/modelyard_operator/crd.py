@@ -242,6 +242,21 @@ STATUS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "registry": {
+            "description": "The version a registry model.uri is pinned to, and the last "
+            "resolution's error (the pin is kept).",
+            "type": "object",
+            "properties": {
+                "uri": {"type": "string"},
+                "trackingUri": {"type": "string"},
+                "pinned": {"type": "string"},
+                "version": {"type": "string"},
+                "runId": {"type": "string"},
+                "source": {"type": "string"},
+                "resolvedAt": {"type": "string", "format": "date-time"},
+                "error": {"type": "string"},
+            },
+        },
         "conditions": {
             "type": "array",
             "items": {
@@ -265,6 +280,8 @@ PRINTER_COLUMNS = [
     {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    # A registry model.uri's pinned version (kubectl get models -o wide).
+    {"name": "Pinned", "type": "string", "jsonPath": ".status.registry.pinned", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
