@@ -533,11 +533,18 @@ class Rollout:
             self._serving -= 1
         self._answered(side, time.perf_counter() - start, failed=False)
         if config.mode == SHADOW and (config.sample >= 1.0 or random.random() < config.sample):
-            if self._queue.full():
+            # A call the candidate would only get to once its share is spent again is
+            # dropped here, before its answer is copied for the comparison.
+            if self._queue.full() or (
+                self.remote is None and self._share.pause(self._serving > 0) > 0
+            ):
                 self.comparison.dropped += 1
                 self._dropped.inc()
             else:
+                began = time.perf_counter()
                 self._queue.put_nowait((payload, [answered(o) for o in response.outputs]))
+                if self.remote is None:
+                    self._share.spend(time.perf_counter() - began)
         return response
 
     def _answered(self, side: str, seconds: float, failed: bool) -> None:
@@ -851,8 +858,10 @@ class Rollouts:
                 decision = (ABORT, decision[1])
             if decision is None or rollout.decided or self.act is None:
                 continue
-            if rollout.remote is not None and decision[0] == "promote":
-                continue  # the operator's (the Model's version changes)
+            if rollout.remote is not None:
+                # Whoever runs the candidate acts (on Kubernetes the operator, which
+                # reads `decision`): aborted here, its Deployment would run on unseen.
+                continue
             verb, why = decision
             rollout.decided = verb
             logger.warning(
