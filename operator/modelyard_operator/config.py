@@ -62,6 +62,11 @@ class OperatorConfig(BaseModel):
     # Seconds between resolutions of a Model's moving registry URI (an alias, a stage,
     # latest) when the Model sets no spec.mlflow.pollSeconds (the chart's mlflow.pollSeconds).
     registry_poll_seconds: float = Field(default=60.0, gt=0)
+    # Seconds between reads of a running rollout's comparison (the chart's
+    # operator.rolloutPollSeconds), and where a Model's server is read instead of its
+    # Service ({name} and {namespace} filled in), for an operator run outside the cluster.
+    rollout_poll_seconds: float = Field(default=15.0, gt=0)
+    rollout_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
     # Seconds before retrying after a transient API error (409, 429, 5xx, connection).
     retry_delay: float = Field(default=10.0, gt=0)
 

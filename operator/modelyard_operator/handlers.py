@@ -20,6 +20,7 @@ from modelyard_operator.registry_watch import pin_registry_uri
 from modelyard_operator.render import RenderOptions, render_all
 from modelyard_operator.render.common import config_name, cronjob_name
 from modelyard_operator.render.rollout import candidate_model, candidate_name, render_candidate
+from modelyard_operator.rollout_watch import follow_rollout  # noqa: F401  (its timer)
 from modelyard_operator.rollouts import (
     INCUMBENT_KINDS,
     incumbent_patch,
@@ -134,6 +135,12 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
         current = read(cluster, *MODEL, model.name, model.namespace) or {}
         previous = (current.get("status") or {}).get("rollout")
         step = plan(model, serving_version(live), previous)
+        if step.status is not None and previous:
+            # The comparison the timer read (rollout_watch.py) stays with its rollout.
+            same = all(step.status.get(k) == previous.get(k) for k in ("incumbent", "candidate"))
+            for key in ("comparison", "comparisonError"):
+                if same and previous.get(key) is not None:
+                    step.status[key] = previous[key]
         for kind, manifest in rendered.items():
             if step.keep_incumbent and kind in INCUMBENT_KINDS and manifest is not None:
                 # The incumbent serves on as it is: its pods, and the ConfigMap they mount.
