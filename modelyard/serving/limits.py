@@ -86,15 +86,18 @@ class InFlight:
     def __init__(self, limit_bytes: int):
         self.limit = limit_bytes
         self.bytes = 0
+        self.calls = 0  # the requests those bytes are of
 
     def take(self, size: int) -> bool:
         if self.bytes and self.bytes + size > self.limit:
             return False
         self.bytes += size
+        self.calls += 1
         return True
 
     def give(self, size: int) -> None:
         self.bytes -= size
+        self.calls -= 1
 
     def refusal(self, size: int) -> str:
         mb = 1024 * 1024

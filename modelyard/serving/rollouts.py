@@ -508,7 +508,8 @@ class Rollout:
             config.queue
         )
         self._worker: asyncio.Task[None] | None = None
-        self._serving = 0  # the incumbent's calls in flight in this process
+        # The requests in flight in this process (`Rollouts.calls`).
+        self.calls: Callable[[], int] = lambda: 0
         self._share = ShadowShare(config.share)
         if config.mode == SHADOW:
             self._worker = asyncio.get_running_loop().create_task(self._shadow())
@@ -520,7 +521,6 @@ class Rollout:
         if config.mode == CANARY and self._canary(payload):
             side = CANDIDATE
         start = time.perf_counter()
-        self._serving += 1
         try:
             if side == CANDIDATE and self.remote is not None:
                 response = await self.remote.predict(payload)
@@ -529,14 +529,13 @@ class Rollout:
         except Exception:
             self._answered(side, time.perf_counter() - start, failed=True)
             raise
-        finally:
-            self._serving -= 1
         self._answered(side, time.perf_counter() - start, failed=False)
         if config.mode == SHADOW and (config.sample >= 1.0 or random.random() < config.sample):
             # A call the candidate would only get to once its share is spent again is
-            # dropped here, before its answer is copied for the comparison.
+            # dropped here, before its answer is copied for the comparison (busy: a
+            # request in flight besides this one).
             if self._queue.full() or (
-                self.remote is None and self._share.pause(self._serving > 0) > 0
+                self.remote is None and self._share.pause(self.calls() > 1) > 0
             ):
                 self.comparison.dropped += 1
                 self._dropped.inc()
@@ -578,7 +577,7 @@ class Rollout:
         while True:
             payload, response = await self._queue.get()
             # A remote candidate's time is spent on its own machine, not this loop's.
-            while local and (pause := self._share.pause(self._serving > 0)) > 0:
+            while local and (pause := self._share.pause(self.calls() > 0)) > 0:
                 await asyncio.sleep(min(pause, 0.01))
             start = time.perf_counter()
             try:
@@ -693,6 +692,9 @@ class Rollouts:
         # Acts on every process (the repository's promote / abort); set by the server.
         self.act: Callable[[str, str], Awaitable[Any]] | None = None
         self._written: str | None = None
+        # The requests in flight in this process, REST and gRPC (`limits.InFlight`; set
+        # by the server): a shadow candidate's share counts while there are any.
+        self.calls: Callable[[], int] = lambda: 0
 
     # -- changes (the registry and the repository's action log) ---------------------------
     async def begin(
@@ -707,6 +709,7 @@ class Rollouts:
         await self.end(settings.name)
         candidate = await self.models.add_candidate(settings, warmup)
         rollout = Rollout(settings.name, incumbent.version or "", candidate, config)
+        rollout.calls = self.calls
         self.active[settings.name] = rollout
         logger.info(
             "model '%s': version %s loaded as the %s candidate beside version %s",
@@ -735,6 +738,7 @@ class Rollouts:
             candidate = RemoteCandidate(name, url)
             await candidate.find_version()
             self.active[name] = Rollout(name, version, candidate, config, incumbent.settings)
+            self.active[name].calls = self.calls
             logger.info(
                 "model '%s': %s candidate at %s (version %s) beside version %s",
                 name, config.mode, url, candidate.version or "unknown", version,

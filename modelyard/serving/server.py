@@ -213,6 +213,7 @@ class Server:
         self.decoder = Decoder()
         # One budget of request bytes in flight for both ports.
         self.inflight = InFlight(opts.max_inflight_mb * 1024 * 1024)
+        self.rollouts.calls = lambda: self.inflight.calls
         self.grpc.servicer.inflight = self.inflight
 
     async def _add_handlers(self, model: MLModel) -> MLModel:
