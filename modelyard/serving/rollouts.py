@@ -477,6 +477,7 @@ class Rollout:
         candidate: MLModel | RemoteCandidate,
         config: RolloutConfig,
         settings: ModelSettings | None = None,
+        calls: Callable[[], int] = lambda: 0,
     ):
         self.name = name
         self.incumbent = incumbent
@@ -509,7 +510,7 @@ class Rollout:
         )
         self._worker: asyncio.Task[None] | None = None
         # The requests in flight in this process (`Rollouts.calls`).
-        self.calls: Callable[[], int] = lambda: 0
+        self.calls = calls
         self._share = ShadowShare(config.share)
         if config.mode == SHADOW:
             self._worker = asyncio.get_running_loop().create_task(self._shadow())
@@ -708,8 +709,9 @@ class Rollouts:
             return None
         await self.end(settings.name)
         candidate = await self.models.add_candidate(settings, warmup)
-        rollout = Rollout(settings.name, incumbent.version or "", candidate, config)
-        rollout.calls = self.calls
+        rollout = Rollout(
+            settings.name, incumbent.version or "", candidate, config, calls=self.calls
+        )
         self.active[settings.name] = rollout
         logger.info(
             "model '%s': version %s loaded as the %s candidate beside version %s",
@@ -737,8 +739,9 @@ class Rollouts:
                 await self.end(name)
             candidate = RemoteCandidate(name, url)
             await candidate.find_version()
-            self.active[name] = Rollout(name, version, candidate, config, incumbent.settings)
-            self.active[name].calls = self.calls
+            self.active[name] = Rollout(
+                name, version, candidate, config, incumbent.settings, self.calls
+            )
             logger.info(
                 "model '%s': %s candidate at %s (version %s) beside version %s",
                 name, config.mode, url, candidate.version or "unknown", version,

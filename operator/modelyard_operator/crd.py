@@ -22,6 +22,8 @@ from modelyard.declarations.schema import declaration_schema
 GROUP = "modelyard.io"
 VERSION = "v1alpha1"
 KIND = "Model"
+# (apiVersion, kind): how the cluster client names the Model resource.
+MODEL = (f"{GROUP}/{VERSION}", KIND)
 PLURAL = "models"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = Path(__file__).parent / "crds" / f"{CRD_NAME}.yaml"

@@ -14,7 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from modelyard_operator.config import ConfigError, OperatorConfig
-from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
+from modelyard_operator.crd import GROUP, KIND, MODEL, PLURAL, VERSION
 from modelyard_operator.kube import Cluster, api_client, api_message, transient_errors_retry
 from modelyard_operator.registry_watch import pin_registry_uri
 from modelyard_operator.render import RenderOptions, render_all
@@ -37,7 +37,6 @@ from modelyard_operator.status import (
     serving_status,
 )
 
-MODEL = (f"{GROUP}/{VERSION}", KIND)
 MANAGED = {"app.kubernetes.io/managed-by": "modelyard-operator"}
 # Status writes are conditional on the Model's resourceVersion; a lost race re-reads.
 STATUS_ATTEMPTS = 5

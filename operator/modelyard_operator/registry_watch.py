@@ -25,13 +25,12 @@ from typing import Any, cast
 import kopf
 
 from modelyard.serving.registry_uris import moves
-from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
+from modelyard_operator.crd import GROUP, MODEL, PLURAL, VERSION
 from modelyard_operator.kube import Cluster, transient_errors_retry
 from modelyard_operator.registry import Outcome, pinned_spec, resolve_pin
 from modelyard_operator.spec import Model, SpecError
 from modelyard_operator.status import failed_status
 
-MODEL = (f"{GROUP}/{VERSION}", KIND)
 # How often the timer looks whether a Model is due for a resolution (each Model's own
 # interval decides when it is).
 TICK_SECONDS = 5.0

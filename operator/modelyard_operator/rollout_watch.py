@@ -25,13 +25,12 @@ from typing import Any
 
 import kopf
 
-from modelyard_operator.crd import GROUP, KIND, PLURAL, VERSION
+from modelyard_operator.crd import GROUP, MODEL, PLURAL, VERSION
 from modelyard_operator.kube import Cluster, transient_errors_retry
 from modelyard_operator.render.common import HTTP_PORT
 from modelyard_operator.rollouts import comparison_status, read_comparison
 from modelyard_operator.spec import Model, SpecError
 
-MODEL = (f"{GROUP}/{VERSION}", KIND)
 # How often the timer looks whether a Model is due for a read (the configured interval
 # decides when it is).
 TICK_SECONDS = 5.0
