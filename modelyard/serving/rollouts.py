@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -75,6 +74,8 @@ DEFAULT_ABORT_MIN_REQUESTS = 100
 LATENCY_WINDOW = 2000
 # How often each process writes its comparison and the first judges the rules.
 INTERVAL_S = 0.25
+# Answers of at most this many values are compared in plain Python (`_agree`).
+SMALL_ANSWER = 16
 FILE_PREFIX = "rollouts-"
 # Shadow calls of a classifier waiting for their labels (the feedback path), and the
 # labelled ones kept per side for accuracy, precision and recall (the latest).
@@ -329,11 +330,17 @@ def _agree(
         return bool(np.array_equal(a, b)), None
     if a.size == 0:
         return True, (0.0, 0.0)
+    floats = mine.datatype in FLOAT_DATATYPES or other.datatype in FLOAT_DATATYPES
+    if a.size <= SMALL_ANSWER:
+        # A few values (the usual online call): plain Python costs a fraction of
+        # numpy's per-call overhead, on the loop the incumbent's calls wait for.
+        xs, ys = a.tolist(), b.tolist()
+        gaps = [abs(float(x) - float(y)) for x, y in zip(xs, ys, strict=True)]
+        agree = all(g <= tolerance for g in gaps) if floats else xs == ys
+        return agree, (sum(gaps) / len(gaps), max(gaps))
     difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    if mine.datatype in FLOAT_DATATYPES or other.datatype in FLOAT_DATATYPES:
-        same = bool((difference <= tolerance).all())
-    else:
-        same = bool(np.array_equal(a, b))  # labels
+    # Labels agree when equal.
+    same = bool((difference <= tolerance).all()) if floats else bool(np.array_equal(a, b))
     return same, (float(difference.mean()), float(difference.max()))
 
 
@@ -692,7 +699,7 @@ class Rollouts:
         self._remote_aborted: dict[str, str] = {}
         # Acts on every process (the repository's promote / abort); set by the server.
         self.act: Callable[[str, str], Awaitable[Any]] | None = None
-        self._written: str | None = None
+        self._written: bytes | None = None
         # The requests in flight in this process, REST and gRPC (`limits.InFlight`; set
         # by the server): a shadow candidate's share counts while there are any.
         self.calls: Callable[[], int] = lambda: 0
@@ -783,10 +790,11 @@ class Rollouts:
             r.key: {**r.describe(), "comparison": r.comparison.dump()} for r in self.active.values()
         }
 
-    def status(self) -> list[dict[str, Any]]:
-        """Every rollout of this server, its comparison merged over the processes."""
+    def status(self, mine: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every rollout of this server, its comparison merged over the processes
+        (``mine``: this process's part, when the caller has just taken it)."""
         dumps: dict[str, list[dict[str, Any]]] = {}
-        for key, entry in self._mine().items():
+        for key, entry in (self._mine() if mine is None else mine).items():
             dumps.setdefault(key, []).append(entry["comparison"])
         if not self.siblings.solo:
             assert self.siblings.state_dir is not None
@@ -795,7 +803,7 @@ class Rollouts:
                     continue
                 path = self.siblings.state_dir / f"{FILE_PREFIX}{i}.json"
                 try:
-                    theirs = json.loads(path.read_text())
+                    theirs = orjson.loads(path.read_bytes())
                 except (OSError, ValueError):
                     continue
                 for key, entry in theirs.items():
@@ -832,28 +840,31 @@ class Rollouts:
                             ids = sorted({request_id for request_id, _ in rollout.pending})
                             found = await asyncio.to_thread(rollout.fetch_labels, ids)
                             rollout.apply_labels(found)
-                self._write()
+                # One dump a tick, written and judged: its latencies are thousands of
+                # numbers, and this runs on the event loop the calls are answered on.
+                mine = self._mine()
+                self._write(mine)
                 if first:
-                    await self._judge()
+                    await self._judge(mine)
             except Exception:
                 logger.exception("rollouts: judging failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), INTERVAL_S)
 
-    def _write(self) -> None:
+    def _write(self, mine: dict[str, Any]) -> None:
         if self.siblings.solo or self.siblings.state_dir is None:
             return
-        text = json.dumps(self._mine())
+        text = orjson.dumps(mine, option=orjson.OPT_SERIALIZE_NUMPY)
         if text == self._written:
             return
         path = self.siblings.state_dir / f"{FILE_PREFIX}{self.siblings.index}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
+        tmp.write_bytes(text)
         tmp.replace(path)
         self._written = text
 
-    async def _judge(self) -> None:
-        for merged in self.status():
+    async def _judge(self, mine: dict[str, Any]) -> None:
+        for merged in self.status(mine):
             rollout = self.active.get(merged["model"])
             if rollout is None:
                 continue

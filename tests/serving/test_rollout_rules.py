@@ -7,11 +7,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 import yaml
+from mlserver.types import InferenceResponse, ResponseOutput
 
 from modelyard.declarations.folders import load_model_folder
-from modelyard.serving.rollouts import RolloutConfig, ShadowShare, judge, summary
+from modelyard.serving.rollouts import (
+    SMALL_ANSWER,
+    Answered,
+    Comparison,
+    RolloutConfig,
+    ShadowShare,
+    _agree,
+    judge,
+    summary,
+)
 from tests.support.server import REPO
 
 
@@ -45,6 +57,60 @@ def test_two_processes_merge_into_one_comparison() -> None:
     assert merged["sides"]["incumbent"]["p99_ms"] == pytest.approx(1.0)
     assert merged["p99_ratio"] == pytest.approx(2.0)
     assert merged["outputs"]["y"] == {"mean_abs": 5.0 / 400, "max_abs": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("datatype", "mine", "theirs", "tolerance"),
+    [
+        ("FP64", [0.1, 0.2, 0.7], [0.1, 0.2, 0.7 + 1e-9], 1e-6),  # within the tolerance
+        ("FP64", [0.1, 0.2, 0.7], [0.1, 0.25, 0.65], 1e-6),  # not
+        ("FP32", [float("nan")], [float("nan")], 1e-6),  # NaN agrees with nothing
+        ("INT64", [2, 0, 1], [2, 0, 1], 0.0),  # labels: equal
+        ("INT64", [2, 0, 1], [2, 1, 1], 0.5),  # labels: a tolerance does not apply
+        ("FP64", [1.0, 2.0], [1.0, 2.0, 3.0], 1e-6),  # a shape that differs
+    ],
+)
+def test_a_small_answer_is_compared_as_a_large_one_is(
+    datatype: str, mine: list[float], theirs: list[float], tolerance: float
+) -> None:
+    """Answers of a few values take a plain-Python path; repeated past SMALL_ANSWER
+    values they take numpy's. Both must judge (and measure) alike."""
+    small = _agree(
+        Answered("y", datatype, np.asarray(mine)), Answered("y", datatype, np.asarray(theirs)),
+        tolerance,
+    )  # fmt: skip
+    times = SMALL_ANSWER // len(mine) + 1
+    large = _agree(
+        Answered("y", datatype, np.tile(mine, times)),
+        Answered("y", datatype, np.tile(theirs, times)),
+        tolerance,
+    )
+    assert small[0] == large[0]
+    if small[1] is None or large[1] is None:
+        assert small[1] is None and large[1] is None
+    else:
+        assert np.allclose(small[1], large[1], equal_nan=True)
+    expected = {"FP64": None, "FP32": False, "INT64": mine == theirs}[datatype]
+    if expected is not None:
+        assert small[0] is expected
+
+
+def test_a_comparison_dump_goes_through_json_and_merges() -> None:
+    comparison = Comparison()
+    comparison.answer("incumbent", 0.001, False)
+    comparison.answer("candidate", 0.002, False)
+    mine = [Answered("y", "FP32", np.asarray([np.float32(0.5)]))]
+    theirs = InferenceResponse(
+        model_name="m",
+        outputs=[ResponseOutput(name="y", datatype="FP32", shape=[1], data=[0.5])],
+    )
+    assert comparison.compare(mine, theirs, 1e-6, ())
+
+    merged = summary(
+        [orjson.loads(orjson.dumps(comparison.dump(), option=orjson.OPT_SERIALIZE_NUMPY))]
+    )
+    assert merged["compared"] == 1 and merged["agreement"] == 1.0
+    assert merged["p99_ratio"] == pytest.approx(2.0)
 
 
 def config(**rollout: Any) -> RolloutConfig:
