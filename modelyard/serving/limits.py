@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ PIECE = 1024 * 1024
 DEFAULT_MAX_INFLIGHT_MB = 128
 # What a refused client is told to wait before it sends the request again.
 RETRY_AFTER_S = 1
+# A process is busy (`InFlight.busy`) while the requests it takes come with less idle
+# time than this before them (a saturated one reads the next as soon as one is answered;
+# a client calling in turn takes a millisecond or more to send the next)...
+BUSY_GAP_S = 0.0002
+# ... and the last of them came this recently.
+BUSY_WINDOW_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -83,21 +90,41 @@ class InFlight:
     alike, within a budget: `take` says whether one more request of ``size`` bytes fits
     (one is always taken when nothing else is in flight), `give` returns it."""
 
-    def __init__(self, limit_bytes: int):
+    def __init__(self, limit_bytes: int, clock: Callable[[], float] = time.monotonic):
         self.limit = limit_bytes
+        self._clock = clock
         self.bytes = 0
         self.calls = 0  # the requests those bytes are of
+        # For `busy`: when the last request was taken and the one before it answered, and
+        # the idle time between the two (none when one was in flight already).
+        self.taken_at = self.given_at = -BUSY_WINDOW_S
+        self.gap = BUSY_WINDOW_S
 
     def take(self, size: int) -> bool:
         if self.bytes and self.bytes + size > self.limit:
             return False
         self.bytes += size
+        now = self._clock()
+        self.gap = now - self.given_at if self.calls == 0 else 0.0
         self.calls += 1
+        self.taken_at = now
         return True
 
     def give(self, size: int) -> None:
         self.bytes -= size
         self.calls -= 1
+        self.given_at = self._clock()
+
+    def busy(self, within_a_call: bool) -> bool:
+        """Whether this process is answering requests besides the caller's own (one, when
+        ``within_a_call``): another in flight, or the last one taken with next to no idle
+        time before it (BUSY_GAP_S) within BUSY_WINDOW_S. A model that answers without
+        awaiting is answered a request at a time, so a saturated process has none in
+        flight besides the current one: only the next, waiting to be read as soon as it
+        is done. A client calling one request after another leaves it idle between them."""
+        if self.calls > (1 if within_a_call else 0):
+            return True
+        return self.gap < BUSY_GAP_S and self._clock() - self.taken_at < BUSY_WINDOW_S
 
     def refusal(self, size: int) -> str:
         mb = 1024 * 1024

@@ -213,7 +213,7 @@ class Server:
         self.decoder = Decoder()
         # One budget of request bytes in flight for both ports.
         self.inflight = InFlight(opts.max_inflight_mb * 1024 * 1024)
-        self.rollouts.calls = lambda: self.inflight.calls
+        self.rollouts.busy = self.inflight.busy
         self.grpc.servicer.inflight = self.inflight
 
     async def _add_handlers(self, model: MLModel) -> MLModel:

@@ -14,6 +14,7 @@ import yaml
 from mlserver.types import InferenceResponse, ResponseOutput
 
 from modelyard.declarations.folders import load_model_folder
+from modelyard.serving.limits import BUSY_GAP_S, BUSY_WINDOW_S, InFlight
 from modelyard.serving.rollouts import (
     SMALL_ANSWER,
     Answered,
@@ -191,7 +192,38 @@ def test_the_share_is_read_from_the_declaration(tmp_path: Path) -> None:
     decl = yaml.safe_load((REPO / "model-settings/iris/model.yaml").read_text())
     folder = tmp_path / "iris"
     shutil.copytree(REPO / "model-settings/iris", folder)
-    for rollout, share in (({"mode": "shadow"}, 0.05), ({"mode": "shadow", "share": 0.5}, 0.5)):
+    for rollout, share in (({"mode": "shadow"}, 0.02), ({"mode": "shadow", "share": 0.5}, 0.5)):
         (folder / "model.yaml").write_text(yaml.safe_dump({**decl, "rollout": rollout}))
         config = RolloutConfig.from_settings(load_model_folder(folder))
         assert config is not None and config.share == share
+
+
+def test_a_process_answering_a_request_at_a_time_is_busy_while_they_keep_coming() -> None:
+    """A saturated process whose model answers without awaiting has one request in flight
+    at a time, its own: counted by requests in flight alone, it never looked busy, and a
+    shadow's share never applied (the bench compared as many calls at share 0.02 as
+    unbounded). A request read as soon as the last one was answered counts too; one
+    after the idle time of a client calling in turn does not."""
+    now = [100.0]
+    inflight = InFlight(1 << 20, clock=lambda: now[0])
+    assert not inflight.busy(within_a_call=False)
+    assert inflight.take(10)
+    assert not inflight.busy(within_a_call=True)  # the first call, nothing before it
+    now[0] += 0.0003
+    inflight.give(10)
+    now[0] += BUSY_GAP_S / 4  # the next is read straight away: saturated
+    assert inflight.take(10)
+    assert inflight.busy(within_a_call=True)  # only this one in flight, yet busy
+    inflight.give(10)
+    assert inflight.busy(within_a_call=False)  # between calls that keep coming
+    now[0] += BUSY_WINDOW_S * 2
+    assert not inflight.busy(within_a_call=False)  # they stopped
+    now[0] += 0.001
+    assert inflight.take(10)  # a client calling in turn: idle time before each
+    assert not inflight.busy(within_a_call=True)
+    inflight.give(10)
+    now[0] += 0.001
+    assert inflight.take(10)
+    assert not inflight.busy(within_a_call=True)
+    assert inflight.take(10)  # two at once
+    assert inflight.busy(within_a_call=False) and inflight.busy(within_a_call=True)
