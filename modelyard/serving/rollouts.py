@@ -69,8 +69,9 @@ DEFAULT_TOLERANCE = 1e-6
 # The most of a process's time an in-process shadow candidate takes while the process is
 # busy answering requests (`ShadowShare`); an idle one leaves it all the time it wants.
 # What it measures (its predictions and comparisons) is about half of what it costs the
-# incumbent's calls, which also wait on its event-loop turns and allocations: at 0.02 a
-# saturated process lost 6-8% of its throughput to a shadow of every call, at 0.05 9-10%.
+# incumbent's calls, which also wait on its event-loop turns and allocations: a shadow
+# of every call cost a saturated process 4-9% of its throughput at 0.02 and up to 6% on
+# p99, at 0.05 4-10% and up to 13% (benchmarks/README.md).
 DEFAULT_SHADOW_SHARE = 0.02
 DEFAULT_ABORT_MIN_REQUESTS = 100
 # Latencies kept per side for the percentiles (the latest ones).
