@@ -134,11 +134,14 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> No
         current = read(cluster, *MODEL, model.name, model.namespace) or {}
         previous = (current.get("status") or {}).get("rollout")
         step = plan(model, serving_version(live), previous)
-        if step.status is not None and previous:
+        if (
+            step.status is not None
+            and previous
+            and all(step.status.get(k) == previous.get(k) for k in ("incumbent", "candidate"))
+        ):
             # The comparison the timer read (rollout_watch.py) stays with its rollout.
-            same = all(step.status.get(k) == previous.get(k) for k in ("incumbent", "candidate"))
             for key in ("comparison", "comparisonError"):
-                if same and previous.get(key) is not None:
+                if previous.get(key) is not None:
                     step.status[key] = previous[key]
         for kind, manifest in rendered.items():
             if step.keep_incumbent and kind in INCUMBENT_KINDS and manifest is not None:

@@ -18,7 +18,6 @@ at each reconcile, and re-resolved by a timer.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -30,10 +29,8 @@ from modelyard_operator.kube import Cluster, transient_errors_retry
 from modelyard_operator.registry import Outcome, pinned_spec, resolve_pin
 from modelyard_operator.spec import Model, SpecError
 from modelyard_operator.status import failed_status
+from modelyard_operator.timers import TICK_SECONDS, due
 
-# How often the timer looks whether a Model is due for a resolution (each Model's own
-# interval decides when it is).
-TICK_SECONDS = 5.0
 # An unreachable tracking server fails the call at once instead of MLflow's default of
 # several retries over minutes, which would hold the Model's handler that long.
 MLFLOW_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -140,10 +137,8 @@ def follow_registry(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any)
         model = Model.from_body(body)
     except SpecError:
         return  # the reconcile refused it and said why
-    due = getattr(memo, "registry_due", 0.0)
-    if time.monotonic() < due or model.registry_uri is None:
+    if model.registry_uri is None or not due(memo, "registry_due", poll_seconds(model, memo)):
         return
-    memo.registry_due = time.monotonic() + poll_seconds(model, memo)
     cluster: Cluster = memo.cluster
     server = model.tracking_uri()
     if server is None:

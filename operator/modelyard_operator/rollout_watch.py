@@ -19,7 +19,6 @@ person take one path (the reconcile acts on it once and removes it).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,10 +29,8 @@ from modelyard_operator.kube import Cluster, transient_errors_retry
 from modelyard_operator.render.common import HTTP_PORT
 from modelyard_operator.rollouts import comparison_status, read_comparison
 from modelyard_operator.spec import Model, SpecError
+from modelyard_operator.timers import TICK_SECONDS, due
 
-# How often the timer looks whether a Model is due for a read (the configured interval
-# decides when it is).
-TICK_SECONDS = 5.0
 IN_CLUSTER_URL = "http://{name}.{namespace}.svc:" + str(HTTP_PORT)
 DECISIONS = ("promote", "abort")
 
@@ -83,10 +80,8 @@ def follow_rollout(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         model = Model.from_body(body)
     except SpecError:
         return  # the reconcile refused it and said why
-    due = getattr(memo, "rollout_due", 0.0)
-    if time.monotonic() < due or model.spec.rollout is None:
+    if model.spec.rollout is None or not due(memo, "rollout_due", memo.config.rollout_poll_seconds):
         return
-    memo.rollout_due = time.monotonic() + memo.config.rollout_poll_seconds
     cluster: Cluster = memo.cluster
     meta = body["metadata"]
     rollout = dict((body.get("status") or {}).get("rollout") or {})
