@@ -456,13 +456,25 @@ class BatchSample:
     def write(self, engine: sa.Engine, model: str, version: str, run_id: str, shard: int) -> None:
         table = samples_table(sa.MetaData())
         rows = self.rows.drop(columns="__key", errors="ignore")
-        written = now()
+        dialect = engine.dialect
+        stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
+        written = stamp(now()) if stamp else now()
+        # The driver's own executemany: SQLAlchemy's parameter handling per row took
+        # two thirds of the write (0.1 s for 10,000 rows, at the end of every shard).
+        insert = table.insert().compile(dialect=dialect)
+        names = ("model", "version", "run_id", "shard", "row", "data", "written_at")
         records = [
-            dict(model=model, version=version, run_id=run_id, shard=shard, row=i,
-                 data=orjson.dumps(row, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
-                 .decode(), written_at=written)
+            (model, version, run_id, shard, i,
+             orjson.dumps(row, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+             written)
             for i, row in enumerate(rows.to_dict("records"))
         ]  # fmt: skip
+        params: list[Any]
+        if insert.positional:  # SQLite's ?: tuples, in the statement's order
+            order = [names.index(n) for n in insert.positiontup or ()]
+            params = [tuple(r[i] for i in order) for r in records]
+        else:  # psycopg's %(name)s
+            params = [dict(zip(names, r, strict=True)) for r in records]
         create_missing(engine, table.metadata)  # the run's shards write at once
         with engine.begin() as conn:
             conn.execute(
@@ -472,7 +484,7 @@ class BatchSample:
                 )
             )  # fmt: skip
             if records:
-                conn.execute(table.insert(), records)
+                conn.exec_driver_sql(insert.string, params)
 
 
 def _jsonable(value: Any) -> Any:

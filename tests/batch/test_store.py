@@ -66,6 +66,26 @@ def test_postgresql_copy_writes_what_row_by_row_inserts_write(postgres: Postgres
         store.close()
 
 
+def test_sqlite_inserts_new_rows_and_upserts_rows_there_already(tmp_path: Path) -> None:
+    store = PredictionStore(sa.make_url(f"sqlite:///{tmp_path}/p.db"))
+    try:
+        table = store.tables.ensure(SPEC)
+        assert store.predictions.direct
+        upserting = Predictions(store.engine, direct=False)
+        for writer, run_id in ((store.predictions, "insert"), (upserting, "upsert")):
+            assert writer.write(table, SPEC, run_id, frame(600), now()) == 600
+            # Rows 0-599 there already: the INSERT is refused by the primary key and
+            # backed out whole, and the same transaction upserts the chunk.
+            assert writer.write(table, SPEC, run_id, frame(1000, offset=1.0), now()) == 1000
+        inserted = rows(store, "insert")
+        assert len(inserted) == 1000 and inserted == rows(store, "upsert")
+        by_id = {r[0]: r for r in inserted}
+        assert by_id["e1"][1] == np.float32(1 / 7) + np.float32(1.0)  # the new value
+        assert by_id["e3"][1] is None and by_id["e5"][3] is None  # SQLite has no NaN: NULL
+    finally:
+        store.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
     url = database_url(request, tmp_path, request.param, "keep")
