@@ -85,18 +85,60 @@ def model_folder(tmp: Path, rows: int) -> Path:
     return folder
 
 
+# A costlier model beside the customer-profile one (a logistic regression): a batch run
+# adds a cost per row of its own (reading, writing), whatever the model, so the share
+# of raw speed it keeps grows with what the model costs per row. A no-code scikit-learn
+# random forest over the same users' numeric features, single-threaded like the other.
+FOREST_FEATURES = ["age", "n_events", "avg_amount"] + [f"share_{c}" for c in CATEGORIES]
+FOREST_TREES = 60
+
+
+def forest_folder(tmp: Path, features: Path) -> Path:
+    """A no-code scikit-learn declaration over the users in ``features`` (a folder made
+    by ``model_folder``), its forest trained here on generated users."""
+    import joblib
+    import yaml
+    from sklearn.ensemble import RandomForestClassifier
+
+    folder = tmp / "forest"
+    folder.mkdir()
+    for name in SOURCES.values():
+        (folder / name.rpartition("/")[2]).symlink_to(features / name.rpartition("/")[2])
+    train = feature_table(20_000, seed=12)
+    male = (train["share_gaming"] + train["share_diy"] + train["share_electronics"]
+            + np.random.default_rng(13).normal(0, 0.15, len(train))) > 0.4  # fmt: skip
+    forest = RandomForestClassifier(n_estimators=FOREST_TREES, max_depth=12, n_jobs=1,
+                                    random_state=0)  # fmt: skip
+    joblib.dump(forest.fit(train[FOREST_FEATURES].to_numpy(), male), folder / "model.joblib")
+    (folder / "features.sql").write_text(
+        f"SELECT user_id, {', '.join(FOREST_FEATURES)} FROM user_features\n"
+    )
+    declaration = {
+        "name": "forest", "version": "1", "runtime": "sklearn",
+        "model": {"uri": "model.joblib"},
+        "features": {"sql": "features.sql", "source": "${FEATURES_DB_URL}", "key": "user_id"},
+        "predictions": {
+            "columns": {"user_id": "BYTES", "p_female": "FP32", "p_male": "FP32"},
+            "outputs": {"predict_proba": ["p_female", "p_male"]},
+            "store": "${PREDICTIONS_DB_URL:-sqlite:///predictions.db}",
+        },
+    }  # fmt: skip
+    (folder / "model.yaml").write_text(yaml.safe_dump(declaration, sort_keys=False))
+    return folder
+
+
 class RawScoring:
-    """``PredictorPipeline.score`` alone on every row, in chunks held in memory: what
+    """The model's batch pipeline (``PredictorPipeline`` for a predictor, the runtime's
+    own for a no-code model) scoring every row alone, in chunks held in memory: what
     the model costs without reading or writing anything."""
 
     def __init__(self, folder: Path, chunk_rows: int):
-        from modelyard_runtimes.predictor import PredictorPipeline
-
-        from modelyard.declarations.folders import load_model_folder
+        from modelyard.batch.run import BatchJob
 
         os.environ["FEATURES_DB_URL"] = SOURCES["duckdb"]
         try:
-            self.pipeline = PredictorPipeline.from_settings(load_model_folder(folder))
+            job = BatchJob(folder)
+            self.pipeline = job.runtime.batch_pipeline(job.settings)
             self.pipeline.load()
         finally:
             del os.environ["FEATURES_DB_URL"]
