@@ -45,27 +45,24 @@ class Predictions:
         # ... straight into the table (SQLite too), the upsert only for a chunk whose
         # rows are there already (a shard written again, a key repeated across chunks).
         self.direct = direct
-        self._upserts: dict[tuple[str, ...], str] = {}
-        self._inserts: dict[tuple[str, ...], str] = {}
+        self._statements: dict[tuple[str, ...], tuple[str, str]] = {}
         self._types: dict[tuple[str, ...], list[int]] = {}
 
     def _insert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
-        """SQLite: the upsert of one chunk (``_upsert_sql``) as a plain INSERT, for rows
-        that are new. Without the conflict clause SQLite checks the primary key as
-        it inserts all the same, and the INSERT writes 10% more rows/s."""
-        data = [spec.key, *spec.values]
-        cached = self._inserts.get((table.name, *data))
-        if cached is None:
-            upsert = self._upsert_sql(table, spec)
-            cached = upsert[: upsert.index(" WHERE true ON CONFLICT")]
-            self._inserts[(table.name, *data)] = cached
-        return cached
+        """SQLite: one chunk's rows INSERTed, for rows that are new. Without the
+        upsert's conflict clause SQLite checks the primary key as it inserts all the
+        same, and writes 10% more rows/s."""
+        return self._sql(table, spec)[0]
 
     def _upsert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
         """The driver SQL upserting one chunk into ``table``. Its parameters: model,
         version, run id, predicted_at, then the chunk (see ``write``)."""
+        return self._sql(table, spec)[1]
+
+    def _sql(self, table: sa.Table, spec: PredictionsSpec) -> tuple[str, str]:
+        """The INSERT (SQLite only; "" elsewhere) and the upsert of one chunk."""
         data = [spec.key, *spec.values]
-        cached = self._upserts.get((table.name, *data))
+        cached = self._statements.get((table.name, *data))
         if cached is not None:
             return cached
         keys = [c.name for c in table.primary_key]
@@ -78,12 +75,15 @@ class Predictions:
             q = self.engine.dialect.identifier_preparer.quote
             stages = [f"{STAGE_TABLE}_{i}" for i in range(len(spec.values))]
             updates = [f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys]
-            sql = (
+            insert = (
                 f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in names)}) "
                 f"SELECT ?, ?, ?, ?, k.value{''.join(f', {s}.v' for s in stages)} "
                 f"FROM json_each(?) AS k"
                 + "".join(f" JOIN temp.{s} AS {s} ON {s}.i = k.key" for s in stages)
-                + f" WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
+            )
+            # WHERE true: without it SQLite would read ON CONFLICT as the join's ON.
+            upsert = (
+                f"{insert} WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
                 f"DO UPDATE SET {', '.join(updates)}"
             )
         else:
@@ -93,9 +93,9 @@ class Predictions:
                 index_elements=keys,
                 set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
             )
-            sql = str(stmt.compile(dialect=self.engine.dialect))
-        self._upserts[(table.name, *data)] = sql
-        return sql
+            insert, upsert = "", str(stmt.compile(dialect=self.engine.dialect))
+        cached = self._statements[(table.name, *data)] = (insert, upsert)
+        return cached
 
     def _stage(self, conn: sa.Connection, frame: pd.DataFrame, columns: Sequence[str]) -> None:
         """SQLite: each of ``columns`` into a temporary table of its own (row number ->
