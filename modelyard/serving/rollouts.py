@@ -765,10 +765,13 @@ class Rollouts:
 
     async def promote(self, name: str) -> MLModel:
         self.refuse(PROMOTE, name)
-        rollout = self.active.pop(name, None)
+        rollout = self.active.get(name)
         if rollout is None:
             raise NoRollout(name)
         await rollout.stop()
+        # Listed until the candidate serves: a status read while the worker stops saw
+        # neither the rollout nor the new version (the registry records it on return).
+        self.active.pop(name, None)
         model = self.models.promote(name)
         if model is None:
             raise NoRollout(name)

@@ -389,7 +389,10 @@ def test_declared_rules_promote_and_abort_on_their_own(server: ServerProcess) ->
 
     wait_for(lambda: rollout(server, "auto-promote") is None, 30, "the automatic promote")
     wait_for(lambda: rollout(server, "auto-abort") is None, 30, "the automatic abort")
-    assert serving("auto-promote") == "2" and serving("auto-abort") == "1"
+    # The rollout's end and the version serving are two reads, which either of the two
+    # processes may answer: the second is given a moment to agree with the first.
+    wait_for(lambda: serving("auto-promote") == "2", 5, "version 2 serving auto-promote")
+    assert serving("auto-abort") == "1"
     with requests.Session() as s:
         assert {infer(s, server, "auto-promote", 1.0)["model_version"] for _ in range(20)} == {"2"}
         assert {infer(s, server, "auto-abort", 1.0)["model_version"] for _ in range(20)} == {"1"}
