@@ -52,7 +52,7 @@ from modelyard.quality.evaluate import _flat
 from modelyard.quality.labels import label_text
 from modelyard.quality.tables import KEYS_PER_QUERY, QualityStore
 from modelyard.store.runs import RunStatus
-from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, create_missing, now
+from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, bound_timestamp, create_missing, now
 
 if TYPE_CHECKING:
     from mlserver.settings import ModelSettings
@@ -471,8 +471,7 @@ class BatchSample:
         table = samples_table(sa.MetaData())
         rows = self.rows.drop(columns="__key", errors="ignore")
         dialect = engine.dialect
-        stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
-        written = stamp(now()) if stamp else now()
+        written = bound_timestamp(dialect, now())
         # The driver's own executemany: SQLAlchemy's parameter handling per row took
         # two thirds of the write (0.1 s for 10,000 rows, at the end of every shard).
         insert = table.insert().compile(dialect=dialect)

@@ -21,9 +21,9 @@ from modelyard.store.tables import (
     PREDICTED_AT_COLUMN,
     RESERVED_COLUMNS,
     RUN_COLUMN,
-    TIMESTAMP,
     VERSION_COLUMN,
     PredictionsSpec,
+    bound_timestamp,
     dialect_insert,
     errors,
 )
@@ -120,13 +120,11 @@ class Predictions:
         if frame.empty:
             return 0
         sql = self._upsert_sql(table, spec)
-        dialect = self.engine.dialect
-        stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
         constants = (
             spec.model,
             spec.version,
             run_id,
-            stamp(predicted_at) if stamp else predicted_at,
+            bound_timestamp(self.engine.dialect, predicted_at),
         )
         with errors(self.engine, f"writing to {table.name}"), self.engine.begin() as conn:
             if self.dialect == "sqlite":

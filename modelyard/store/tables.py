@@ -70,6 +70,13 @@ SQL_TYPES: dict[str, sa.types.TypeEngine] = {
 TIMESTAMP = sa.DateTime(timezone=True)
 
 
+def bound_timestamp(dialect: sa.Dialect, value: datetime) -> Any:
+    """``value`` as the driver takes a TIMESTAMP column's value in SQL sent as is
+    (SQLite's text; other drivers take the datetime)."""
+    stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
+    return stamp(value) if stamp else value
+
+
 class StoreError(ModelyardError):
     """The store cannot be used: unreachable, unsupported, or its tables disagree."""
 
