@@ -29,6 +29,7 @@ from modelyard.declarations.signature import (
     declared_signature,
     keep_signature,
 )
+from modelyard.imports import in_turns
 from modelyard.serving.artifacts import unreadable
 from modelyard.serving.direct import predict_directly
 from modelyard.serving.lanes import give_lane
@@ -120,7 +121,14 @@ class LoadedModels:
         return model
 
     async def load(self, settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
-        """``settings`` loaded, checked and warmed up, served by nothing yet."""
+        """``settings`` loaded, checked and warmed up, served by nothing yet.
+
+        Each step of the load holds the turn to import (`modelyard.imports.in_turns`):
+        the model's code never imports beside another thread's imports, and a load that
+        waits holds up no other."""
+        return await in_turns(self._load(settings, warmup))
+
+    async def _load(self, settings: ModelSettings, warmup: InferenceRequest | None) -> MLModel:
         name = settings.name
         model = self._initialise(settings)
         signature = declared_signature(settings)  # before load: a runtime may add to it

@@ -30,6 +30,7 @@ from modelyard.declarations.companions import companions
 from modelyard.declarations.folders import find_model_folders, is_model_folder, load_model_folder
 from modelyard.declarations.load import DECLARATION_FILENAME, example_request
 from modelyard.errors import InvalidModelFolder
+from modelyard.imports import with_the_turn
 from modelyard.serving import metrics, registry_uris
 from modelyard.serving.artifacts import UnreadableArtifact
 from modelyard.serving.models import LoadedModels, settle_heap
@@ -199,7 +200,8 @@ class Registry:
         status.state = State.LOADING
         status.updated_at = time.time()
         try:
-            settings = await asyncio.to_thread(load_model_folder, folder)
+            # Reading a declaration imports its code, and the libraries that check it.
+            settings = await asyncio.to_thread(with_the_turn, load_model_folder, folder)
             # A folder with requirements: its environment, built beside the serving version.
             await asyncio.to_thread(environments.prepare, folder, settings)
         except InvalidModelFolder as e:

@@ -32,6 +32,7 @@ from mlserver.registry import model_initialiser
 from mlserver.settings import ModelSettings, Settings
 
 from modelyard import __version__
+from modelyard.imports import ImportTurnExecutor
 from modelyard.mlserver_internals import registry_pools
 from modelyard.quality.exporter import QualityExporter
 from modelyard.quality.payloads import PAYLOADS
@@ -252,6 +253,8 @@ class Server:
     # -- running -----------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # What a model's load hands the default executor imports in its turn too.
+        loop.set_default_executor(ImportTurnExecutor(thread_name_prefix="modelyard"))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._stop.set)
         tasks: list[asyncio.Task[Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -208,6 +209,84 @@ def test_a_failing_folder_never_touches_the_others(serve_dir, tmp_path: Path) ->
     client = httpclient.InferenceServerClient(server.http_url)
     assert client.is_server_ready()
     assert not client.is_model_ready("broken")
+
+
+# A model's code that notes when, and on which thread, its import ran (a third of a second).
+NOTED_IMPORT = """
+import json, os, threading, time
+_began = time.monotonic()
+time.sleep(0.3)
+with open({log!r}, "a") as _log:
+    _noted = [{name!r}, os.getpid(), threading.current_thread().name, _began, time.monotonic()]
+    _log.write(json.dumps(_noted))
+    _log.write("\\n")
+"""
+
+NOTED_PREDICTOR = """
+import numpy as np
+
+
+class Scorer:
+    def predict(self, instances):
+        return np.asarray(instances, dtype=np.float64).sum(axis=1, keepdims=True)
+"""
+
+NOTED_MODEL = """
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+import numpy as np
+
+
+class NotedModel(MLModel):
+    async def load(self) -> bool:
+        return True
+
+    async def predict(self, payload):
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output("score", np.array([[1.0]]))],
+        )
+"""
+
+
+def test_model_folders_import_their_code_one_thread_at_a_time(serve_dir, tmp_path: Path) -> None:
+    # Imports on two threads at once can hand each other half-initialised modules: a
+    # server loading an XGBoost folder (on the event loop) beside a predictor folder (on
+    # a thread) once failed with "ImportError: sklearn needs to be installed".
+    models, log = tmp_path / "models", tmp_path / "imports.jsonl"
+    for name in ("alpha", "beta"):
+        folder = models / name
+        folder.mkdir(parents=True)
+        code = NOTED_IMPORT.format(log=str(log), name=name) + NOTED_PREDICTOR
+        (folder / "predictor.py").write_text(code)
+        (folder / "model.yaml").write_text(
+            f"name: {name}\nversion: '1'\nruntime: predictor\npredictor: predictor.py:Scorer\n"
+            "model: {uri: predictor.py}\n"
+            "inputs:\n  - {name: input-0, datatype: FP64, shape: [-1, 4]}\n"
+            "outputs:\n  - {name: score, datatype: FP64, shape: [-1, 1]}\n"
+        )
+    folder = models / "gamma"  # an MLModel of its own, imported on the event loop
+    folder.mkdir()
+    (folder / "notedmodel.py").write_text(
+        NOTED_IMPORT.format(log=str(log), name="gamma") + NOTED_MODEL
+    )
+    (folder / "model-settings.json").write_text(
+        json.dumps({"name": "gamma", "implementation": "notedmodel.NotedModel"})
+    )
+    server = serve_dir(models)
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": SETOSA}]}
+    for name in ("alpha", "beta", "gamma"):
+        r = requests.post(f"{server.base}/v2/models/{name}/infer", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+
+    noted = [json.loads(line) for line in log.read_text().splitlines()]
+    for pid in {pid for _, pid, *_ in noted}:  # each server process on its own
+        imports = sorted((n for n in noted if n[1] == pid), key=lambda n: n[3])
+        assert {name for name, *_ in imports} == {"alpha", "beta", "gamma"}
+        assert len({thread for _, _, thread, *_ in imports}) > 1  # the loop and threads
+        for before, after in itertools.pairwise(imports):
+            assert after[3] >= before[4], f"{before} and {after} imported at the same time"
 
 
 def test_readiness_waits_for_every_valid_model(serve_dir, tmp_path: Path) -> None:

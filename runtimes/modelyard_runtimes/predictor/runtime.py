@@ -14,6 +14,7 @@ from mlserver.errors import InferenceError
 from mlserver.model import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 
+from modelyard.imports import handed_over
 from modelyard_runtimes.predictor.pipeline import PredictorOptions, PredictorPipeline
 from modelyard_runtimes.tensors import decode_ids, encode_outputs, named_results
 
@@ -98,7 +99,11 @@ class PredictorRuntime(MLModel):
             raise InferenceError(f"model '{self.name}': cannot decode the request: {e}") from None
 
     async def _in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        # While the model loads and warms up, its imports take turns with other
+        # threads' (`modelyard.imports`).
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, handed_over(fn), *args
+        )
 
 
 class CoalescingScorer:
