@@ -52,7 +52,14 @@ from modelyard.quality.evaluate import _flat
 from modelyard.quality.labels import label_text
 from modelyard.quality.tables import KEYS_PER_QUERY, QualityStore
 from modelyard.store.runs import RunStatus
-from modelyard.store.tables import RUNS_TABLE, TIMESTAMP, bound_timestamp, create_missing, now
+from modelyard.store.tables import (
+    RUNS_TABLE,
+    TIMESTAMP,
+    bound_timestamp,
+    create_missing,
+    driver_executemany,
+    now,
+)
 
 if TYPE_CHECKING:
     from mlserver.settings import ModelSettings
@@ -482,12 +489,6 @@ class BatchSample:
              written)
             for i, row in enumerate(rows.to_dict("records"))
         ]  # fmt: skip
-        params: list[Any]
-        if insert.positional:  # SQLite's ?: tuples, in the statement's order
-            order = [names.index(n) for n in insert.positiontup or ()]
-            params = [tuple(r[i] for i in order) for r in records]
-        else:  # psycopg's %(name)s
-            params = [dict(zip(names, r, strict=True)) for r in records]
         create_missing(engine, table.metadata)  # the run's shards write at once
         with engine.begin() as conn:
             conn.execute(
@@ -496,8 +497,7 @@ class BatchSample:
                     table.c.run_id == run_id, table.c.shard == shard,
                 )
             )  # fmt: skip
-            if records:
-                conn.exec_driver_sql(insert.string, params)
+            driver_executemany(conn, insert, names, records)
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -25,6 +25,7 @@ from modelyard.store.tables import (
     PredictionsSpec,
     bound_timestamp,
     dialect_insert,
+    driver_executemany,
     errors,
 )
 
@@ -45,57 +46,60 @@ class Predictions:
         # ... straight into the table (SQLite too), the upsert only for a chunk whose
         # rows are there already (a shard written again, a key repeated across chunks).
         self.direct = direct
-        self._statements: dict[tuple[str, ...], tuple[str, str]] = {}
+        # The statements of a table and its declared columns, made once.
+        self._sqlite_statements: dict[tuple[str, ...], tuple[str, str]] = {}
+        self._upserts: dict[tuple[str, ...], sa.sql.compiler.SQLCompiler] = {}
         self._types: dict[tuple[str, ...], list[int]] = {}
 
-    def _insert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
-        """SQLite: one chunk's rows INSERTed, for rows that are new. Without the
-        upsert's conflict clause SQLite checks the primary key as it inserts all the
-        same, and writes 10% more rows/s."""
-        return self._sql(table, spec)[0]
+    def _sqlite_sql(self, table: sa.Table, spec: PredictionsSpec) -> tuple[str, str]:
+        """SQLite: one chunk INSERTed, for rows that are new, and the same upserted.
+        Their parameters: model, version, run id, predicted_at, then the chunk's keys as
+        a JSON array (see ``write``). Without the upsert's conflict clause SQLite checks
+        the primary key as it inserts all the same, and writes 10% more rows/s.
 
-    def _upsert_sql(self, table: sa.Table, spec: PredictionsSpec) -> str:
-        """The driver SQL upserting one chunk into ``table``. Its parameters: model,
-        version, run id, predicted_at, then the chunk (see ``write``)."""
-        return self._sql(table, spec)[1]
-
-    def _sql(self, table: sa.Table, spec: PredictionsSpec) -> tuple[str, str]:
-        """The INSERT (SQLite only; "" elsewhere) and the upsert of one chunk."""
-        data = [spec.key, *spec.values]
-        cached = self._statements.get((table.name, *data))
+        One statement per chunk, the keys a JSON array that SQLite unpacks itself and
+        each declared column staged (see ``_stage``): the whole insert runs in C without
+        Python's GIL, so a chunk is written while the next one is scored (executemany
+        takes the GIL back every row)."""
+        cached = self._sqlite_statements.get((table.name, spec.key, *spec.values))
         if cached is not None:
             return cached
         keys = [c.name for c in table.primary_key]
-        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
-        if self.dialect == "sqlite":
-            # One statement per chunk, the keys a JSON array that SQLite unpacks itself
-            # and each declared column staged (see ``_stage``): the whole insert runs in
-            # C without Python's GIL, so a chunk is written while the next one is
-            # scored (executemany takes the GIL back every row).
-            q = self.engine.dialect.identifier_preparer.quote
-            stages = [f"{STAGE_TABLE}_{i}" for i in range(len(spec.values))]
-            updates = [f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys]
-            insert = (
-                f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in names)}) "
-                f"SELECT ?, ?, ?, ?, k.value{''.join(f', {s}.v' for s in stages)} "
-                f"FROM json_each(?) AS k"
-                + "".join(f" JOIN temp.{s} AS {s} ON {s}.i = k.key" for s in stages)
-            )
-            # WHERE true: without it SQLite would read ON CONFLICT as the join's ON.
-            upsert = (
-                f"{insert} WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
-                f"DO UPDATE SET {', '.join(updates)}"
-            )
-        else:
-            params: list[sa.BindParameter[Any]] = [sa.bindparam(f"p{i}") for i in range(len(names))]
-            stmt = dialect_insert(self.dialect, table).values(dict(zip(names, params, strict=True)))
-            stmt = stmt.on_conflict_do_update(
-                index_elements=keys,
-                set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
-            )
-            insert, upsert = "", str(stmt.compile(dialect=self.engine.dialect))
-        cached = self._statements[(table.name, *data)] = (insert, upsert)
-        return cached
+        names = _chunk_columns(spec)
+        q = self.engine.dialect.identifier_preparer.quote
+        stages = [f"{STAGE_TABLE}_{i}" for i in range(len(spec.values))]
+        updates = [f"{q(c)} = excluded.{q(c)}" for c in names if c not in keys]
+        insert = (
+            f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in names)}) "
+            f"SELECT ?, ?, ?, ?, k.value{''.join(f', {s}.v' for s in stages)} "
+            f"FROM json_each(?) AS k"
+            + "".join(f" JOIN temp.{s} AS {s} ON {s}.i = k.key" for s in stages)
+        )
+        # WHERE true: without it SQLite would read ON CONFLICT as the join's ON.
+        upsert = (
+            f"{insert} WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
+            f"DO UPDATE SET {', '.join(updates)}"
+        )
+        self._sqlite_statements[(table.name, spec.key, *spec.values)] = (insert, upsert)
+        return insert, upsert
+
+    def _upsert(self, table: sa.Table, spec: PredictionsSpec) -> sa.sql.compiler.SQLCompiler:
+        """PostgreSQL without COPY: one row upserted, for the driver's executemany; its
+        parameters are the chunk's columns (`_chunk_columns`), named p0, p1, ..."""
+        cached = self._upserts.get((table.name, spec.key, *spec.values))
+        if cached is not None:
+            return cached
+        keys = [c.name for c in table.primary_key]
+        names = _chunk_columns(spec)
+        params: list[sa.BindParameter[Any]] = [sa.bindparam(f"p{i}") for i in range(len(names))]
+        stmt = dialect_insert(self.dialect, table).values(dict(zip(names, params, strict=True)))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        )
+        compiled = cast(sa.sql.compiler.SQLCompiler, stmt.compile(dialect=self.engine.dialect))
+        self._upserts[(table.name, spec.key, *spec.values)] = compiled
+        return compiled
 
     def _stage(self, conn: sa.Connection, frame: pd.DataFrame, columns: Sequence[str]) -> None:
         """SQLite: each of ``columns`` into a temporary table of its own (row number ->
@@ -119,7 +123,6 @@ class Predictions:
         transaction; returns how many."""
         if frame.empty:
             return 0
-        sql = self._upsert_sql(table, spec)
         constants = (
             spec.model,
             spec.version,
@@ -128,28 +131,26 @@ class Predictions:
         )
         with errors(self.engine, f"writing to {table.name}"), self.engine.begin() as conn:
             if self.dialect == "sqlite":
+                insert, upsert = self._sqlite_sql(table, spec)
                 self._stage(conn, frame, spec.values)
                 keys = _json_array(frame[spec.key].to_numpy())
                 if self.direct:
                     try:
-                        conn.exec_driver_sql(self._insert_sql(table, spec), (*constants, keys))
+                        conn.exec_driver_sql(insert, (*constants, keys))
                         return len(frame)
                     except sa.exc.IntegrityError:
                         # A row there already: SQLite backs the statement out (and
                         # only it), and the same transaction upserts the chunk.
                         pass
-                conn.exec_driver_sql(sql, (*constants, keys))
+                conn.exec_driver_sql(upsert, (*constants, keys))
             elif self.dialect == "postgresql" and self.copy:
                 self._copy(conn, table, spec, frame, constants)
             else:
-                # Plain Python values column by column, zipped into rows: none of the
-                # per-row work of SQLAlchemy's parameter handling.
+                # Plain Python values column by column, zipped into rows.
                 columns = [frame[c].tolist() for c in [spec.key, *spec.values]]
                 names = [f"p{i}" for i in range(4 + len(columns))]
-                rows = zip(*columns, strict=True)
-                conn.exec_driver_sql(
-                    sql, [dict(zip(names, (*constants, *row), strict=True)) for row in rows]
-                )
+                rows = ((*constants, *row) for row in zip(*columns, strict=True))
+                driver_executemany(conn, self._upsert(table, spec), names, rows)
         return len(frame)
 
     def _copy(
@@ -165,7 +166,7 @@ class Predictions:
         commit) and upserted in one INSERT ... ON CONFLICT DO UPDATE instead."""
         q = self.engine.dialect.identifier_preparer.quote
         data = [spec.key, *spec.values]
-        names = [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, *data]
+        names = _chunk_columns(spec)
         if self.direct:
             import psycopg
 
@@ -266,3 +267,8 @@ def _json_array(values: np.ndarray) -> bytes:
     if values.dtype.kind in "biuf":
         return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
     return orjson.dumps(values.tolist())
+
+
+def _chunk_columns(spec: PredictionsSpec) -> list[str]:
+    """The columns a chunk writes, in the order of every write's parameters."""
+    return [MODEL_COLUMN, VERSION_COLUMN, RUN_COLUMN, PREDICTED_AT_COLUMN, spec.key, *spec.values]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +75,24 @@ def bound_timestamp(dialect: sa.Dialect, value: datetime) -> Any:
     (SQLite's text; other drivers take the datetime)."""
     stamp = TIMESTAMP.dialect_impl(dialect).bind_processor(dialect)
     return stamp(value) if stamp else value
+
+
+def driver_executemany(
+    conn: sa.Connection, statement: sa.sql.compiler.SQLCompiler, names: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> None:  # fmt: skip
+    """``statement`` run once per row through the driver's own executemany, each row's
+    values in the order of ``names`` (the statement's bound parameters), already as the
+    driver takes them (see `bound_timestamp`): SQLAlchemy's parameter handling per row
+    costs more than the write. Tuples in the statement's order for a positional driver
+    (SQLite's ?), dicts for a named one (psycopg's %(name)s)."""
+    if statement.positional:
+        order = [names.index(n) for n in statement.positiontup or ()]
+        params: list[Any] = [tuple(row[i] for i in order) for row in rows]
+    else:
+        params = [dict(zip(names, row, strict=True)) for row in rows]
+    if params:
+        conn.exec_driver_sql(statement.string, params)
 
 
 class StoreError(ModelyardError):
