@@ -9,9 +9,10 @@ name would let any client grow the scrape without bound.
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     Summary,
     generate_latest,
     multiprocess,
@@ -103,12 +105,38 @@ IN_FLIGHT = Gauge(
 )
 
 
+class ProcessFilesCollector:
+    """The metrics every process of a multi-process server wrote to its files in
+    `directory`, merged. A process creates its file empty and sizes it a moment later:
+    a file still empty holds no metric yet and is passed over, where Prometheus'
+    own collector fails the whole scrape on it."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self.directory, "*.db")) if _sized(path)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= _FILE_HEADER_BYTES
+    except FileNotFoundError:  # a stopped process's file, removed since the listing
+        return False
+
+
+# A metrics file starts with how many of its bytes are used, in 8 bytes it has from
+# the moment its process sizes it.
+_FILE_HEADER_BYTES = 8
+
+
 def scrape() -> bytes:
     """Every metric of this server: of all its processes when it has several."""
     directory = os.environ.get(PROMETHEUS_DIR_ENV)
     if directory:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        registry.register(ProcessFilesCollector(directory))
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 

@@ -14,10 +14,11 @@ from tests.support.server import ServerProcess
 
 def scrape(server: ServerProcess) -> dict[tuple[str, frozenset], float]:
     """Every sample of the metrics endpoint: (name, labels) -> value."""
-    text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    scraped = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
+    assert scraped.status_code == 200, f"the metrics endpoint answered {scraped.status_code}"
     return {
         (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(scraped.text)
         for s in family.samples
     }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 from modelyard.serving.processes import _keep_to, process_cores
+from modelyard.serving.siblings import PROMETHEUS_DIR_ENV
 from tests.serving.test_live_registry import SETOSA, wait_for, write_iris, write_slow
 from tests.support.server import ServerProcess
 
@@ -70,6 +71,32 @@ def test_processes_share_ports_metrics_and_readiness(serve_dir, tmp_path: Path) 
     series = 'modelyard_rest_infer_requests_total{code="200",model="iris"}'
     counted = [line for line in metrics.splitlines() if line.startswith(series)]
     assert counted and float(counted[0].split()[-1]) == 30.0
+
+
+def test_a_metrics_file_a_process_has_only_just_created_does_not_fail_the_scrape(
+    serve_dir, tmp_path: Path
+) -> None:
+    """A process creates its metrics file empty and sizes it a moment later; a scrape
+    that lists the folder in between still answers, with every count."""
+    models = tmp_path / "models"
+    write_iris(models / "iris", "1")
+    server = serve_dir(models, "--processes", "2", "--no-pin")
+    pid = next(iter(pids_by_process(server).values()))
+    environ = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
+        if "=" in entry
+    )
+    # Named as prometheus_client names a counter file of a process still starting.
+    (Path(environ[PROMETHEUS_DIR_ENV]) / "counter_999999.db").touch()
+    for _ in range(5):
+        r = requests.post(f"{server.base}/v2/models/iris/infer", json=BODY, timeout=5)
+        assert r.status_code == 200
+    scraped = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5)
+    assert scraped.status_code == 200, scraped.text
+    series = 'modelyard_rest_infer_requests_total{code="200",model="iris"}'
+    counted = [line for line in scraped.text.splitlines() if line.startswith(series)]
+    assert counted and float(counted[0].split()[-1]) == 5.0
 
 
 def test_a_process_that_dies_is_replaced(serve_dir, tmp_path: Path) -> None:
