@@ -48,7 +48,7 @@ class Predictions:
         self.direct = direct
         # The statements of a table and its declared columns, made once.
         self._sqlite_statements: dict[tuple[str, ...], tuple[str, str]] = {}
-        self._upserts: dict[tuple[str, ...], sa.sql.compiler.SQLCompiler] = {}
+        self._upserts: dict[tuple[str, ...], tuple[sa.sql.compiler.SQLCompiler, list[str]]] = {}
         self._types: dict[tuple[str, ...], list[int]] = {}
 
     def _sqlite_sql(self, table: sa.Table, spec: PredictionsSpec) -> tuple[str, str]:
@@ -61,7 +61,7 @@ class Predictions:
         each declared column staged (see ``_stage``): the whole insert runs in C without
         Python's GIL, so a chunk is written while the next one is scored (executemany
         takes the GIL back every row)."""
-        cached = self._sqlite_statements.get((table.name, spec.key, *spec.values))
+        cached = self._sqlite_statements.get(_statements_key(table, spec))
         if cached is not None:
             return cached
         keys = [c.name for c in table.primary_key]
@@ -80,26 +80,31 @@ class Predictions:
             f"{insert} WHERE true ON CONFLICT ({', '.join(q(c) for c in keys)}) "
             f"DO UPDATE SET {', '.join(updates)}"
         )
-        self._sqlite_statements[(table.name, spec.key, *spec.values)] = (insert, upsert)
+        self._sqlite_statements[_statements_key(table, spec)] = (insert, upsert)
         return insert, upsert
 
-    def _upsert(self, table: sa.Table, spec: PredictionsSpec) -> sa.sql.compiler.SQLCompiler:
-        """PostgreSQL without COPY: one row upserted, for the driver's executemany; its
-        parameters are the chunk's columns (`_chunk_columns`), named p0, p1, ..."""
-        cached = self._upserts.get((table.name, spec.key, *spec.values))
+    def _upsert(
+        self, table: sa.Table, spec: PredictionsSpec
+    ) -> tuple[sa.sql.compiler.SQLCompiler, list[str]]:
+        """PostgreSQL without COPY: one row upserted, for the driver's executemany, and
+        the names of its parameters, which are the chunk's columns (`_chunk_columns`) in
+        their order."""
+        cached = self._upserts.get(_statements_key(table, spec))
         if cached is not None:
             return cached
         keys = [c.name for c in table.primary_key]
         names = _chunk_columns(spec)
-        params: list[sa.BindParameter[Any]] = [sa.bindparam(f"p{i}") for i in range(len(names))]
-        stmt = dialect_insert(self.dialect, table).values(dict(zip(names, params, strict=True)))
+        params = [f"p{i}" for i in range(len(names))]
+        stmt = dialect_insert(self.dialect, table).values(
+            {name: sa.bindparam(param) for name, param in zip(names, params, strict=True)}
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=keys,
             set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
         )
         compiled = cast(sa.sql.compiler.SQLCompiler, stmt.compile(dialect=self.engine.dialect))
-        self._upserts[(table.name, spec.key, *spec.values)] = compiled
-        return compiled
+        self._upserts[_statements_key(table, spec)] = compiled, params
+        return compiled, params
 
     def _stage(self, conn: sa.Connection, frame: pd.DataFrame, columns: Sequence[str]) -> None:
         """SQLite: each of ``columns`` into a temporary table of its own (row number ->
@@ -148,9 +153,8 @@ class Predictions:
             else:
                 # Plain Python values column by column, zipped into rows.
                 columns = [frame[c].tolist() for c in [spec.key, *spec.values]]
-                names = [f"p{i}" for i in range(4 + len(columns))]
                 rows = ((*constants, *row) for row in zip(*columns, strict=True))
-                driver_executemany(conn, self._upsert(table, spec), names, rows)
+                driver_executemany(conn, *self._upsert(table, spec), rows)
         return len(frame)
 
     def _copy(
@@ -267,6 +271,11 @@ def _json_array(values: np.ndarray) -> bytes:
     if values.dtype.kind in "biuf":
         return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
     return orjson.dumps(values.tolist())
+
+
+def _statements_key(table: sa.Table, spec: PredictionsSpec) -> tuple[str, ...]:
+    """What the statements that write a chunk into ``table`` are made from."""
+    return (table.name, *_chunk_columns(spec))
 
 
 def _chunk_columns(spec: PredictionsSpec) -> list[str]:
