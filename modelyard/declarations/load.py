@@ -388,7 +388,7 @@ class _Checks:
             if outputs is not None:
                 yield (
                     "/predictions/outputs",
-                    "only read for sklearn, xgboost, huggingface and custom models; a predictor "
+                    "only read for models of other runtimes (sklearn, xgboost, ...); a predictor "
                     "class returns the prediction columns itself: remove it",
                 )
             return

@@ -1,5 +1,5 @@
-"""Batch scoring for a model on any V2 runtime (sklearn, xgboost, huggingface or custom):
-no predictor class, only the declaration.
+"""Batch scoring for a model on any V2 runtime (sklearn, xgboost, lightgbm, huggingface,
+custom...): no predictor class, only the declaration.
 
 The model is loaded by its own MLServer runtime, the one that serves it, and each chunk
 of ``features.sql`` goes through that runtime's ``predict`` as one V2 request: the

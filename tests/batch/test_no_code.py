@@ -1,7 +1,7 @@
-"""Batch scoring without a predictor class: a scikit-learn and an XGBoost model declared
-with features and predictions, scored by their own MLServer runtimes from SQLite and
-PostgreSQL, their stored predictions equal to the library's own predict and
-predict_proba on the same rows; and the same entity online and in batch."""
+"""Batch scoring without a predictor class: a scikit-learn, an XGBoost and a LightGBM
+model declared with features and predictions, scored by their own MLServer runtimes
+from SQLite and PostgreSQL, their stored predictions equal to the library's own
+predict and predict_proba on the same rows; and the same entity online and in batch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import joblib
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,9 +61,18 @@ def xgboost_model(folder: Path) -> tuple[str, object]:
     return "model.ubj", model
 
 
+def lightgbm_model(folder: Path) -> tuple[str, object]:
+    x, y = load_iris(return_X_y=True)
+    params = {"objective": "multiclass", "num_class": 3, "num_threads": 1, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=20)
+    booster.save_model(str(folder / "model.bst"))
+    return "model.bst", booster
+
+
 TRAINERS: dict[str, Callable[[Path], tuple[str, object]]] = {
     "sklearn": sklearn_model,
     "xgboost": xgboost_model,
+    "lightgbm": lightgbm_model,
 }
 
 
@@ -142,6 +152,28 @@ def test_a_no_code_model_is_batch_scored_as_its_library_predicts(
     assert list(rows.index) == list(data.index)
     assert np.array_equal(rows["label"].to_numpy(), model.predict(x))  # type: ignore[attr-defined]
     proba = model.predict_proba(x)  # type: ignore[attr-defined]
+    got = rows[PROBA].to_numpy().astype(proba.dtype)
+    assert np.array_equal(got, proba), np.abs(got - proba).max()
+
+
+def test_a_no_code_lightgbm_booster_is_batch_scored_as_it_predicts(
+    tmp_path: Path, databases: tuple[str, str]
+) -> None:
+    """MLServer's LightGBM runtime answers one output, ``predict``: a multiclass
+    booster's probabilities, a column per class."""
+    folder, booster = make_folder(
+        tmp_path, "lightgbm",
+        columns={KEY: "BYTES", **{p: "FP64" for p in PROBA}}, outputs={"predict": PROBA},
+    )  # fmt: skip
+    assert declaration_problems(folder / "model.yaml") == []
+    result = BatchJob(folder).run(RunOptions(run_id="night", chunk_rows=400, bar=False))
+    assert result.error is None, result.error
+    assert result.rows == ROWS
+    rows = stored(databases[1], "night")
+    data = flowers().set_index(KEY).sort_index()
+    assert list(rows.index) == list(data.index)
+    proba = booster.predict(data[FEATURES].to_numpy(np.float64))  # type: ignore[attr-defined]
+    assert proba.shape == (ROWS, 3)
     got = rows[PROBA].to_numpy().astype(proba.dtype)
     assert np.array_equal(got, proba), np.abs(got - proba).max()
 
