@@ -137,19 +137,26 @@ def stored(store: str, run_id: str) -> pd.DataFrame:
     )
 
 
+def scored_tonight(folder: Path, store: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``folder`` batch-scored as run "night": its stored rows and the flowers, both
+    by key, every flower scored."""
+    assert declaration_problems(folder / "model.yaml") == []
+    result = BatchJob(folder).run(RunOptions(run_id="night", chunk_rows=400, bar=False))
+    assert result.error is None, result.error
+    assert result.rows == ROWS
+    rows = stored(store, "night")
+    data = flowers().set_index(KEY).sort_index()
+    assert list(rows.index) == list(data.index)
+    return rows, data
+
+
 @pytest.mark.parametrize("runtime", ["sklearn", "xgboost"])
 def test_a_no_code_model_is_batch_scored_as_its_library_predicts(
     tmp_path: Path, databases: tuple[str, str], runtime: str
 ) -> None:
     folder, model = make_folder(tmp_path, runtime)
-    assert declaration_problems(folder / "model.yaml") == []
-    result = BatchJob(folder).run(RunOptions(run_id="night", chunk_rows=400, bar=False))
-    assert result.error is None, result.error
-    assert result.rows == ROWS
-    rows = stored(databases[1], "night")
-    data = flowers().set_index(KEY).sort_index()
+    rows, data = scored_tonight(folder, databases[1])
     x = data[FEATURES].to_numpy(np.float64)
-    assert list(rows.index) == list(data.index)
     assert np.array_equal(rows["label"].to_numpy(), model.predict(x))  # type: ignore[attr-defined]
     proba = model.predict_proba(x)  # type: ignore[attr-defined]
     got = rows[PROBA].to_numpy().astype(proba.dtype)
@@ -165,13 +172,7 @@ def test_a_no_code_lightgbm_booster_is_batch_scored_as_it_predicts(
         tmp_path, "lightgbm",
         columns={KEY: "BYTES", **{p: "FP64" for p in PROBA}}, outputs={"predict": PROBA},
     )  # fmt: skip
-    assert declaration_problems(folder / "model.yaml") == []
-    result = BatchJob(folder).run(RunOptions(run_id="night", chunk_rows=400, bar=False))
-    assert result.error is None, result.error
-    assert result.rows == ROWS
-    rows = stored(databases[1], "night")
-    data = flowers().set_index(KEY).sort_index()
-    assert list(rows.index) == list(data.index)
+    rows, data = scored_tonight(folder, databases[1])
     proba = booster.predict(data[FEATURES].to_numpy(np.float64))  # type: ignore[attr-defined]
     assert proba.shape == (ROWS, 3)
     got = rows[PROBA].to_numpy().astype(proba.dtype)
